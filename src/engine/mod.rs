@@ -1,0 +1,31 @@
+//! Model lifecycle and execution: worker threads that own the TorchScript modules, the per-model queue and
+//! batcher feeding them, the registry of loaded models, and device choice.
+//!
+//! Tokio never runs a forward pass: handlers push a job onto a model's queue and await its oneshot.
+
+pub mod batcher;
+pub mod device;
+pub mod pool;
+pub mod registry;
+
+use std::time::Duration;
+
+pub use pool::{BatchTask, WorkerPool, WorkerSpec};
+pub use registry::{ModelEntry, ModelState, Registry};
+
+/// What can go wrong between queueing a request and getting its answer.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum EngineError {
+    #[error("model `{model}` is overloaded: its queue holds {capacity} waiting requests (batching.queue_capacity); retry after {retry_after_secs}s")]
+    QueueFull { model: String, capacity: usize, retry_after_secs: u64 },
+    #[error("model `{model}` did not answer within {}ms (--request-timeout-ms)", timeout.as_millis())]
+    DeadlineExceeded { model: String, timeout: Duration },
+    #[error("model `{model}` is shutting down")]
+    Stopped { model: String },
+    #[error("inference failed in model `{model}`: {message}")]
+    Inference { model: String, message: String },
+    #[error("a worker of model `{model}` stopped without answering")]
+    WorkerLost { model: String },
+    #[error("model `{model}` failed to load: {message}")]
+    Load { model: String, message: String },
+}

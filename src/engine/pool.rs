@@ -1,0 +1,325 @@
+//! A model's worker pool: OS threads that each own a copy of the TorchScript module and take batches from one
+//! shared, bounded queue.
+//!
+//! Why a mutex + condvar rather than a channel: several workers share one queue, and the batching decision
+//! (`Batcher::next_batch`) needs to see the whole queue, not one message at a time.
+
+use std::panic::AssertUnwindSafe;
+use std::path::PathBuf;
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use tch::{CModule, Device};
+use tokio::sync::oneshot;
+
+use super::batcher::{BatchPolicy, Batcher, Next};
+use super::EngineError;
+use crate::config::BatchingConfig;
+use crate::metrics::ModelMetrics;
+
+/// What a task does on a worker thread. One implementation per task in `tasks/`.
+pub trait BatchTask: Send + Sync + 'static {
+    /// One request's model input, already validated and preprocessed off the worker.
+    type Input: Send + 'static;
+    /// One request's model output.
+    type Output: Send + 'static;
+
+    /// Runs one batch through the model; returns exactly one output per input, in order.
+    fn run_batch(&self, model: &CModule, device: Device, inputs: Vec<Self::Input>)
+        -> anyhow::Result<Vec<Self::Output>>;
+
+    /// A representative input for warm-up.
+    fn warmup_input(&self) -> Self::Input;
+
+    /// Checks a warm-up output against what the task expects (e.g. one score per label), so a mismatched
+    /// model fails at load time with a clear message instead of at the first request.
+    fn check_output(&self, _output: &Self::Output) -> Result<(), String> {
+        Ok(())
+    }
+}
+
+/// Where a pool's model comes from and how it runs.
+#[derive(Debug, Clone)]
+pub struct WorkerSpec {
+    pub model: String,
+    pub path: PathBuf,
+    pub device: Device,
+    pub batching: BatchingConfig,
+}
+
+struct Job<T: BatchTask> {
+    input: T::Input,
+    deadline: Instant,
+    enqueued_at: Instant,
+    reply: oneshot::Sender<Result<T::Output, EngineError>>,
+}
+
+impl<T: BatchTask> Job<T> {
+    /// The caller has gone (client disconnected or its timeout fired): computing the answer would be waste.
+    fn abandoned(&self) -> bool {
+        self.reply.is_closed()
+    }
+}
+
+struct PoolState<T: BatchTask> {
+    batcher: Batcher<Job<T>>,
+    closed: bool,
+}
+
+struct Shared<T: BatchTask> {
+    spec: WorkerSpec,
+    task: T,
+    policy: BatchPolicy,
+    state: Mutex<PoolState<T>>,
+    wake: Condvar,
+    metrics: ModelMetrics,
+}
+
+impl<T: BatchTask> Shared<T> {
+    fn lock(&self) -> MutexGuard<'_, PoolState<T>> {
+        // The lock is never held across a forward pass or user code, so a poisoned lock still holds a
+        // consistent queue.
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn error(&self, make: impl FnOnce(String) -> EngineError) -> EngineError {
+        make(self.spec.model.clone())
+    }
+}
+
+pub struct WorkerPool<T: BatchTask> {
+    shared: Arc<Shared<T>>,
+    threads: Mutex<Vec<JoinHandle<()>>>,
+}
+
+impl<T: BatchTask> WorkerPool<T> {
+    /// Starts `batching.workers` threads, each loading and warming up its own copy of the model. Returns once
+    /// every worker is ready, or the first load error (after stopping the others).
+    pub fn start(spec: WorkerSpec, task: T, metrics: ModelMetrics) -> Result<Self, EngineError> {
+        let batching = spec.batching.clone();
+        let shared = Arc::new(Shared {
+            policy: BatchPolicy {
+                max_size: batching.max_batch_size,
+                max_delay: Duration::from_millis(batching.max_delay_ms),
+            },
+            state: Mutex::new(PoolState { batcher: Batcher::new(batching.queue_capacity), closed: false }),
+            wake: Condvar::new(),
+            spec,
+            task,
+            metrics,
+        });
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+        let mut threads = Vec::with_capacity(batching.workers);
+        for index in 0..batching.workers {
+            let (worker_shared, worker_ready) = (Arc::clone(&shared), ready_tx.clone());
+            let spawned = std::thread::Builder::new()
+                .name(format!("ember-{}-{index}", shared.spec.model))
+                .spawn(move || worker_main(&worker_shared, worker_ready));
+            match spawned {
+                Ok(handle) => threads.push(handle),
+                Err(e) => {
+                    let _ = ready_tx.send(Err(format!("cannot start a worker thread: {e}")));
+                }
+            }
+        }
+        drop(ready_tx);
+        let pool = WorkerPool { shared, threads: Mutex::new(threads) };
+        // One message per started worker (or per failed spawn); a closed channel means a worker died while loading.
+        let mut first_error = None;
+        for _ in 0..batching.workers {
+            let result = ready_rx.recv().unwrap_or_else(|_| Err("a worker thread died while loading".into()));
+            if let Err(message) = result {
+                first_error.get_or_insert(message);
+            }
+        }
+        match first_error {
+            None => Ok(pool),
+            Some(message) => {
+                pool.shutdown();
+                Err(pool.shared.error(|model| EngineError::Load { model, message }))
+            }
+        }
+    }
+
+    /// Queues one input and waits for its output, for at most `timeout` in all.
+    /// A full queue is refused at once: waiting for room would only move the overload into the client.
+    pub async fn infer(&self, input: T::Input, timeout: Duration) -> Result<T::Output, EngineError> {
+        let now = Instant::now();
+        let deadline = now + timeout;
+        let (reply, answer) = oneshot::channel();
+        {
+            let mut state = self.shared.lock();
+            if state.closed {
+                return Err(self.shared.error(|model| EngineError::Stopped { model }));
+            }
+            let job = Job { input, deadline, enqueued_at: now, reply };
+            if state.batcher.push(job, now).is_err() {
+                let capacity = state.batcher.capacity();
+                return Err(self.shared.error(|model| EngineError::QueueFull { model, capacity, retry_after_secs: 1 }));
+            }
+            self.shared.metrics.queue_depth.set(state.batcher.len() as i64);
+        }
+        self.shared.wake.notify_one();
+        match tokio::time::timeout_at(deadline.into(), answer).await {
+            Ok(Ok(result)) => result,
+            Ok(Err(_)) => Err(self.shared.error(|model| EngineError::WorkerLost { model })),
+            // Dropping `answer` here marks the job abandoned, so a worker skips it.
+            Err(_) => Err(self.shared.error(|model| EngineError::DeadlineExceeded { model, timeout })),
+        }
+    }
+
+    /// Stops taking requests, lets the workers finish everything already queued, and joins them.
+    pub fn shutdown(&self) {
+        self.shared.lock().closed = true;
+        self.shared.wake.notify_all();
+        let threads = std::mem::take(&mut *self.threads.lock().unwrap_or_else(PoisonError::into_inner));
+        for thread in threads {
+            let _ = thread.join();
+        }
+    }
+
+    pub fn spec(&self) -> &WorkerSpec {
+        &self.shared.spec
+    }
+
+    pub fn task(&self) -> &T {
+        &self.shared.task
+    }
+}
+
+impl<T: BatchTask> Drop for WorkerPool<T> {
+    fn drop(&mut self) {
+        // Without an explicit shutdown, still let the threads drain the queue and exit.
+        self.shared.lock().closed = true;
+        self.shared.wake.notify_all();
+    }
+}
+
+fn worker_main<T: BatchTask>(shared: &Shared<T>, ready: std::sync::mpsc::Sender<Result<(), String>>) {
+    // Gradients are never needed for serving; grad mode is per thread in libtorch.
+    let _no_grad = tch::no_grad_guard();
+    tch::set_num_threads(shared.spec.batching.intra_op_threads as i32);
+    let model = match load_and_warm_up(shared) {
+        Ok(model) => model,
+        Err(message) => {
+            let _ = ready.send(Err(message));
+            return;
+        }
+    };
+    let _ = ready.send(Ok(()));
+    drop(ready);
+    while let Some(batch) = next_batch(shared) {
+        run_batch(shared, &model, batch);
+    }
+}
+
+fn load_and_warm_up<T: BatchTask>(shared: &Shared<T>) -> Result<CModule, String> {
+    let spec = &shared.spec;
+    let started = Instant::now();
+    let mut model = CModule::load_on_device(&spec.path, spec.device)
+        .map_err(|e| format!("cannot load {}: {}", spec.path.display(), first_line(&e.to_string())))?;
+    model.set_eval();
+    // Every batch size the batcher can produce gets a pass, so that no request pays for first-use setup
+    // (allocations, oneDNN primitive creation) of its shape.
+    let sizes = 1..=spec.batching.max_batch_size.min(16);
+    for _ in 0..spec.batching.warmup_runs {
+        for size in sizes.clone() {
+            let inputs = (0..size).map(|_| shared.task.warmup_input()).collect();
+            let outputs = shared
+                .task
+                .run_batch(&model, spec.device, inputs)
+                .map_err(|e| format!("warm-up at batch size {size} failed: {}", first_line(&e.to_string())))?;
+            check_outputs(shared, size, &outputs).map_err(|e| format!("warm-up at batch size {size}: {e}"))?;
+        }
+    }
+    shared.metrics.load_duration.observe(started.elapsed().as_secs_f64());
+    Ok(model)
+}
+
+fn check_outputs<T: BatchTask>(shared: &Shared<T>, expected: usize, outputs: &[T::Output]) -> Result<(), String> {
+    if outputs.len() != expected {
+        return Err(format!("the model returned {} outputs for {expected} inputs", outputs.len()));
+    }
+    outputs.iter().try_for_each(|output| shared.task.check_output(output))
+}
+
+/// Blocks until there is a batch to run; `None` once the pool is closed and its queue drained.
+fn next_batch<T: BatchTask>(shared: &Shared<T>) -> Option<Vec<Job<T>>> {
+    let mut state = shared.lock();
+    loop {
+        let now = Instant::now();
+        for job in state.batcher.remove_where(|job| job.abandoned() || job.deadline <= now) {
+            let timeout = job.deadline.saturating_duration_since(job.enqueued_at);
+            let _ = job.reply.send(Err(shared.error(|model| EngineError::DeadlineExceeded { model, timeout })));
+        }
+        // Once closed, partial batches run at once: nothing more will join them.
+        let policy =
+            if state.closed { BatchPolicy { max_delay: Duration::ZERO, ..shared.policy } } else { shared.policy };
+        match state.batcher.next_batch(policy, now) {
+            Next::Run(batch) => {
+                shared.metrics.queue_depth.set(state.batcher.len() as i64);
+                return Some(batch);
+            }
+            Next::Empty if state.closed => return None,
+            Next::Empty => state = shared.wake.wait(state).unwrap_or_else(PoisonError::into_inner),
+            Next::WaitUntil(due) => {
+                let wait = due.saturating_duration_since(now);
+                state = shared.wake.wait_timeout(state, wait).unwrap_or_else(PoisonError::into_inner).0;
+            }
+        }
+    }
+}
+
+fn run_batch<T: BatchTask>(shared: &Shared<T>, model: &CModule, batch: Vec<Job<T>>) {
+    let started = Instant::now();
+    let mut replies = Vec::with_capacity(batch.len());
+    let mut inputs = Vec::with_capacity(batch.len());
+    for job in batch {
+        shared.metrics.queue_duration.observe(started.duration_since(job.enqueued_at).as_secs_f64());
+        inputs.push(job.input);
+        replies.push(job.reply);
+    }
+    shared.metrics.batch_size.observe(inputs.len() as f64);
+    let size = inputs.len();
+    // A libtorch error or a panic fails this batch only; the worker keeps serving.
+    let result =
+        std::panic::catch_unwind(AssertUnwindSafe(|| shared.task.run_batch(model, shared.spec.device, inputs)))
+            .unwrap_or_else(|panic| Err(anyhow::anyhow!("panic: {}", panic_message(&panic))));
+    shared.metrics.inference_duration.observe(started.elapsed().as_secs_f64());
+    match result {
+        Ok(outputs) if outputs.len() == size => {
+            for (reply, output) in replies.into_iter().zip(outputs) {
+                let _ = reply.send(Ok(output));
+            }
+        }
+        Ok(outputs) => {
+            fail_all(shared, replies, format!("the model returned {} outputs for a batch of {size}", outputs.len()))
+        }
+        Err(e) => fail_all(shared, replies, first_line(&e.to_string()).to_string()),
+    }
+}
+
+fn fail_all<T: BatchTask>(
+    shared: &Shared<T>,
+    replies: Vec<oneshot::Sender<Result<T::Output, EngineError>>>,
+    message: String,
+) {
+    tracing::error!(model = %shared.spec.model, batch = replies.len(), error = %message, "batch failed");
+    for reply in replies {
+        let _ = reply.send(Err(shared.error(|model| EngineError::Inference { model, message: message.clone() })));
+    }
+}
+
+/// libtorch errors carry a C++ backtrace after the first line; clients and logs need only the message.
+fn first_line(message: &str) -> &str {
+    message.lines().find(|l| !l.trim().is_empty()).unwrap_or(message).trim()
+}
+
+fn panic_message(panic: &Box<dyn std::any::Any + Send>) -> String {
+    panic
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "unknown panic".to_string())
+}

@@ -1,0 +1,109 @@
+//! The one error type every HTTP handler returns, and its mapping to a status code and JSON body.
+//!
+//! Every error a client sees is `{"error": "<what and why>", "error_type": "<kind>"}`; the message names
+//! the field, the limit and the value wherever there is one.
+
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde::Serialize;
+
+use crate::engine::EngineError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    /// Well-formed request whose values are out of range or of the wrong type (422).
+    #[error("{0}")]
+    Validation(String),
+    /// Malformed request: unparseable JSON, corrupt image, missing multipart field (400).
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("{0}")]
+    UnsupportedMediaType(String),
+    #[error("{0}")]
+    PayloadTooLarge(String),
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    MethodNotAllowed(String),
+    #[error("{0}")]
+    Unauthorized(String),
+    /// The model's queue is full; the client should retry after `retry_after_secs`.
+    #[error("{message}")]
+    Overloaded { message: String, retry_after_secs: u64 },
+    /// The model exists but cannot answer now (loading, failed to load, shutting down).
+    #[error("{0}")]
+    Unavailable(String),
+    #[error("{0}")]
+    Timeout(String),
+    #[error("{0}")]
+    Internal(String),
+}
+
+#[derive(Serialize)]
+struct ErrorBody<'a> {
+    error: &'a str,
+    error_type: &'static str,
+}
+
+impl ApiError {
+    pub fn status(&self) -> StatusCode {
+        match self {
+            ApiError::Validation(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ApiError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::NotFound(_) => StatusCode::NOT_FOUND,
+            ApiError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
+            ApiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            ApiError::Overloaded { .. } => StatusCode::TOO_MANY_REQUESTS,
+            ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
+            ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    pub fn error_type(&self) -> &'static str {
+        match self {
+            ApiError::Validation(_) => "validation",
+            ApiError::BadRequest(_) => "bad_request",
+            ApiError::UnsupportedMediaType(_) => "unsupported_media_type",
+            ApiError::PayloadTooLarge(_) => "payload_too_large",
+            ApiError::NotFound(_) => "not_found",
+            ApiError::MethodNotAllowed(_) => "method_not_allowed",
+            ApiError::Unauthorized(_) => "unauthorized",
+            ApiError::Overloaded { .. } => "overloaded",
+            ApiError::Unavailable(_) => "unavailable",
+            ApiError::Timeout(_) => "timeout",
+            ApiError::Internal(_) => "internal",
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let message = self.to_string();
+        if matches!(self, ApiError::Internal(_)) {
+            tracing::error!(error = %message, "internal error");
+        }
+        let body = ErrorBody { error: &message, error_type: self.error_type() };
+        let mut response = (self.status(), Json(body)).into_response();
+        if let ApiError::Overloaded { retry_after_secs, .. } = self {
+            response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(retry_after_secs));
+        }
+        response
+    }
+}
+
+impl From<EngineError> for ApiError {
+    fn from(err: EngineError) -> Self {
+        let message = err.to_string();
+        match err {
+            EngineError::QueueFull { retry_after_secs, .. } => ApiError::Overloaded { message, retry_after_secs },
+            EngineError::DeadlineExceeded { .. } => ApiError::Timeout(message),
+            EngineError::Stopped { .. } => ApiError::Unavailable(message),
+            EngineError::Inference { .. } | EngineError::WorkerLost { .. } => ApiError::Internal(message),
+            EngineError::Load { .. } => ApiError::Unavailable(message),
+        }
+    }
+}

@@ -1,0 +1,215 @@
+//! Reading request bodies and parameters into typed values, with errors in ember's JSON shape.
+//!
+//! axum's own extractors answer rejections in plain text; ember reads bodies itself so every failure is an
+//! `ApiError` that names the field and the limit.
+
+use axum::body::Body;
+use axum::extract::Request;
+use axum::http::{header, HeaderMap};
+use base64::Engine as _;
+use bytes::Bytes;
+use http_body_util::{BodyExt, LengthLimitError, Limited};
+use serde::de::DeserializeOwned;
+use serde_json::{Map, Value};
+
+use crate::error::ApiError;
+
+const IMAGE_FIELD: &str = "image";
+const ACCEPTED_IMAGE_BODIES: &str =
+    "send the image as raw bytes with Content-Type image/*, as multipart/form-data with a file field `image`, \
+     or as application/json with a base64 string field `image`";
+
+/// An uploaded image and the request's other parameters (query string, multipart text fields, JSON fields).
+pub struct ImageUpload {
+    pub image: Bytes,
+    pub params: Map<String, Value>,
+}
+
+impl ImageUpload {
+    /// The parameters as a typed struct; see [`parse_params`].
+    pub fn params<P: DeserializeOwned>(&self) -> Result<P, ApiError> {
+        parse_params(self.params.clone())
+    }
+}
+
+/// Deserialises parameters into `P`; a wrong type or an unknown name is a 422 naming the field.
+pub fn parse_params<P: DeserializeOwned>(params: Map<String, Value>) -> Result<P, ApiError> {
+    serde_path_to_error::deserialize(Value::Object(params)).map_err(|e| {
+        let field = e.path().to_string();
+        let message = e.into_inner().to_string();
+        if field == "." {
+            ApiError::Validation(message)
+        } else {
+            ApiError::Validation(format!("{field}: {message}"))
+        }
+    })
+}
+
+/// Reads an image from any of the three accepted body shapes. Body fields override query parameters.
+pub async fn read_image_upload(request: Request, max_body_bytes: usize) -> Result<ImageUpload, ApiError> {
+    let (parts, body) = request.into_parts();
+    let mut params = query_params(parts.uri.query())?;
+    let content_type = content_type(&parts.headers)?;
+    let body = read_limited(body, &parts.headers, max_body_bytes).await?;
+    let image = match (content_type.type_(), content_type.subtype()) {
+        (mime::IMAGE, _) => body,
+        (mime::MULTIPART, mime::FORM_DATA) => read_multipart(body, &content_type, &mut params).await?,
+        (mime::APPLICATION, mime::JSON) => read_json_image(&body, &mut params)?,
+        _ => {
+            return Err(ApiError::UnsupportedMediaType(format!(
+                "Content-Type `{content_type}` is not accepted here: {ACCEPTED_IMAGE_BODIES}"
+            )))
+        }
+    };
+    if image.is_empty() {
+        return Err(ApiError::BadRequest("the image is empty (0 bytes)".into()));
+    }
+    Ok(ImageUpload { image, params })
+}
+
+fn content_type(headers: &HeaderMap) -> Result<mime::Mime, ApiError> {
+    let value = headers.get(header::CONTENT_TYPE).ok_or_else(|| {
+        ApiError::UnsupportedMediaType(format!("the request has no Content-Type: {ACCEPTED_IMAGE_BODIES}"))
+    })?;
+    value
+        .to_str()
+        .ok()
+        .and_then(|s| s.parse::<mime::Mime>().ok())
+        .ok_or_else(|| ApiError::UnsupportedMediaType(format!("Content-Type `{value:?}` cannot be parsed")))
+}
+
+/// Reads at most `limit` bytes; a larger body (announced or actual) is a 413.
+pub async fn read_limited(body: Body, headers: &HeaderMap, limit: usize) -> Result<Bytes, ApiError> {
+    let too_large = || {
+        ApiError::PayloadTooLarge(format!(
+            "the request body is larger than the limit of {limit} bytes (--max-body-bytes)"
+        ))
+    };
+    let announced =
+        headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
+    if announced.is_some_and(|length| length > limit as u64) {
+        return Err(too_large());
+    }
+    match Limited::new(body, limit).collect().await {
+        Ok(collected) => Ok(collected.to_bytes()),
+        Err(e) if e.downcast_ref::<LengthLimitError>().is_some() => Err(too_large()),
+        Err(e) => Err(ApiError::BadRequest(format!("cannot read the request body: {e}"))),
+    }
+}
+
+/// Query parameters as JSON values: numbers and booleans are recognised, everything else stays a string.
+fn query_params(query: Option<&str>) -> Result<Map<String, Value>, ApiError> {
+    let pairs: Vec<(String, String)> = serde_urlencoded::from_str(query.unwrap_or(""))
+        .map_err(|e| ApiError::BadRequest(format!("cannot parse the query string: {e}")))?;
+    Ok(pairs.into_iter().map(|(name, value)| (name, text_value(value))).collect())
+}
+
+fn text_value(text: String) -> Value {
+    serde_json::from_str::<Value>(&text).ok().filter(|v| v.is_number() || v.is_boolean()).unwrap_or(Value::String(text))
+}
+
+async fn read_multipart(
+    body: Bytes,
+    content_type: &mime::Mime,
+    params: &mut Map<String, Value>,
+) -> Result<Bytes, ApiError> {
+    let boundary = multer::parse_boundary(content_type.as_ref())
+        .map_err(|e| ApiError::BadRequest(format!("multipart body without a usable boundary: {e}")))?;
+    let stream = futures_util::stream::once(async move { Ok::<Bytes, std::convert::Infallible>(body) });
+    let mut multipart = multer::Multipart::new(stream, boundary);
+    let malformed = |e: multer::Error| ApiError::BadRequest(format!("malformed multipart body: {e}"));
+    let mut image = None;
+    while let Some(field) = multipart.next_field().await.map_err(malformed)? {
+        let name = field.name().unwrap_or_default().to_string();
+        let data = field.bytes().await.map_err(malformed)?;
+        if name == IMAGE_FIELD {
+            image = Some(data);
+        } else {
+            let text = String::from_utf8(data.to_vec())
+                .map_err(|_| ApiError::Validation(format!("multipart field `{name}` must be UTF-8 text")))?;
+            params.insert(name, text_value(text));
+        }
+    }
+    image.ok_or_else(|| {
+        ApiError::BadRequest(format!("the multipart body has no field `{IMAGE_FIELD}`: {ACCEPTED_IMAGE_BODIES}"))
+    })
+}
+
+fn read_json_image(body: &[u8], params: &mut Map<String, Value>) -> Result<Bytes, ApiError> {
+    let mut object = parse_json_object(body)?;
+    let encoded = match object.remove(IMAGE_FIELD) {
+        Some(Value::String(text)) => text,
+        Some(other) => {
+            return Err(ApiError::Validation(format!("image: expected a base64 string, got {}", json_kind(&other))))
+        }
+        None => {
+            return Err(ApiError::Validation(format!("image: required field is missing ({ACCEPTED_IMAGE_BODIES})")))
+        }
+    };
+    // Accept data URLs (`data:image/png;base64,...`) as browsers produce them.
+    let payload = encoded.split_once(";base64,").map_or(encoded.as_str(), |(_, data)| data);
+    let image = base64::engine::general_purpose::STANDARD
+        .decode(payload.trim())
+        .map_err(|e| ApiError::Validation(format!("image: not valid base64: {e}")))?;
+    params.extend(object);
+    Ok(Bytes::from(image))
+}
+
+/// Parses a JSON object body. Syntax errors are 400; a body that is valid JSON but not an object is 422.
+pub fn parse_json_object(body: &[u8]) -> Result<Map<String, Value>, ApiError> {
+    match serde_json::from_slice::<Value>(body) {
+        Ok(Value::Object(object)) => Ok(object),
+        Ok(other) => Err(ApiError::Validation(format!("the JSON body must be an object, got {}", json_kind(&other)))),
+        Err(e) => Err(ApiError::BadRequest(format!("the body is not valid JSON: {e}"))),
+    }
+}
+
+fn json_kind(value: &Value) -> &'static str {
+    match value {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(serde::Deserialize, Debug)]
+    #[serde(deny_unknown_fields)]
+    struct Params {
+        top_k: Option<i64>,
+    }
+
+    #[test]
+    fn query_numbers_become_numbers_and_wrong_types_name_the_field() {
+        let params: Params = parse_params(query_params(Some("top_k=3")).unwrap()).unwrap();
+        assert_eq!(params.top_k, Some(3));
+        let err = parse_params::<Params>(query_params(Some("top_k=three")).unwrap()).unwrap_err();
+        assert!(matches!(&err, ApiError::Validation(m) if m.starts_with("top_k:")), "{err:?}");
+        let err = parse_params::<Params>(query_params(Some("topk=3")).unwrap()).unwrap_err();
+        assert!(err.to_string().contains("unknown field `topk`"), "{err}");
+    }
+
+    #[test]
+    fn json_image_accepts_plain_base64_and_data_urls() {
+        let mut params = Map::new();
+        let image = read_json_image(br#"{"image": "aGVsbG8=", "top_k": 2}"#, &mut params).unwrap();
+        assert_eq!(&image[..], b"hello");
+        assert_eq!(params.get("top_k"), Some(&Value::from(2)));
+        let image = read_json_image(br#"{"image": "data:image/png;base64,aGVsbG8="}"#, &mut Map::new()).unwrap();
+        assert_eq!(&image[..], b"hello");
+    }
+
+    #[test]
+    fn json_errors_distinguish_syntax_from_content() {
+        assert!(matches!(read_json_image(b"{\"image\": ", &mut Map::new()), Err(ApiError::BadRequest(_))));
+        assert!(matches!(read_json_image(b"[1]", &mut Map::new()), Err(ApiError::Validation(_))));
+        assert!(matches!(read_json_image(br#"{"image": 5}"#, &mut Map::new()), Err(ApiError::Validation(_))));
+        assert!(matches!(read_json_image(br#"{"image": "%%%"}"#, &mut Map::new()), Err(ApiError::Validation(_))));
+    }
+}

@@ -1,0 +1,132 @@
+//! The HTTP surface: `router(state)` joins the route families and the middleware every route shares.
+
+mod body;
+mod ops;
+pub use ops::OPENAPI_YAML;
+mod v1;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::extract::{MatchedPath, Request, State};
+use axum::http::{HeaderName, Method, Uri};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::Router;
+use tower::ServiceBuilder;
+use tower_http::catch_panic::CatchPanicLayer;
+use tower_http::compression::CompressionLayer;
+use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
+use tower_http::trace::TraceLayer;
+
+use crate::engine::registry::Loaded;
+use crate::engine::{ModelEntry, ModelState, Registry};
+use crate::error::ApiError;
+use crate::metrics::Metrics;
+use crate::tasks::TaskKind;
+
+const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
+/// Request limits that handlers enforce.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    pub max_body_bytes: usize,
+    pub max_image_pixels: u64,
+    pub request_timeout: Duration,
+}
+
+#[derive(Clone)]
+pub struct AppState {
+    pub registry: Arc<Registry>,
+    pub metrics: Arc<Metrics>,
+    pub limits: Limits,
+}
+
+impl AppState {
+    /// The named model, or a 404 that lists the models there are.
+    fn model(&self, name: &str) -> Result<&Arc<ModelEntry>, ApiError> {
+        self.registry.get(name).ok_or_else(|| {
+            ApiError::NotFound(format!("model `{name}` does not exist; models: {}", self.registry.names().join(", ")))
+        })
+    }
+
+    /// The named model's loaded version, if the model exists, does `task` and is ready.
+    fn ready_model(&self, name: &str, task: TaskKind) -> Result<Arc<Loaded>, ApiError> {
+        let entry = self.model(name)?;
+        let actual = entry.spec.config.task;
+        if actual != task {
+            return Err(ApiError::BadRequest(format!(
+                "model `{name}` is a {actual} model; this route needs a {task} model"
+            )));
+        }
+        match entry.state() {
+            ModelState::Ready(loaded) => Ok(loaded),
+            ModelState::Loading => Err(ApiError::Unavailable(format!(
+                "model `{name}` is still loading; retry when GET /health/ready answers 200"
+            ))),
+            ModelState::Failed(message) => {
+                Err(ApiError::Unavailable(format!("model `{name}` is not available: {message}")))
+            }
+        }
+    }
+
+    /// The model behind a task's short route.
+    fn default_model(&self, task: TaskKind) -> Result<String, ApiError> {
+        self.registry.default_for(task).map(str::to_string).ok_or_else(|| {
+            ApiError::NotFound(format!("no model serves {task}: set `default = true` in one such model's model.toml"))
+        })
+    }
+}
+
+/// Tags a response with the model it concerns, for the `model` label of the request metrics.
+#[derive(Clone)]
+struct ModelLabel(String);
+
+fn with_model_label(model: &str, response: impl IntoResponse) -> Response {
+    let mut response = response.into_response();
+    response.extensions_mut().insert(ModelLabel(model.to_string()));
+    response
+}
+
+pub fn router(state: AppState) -> Router {
+    let metrics = Arc::clone(&state.metrics);
+    Router::new()
+        .merge(v1::routes())
+        .merge(ops::routes())
+        .fallback(no_route)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(middleware::from_fn_with_state(metrics, record_request))
+        .layer(
+            ServiceBuilder::new()
+                .layer(SetRequestIdLayer::new(REQUEST_ID, MakeRequestUuid))
+                .layer(TraceLayer::new_for_http().make_span_with(|request: &Request| {
+                    let id = request.headers().get(REQUEST_ID).and_then(|v| v.to_str().ok()).unwrap_or("");
+                    tracing::info_span!("request", method = %request.method(), uri = %request.uri(), request_id = %id)
+                }))
+                .layer(PropagateRequestIdLayer::new(REQUEST_ID))
+                .layer(CatchPanicLayer::custom(|_| {
+                    ApiError::Internal("the handler panicked; see the server log".into()).into_response()
+                }))
+                .layer(CompressionLayer::new()),
+        )
+        .with_state(state)
+}
+
+async fn no_route(method: Method, uri: Uri) -> ApiError {
+    ApiError::NotFound(format!("no route for {method} {}; see GET /openapi.yaml", uri.path()))
+}
+
+async fn method_not_allowed(method: Method, uri: Uri) -> ApiError {
+    ApiError::MethodNotAllowed(format!("{method} is not allowed on {}; see GET /openapi.yaml", uri.path()))
+}
+
+/// Counts every request by model, route template and status, and times it.
+async fn record_request(State(metrics): State<Arc<Metrics>>, request: Request, next: Next) -> Response {
+    let route = request.extensions().get::<MatchedPath>().map_or("unmatched".to_string(), |p| p.as_str().to_string());
+    let started = Instant::now();
+    let response = next.run(request).await;
+    let model = response.extensions().get::<ModelLabel>().map_or("", |m| m.0.as_str());
+    metrics.requests_total.with_label_values(&[model, &route, response.status().as_str()]).inc();
+    metrics.request_duration.with_label_values(&[model, &route]).observe(started.elapsed().as_secs_f64());
+    response
+}

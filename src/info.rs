@@ -1,0 +1,59 @@
+//! `ember info`: what this build of ember sees: libtorch, devices, threads, models.
+
+use std::fmt::Write as _;
+use std::path::Path;
+
+use crate::repository::Repository;
+
+/// A human-readable report; never fails (a broken repository is reported, not raised).
+pub fn report(model_repo: &Path) -> String {
+    let mut out = String::new();
+    let _ = writeln!(out, "ember {}", env!("CARGO_PKG_VERSION"));
+    let _ = writeln!(out, "libtorch {} at {}", env!("EMBER_LIBTORCH_VERSION"), env!("EMBER_LIBTORCH_DIR"));
+    let cuda_devices = tch::Cuda::device_count();
+    let _ = writeln!(out, "devices: cpu{}", (0..cuda_devices).map(|i| format!(", cuda:{i}")).collect::<String>());
+    let _ = writeln!(
+        out,
+        "cuda: available={} devices={} cudnn={}",
+        tch::Cuda::is_available(),
+        cuda_devices,
+        tch::Cuda::cudnn_is_available()
+    );
+    let _ = writeln!(
+        out,
+        "threads: intra-op={} inter-op={} (cores: {}); openmp={} mkl={} mkldnn={}",
+        tch::get_num_threads(),
+        tch::get_num_interop_threads(),
+        std::thread::available_parallelism().map_or(0, |n| n.get()),
+        tch::utils::has_openmp(),
+        tch::utils::has_mkl(),
+        tch::utils::has_mkldnn(),
+    );
+    let _ = writeln!(out, "model repository: {}", model_repo.display());
+    match Repository::scan(model_repo) {
+        Ok(repo) if repo.models.is_empty() => {
+            let _ = writeln!(out, "  (no models: no */model.toml)");
+        }
+        Ok(repo) => {
+            for model in &repo.models {
+                let served = model.served_version().map_or("none (run the setup)".to_string(), |v| v.to_string());
+                let default = if repo.defaults.get(&model.config.task) == Some(&model.name) { ", default" } else { "" };
+                let _ = writeln!(
+                    out,
+                    "  {} ({}{default}): versions {:?}, serves {served}, device {}, workers {} x {} thread(s), max batch {}",
+                    model.name,
+                    model.config.task,
+                    model.versions,
+                    model.config.device,
+                    model.config.batching.workers,
+                    model.config.batching.intra_op_threads,
+                    model.config.batching.max_batch_size,
+                );
+            }
+        }
+        Err(e) => {
+            let _ = writeln!(out, "  error: {e}");
+        }
+    }
+    out
+}

@@ -1,0 +1,14 @@
+//! ember: a model-serving HTTP microservice for TorchScript models.
+//!
+//! The binary (`src/main.rs`) is a thin CLI over this library; integration tests drive the same `Server`.
+
+pub mod config;
+pub mod engine;
+pub mod error;
+pub mod http;
+pub mod info;
+pub mod metrics;
+pub mod repository;
+pub mod server;
+pub mod tasks;
+pub mod telemetry;

@@ -1,0 +1,54 @@
+//! The `ember` command line: serve | info | openapi.
+
+use clap::{Parser, Subcommand};
+
+use ember::config::{RepoArgs, ServeConfig};
+use ember::server::{shutdown_signal, Server};
+
+#[derive(Parser)]
+#[command(name = "ember", version, about = "Serve TorchScript models over HTTP (REST and KServe v2)")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve every model of the repository over HTTP.
+    Serve(ServeConfig),
+    /// Print the libtorch version, the devices, the thread settings and the models found.
+    Info(RepoArgs),
+    /// Print the OpenAPI spec of the HTTP API.
+    Openapi,
+}
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Serve(config) => serve(config),
+        Command::Info(repo) => {
+            print!("{}", ember::info::report(&repo.model_repo));
+            Ok(())
+        }
+        Command::Openapi => {
+            print!("{}", ember::http::OPENAPI_YAML);
+            Ok(())
+        }
+    };
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("ember: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn serve(config: ServeConfig) -> anyhow::Result<()> {
+    ember::telemetry::init_logging(config.log_format);
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    runtime.block_on(async {
+        let server = Server::bind(&config).await?;
+        server.serve(shutdown_signal()).await
+    })
+}

@@ -1,0 +1,132 @@
+//! Every Prometheus metric ember exports, defined once. Names start with `ember_`; durations are in seconds.
+
+use prometheus::{
+    exponential_buckets, Encoder, Histogram, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder,
+};
+
+/// Request and inference latencies span sub-millisecond (health) to tens of seconds (style optimisation).
+fn latency_buckets() -> Vec<f64> {
+    exponential_buckets(0.0005, 2.0, 18).expect("static bucket layout")
+}
+
+pub struct Metrics {
+    registry: Registry,
+    pub requests_total: IntCounterVec,
+    pub request_duration: HistogramVec,
+    queue_duration: HistogramVec,
+    inference_duration: HistogramVec,
+    batch_size: HistogramVec,
+    queue_depth: IntGaugeVec,
+    pub model_info: IntGaugeVec,
+    model_load_duration: HistogramVec,
+    pub generated_tokens_total: IntCounterVec,
+    pub fine_tune_jobs: IntGaugeVec,
+}
+
+/// The per-model series a worker pool updates, resolved once so the hot path does no label lookups.
+#[derive(Clone)]
+pub struct ModelMetrics {
+    pub queue_duration: Histogram,
+    pub inference_duration: Histogram,
+    pub batch_size: Histogram,
+    pub queue_depth: IntGauge,
+    pub load_duration: Histogram,
+}
+
+impl Metrics {
+    pub fn new() -> Metrics {
+        let registry = Registry::new();
+        let histogram = |name: &str, help: &str, labels: &[&str], buckets: Vec<f64>| {
+            let vec = HistogramVec::new(HistogramOpts::new(name, help).buckets(buckets), labels).expect("valid metric");
+            registry.register(Box::new(vec.clone())).expect("metric registered once");
+            vec
+        };
+        let counter = |name: &str, help: &str, labels: &[&str]| {
+            let vec = IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric");
+            registry.register(Box::new(vec.clone())).expect("metric registered once");
+            vec
+        };
+        let gauge = |name: &str, help: &str, labels: &[&str]| {
+            let vec = IntGaugeVec::new(Opts::new(name, help), labels).expect("valid metric");
+            registry.register(Box::new(vec.clone())).expect("metric registered once");
+            vec
+        };
+        let metrics = Metrics {
+            requests_total: counter(
+                "ember_requests_total",
+                "HTTP requests answered, by model, route template and status code.",
+                &["model", "route", "status"],
+            ),
+            request_duration: histogram(
+                "ember_request_duration_seconds",
+                "Time from receiving a request to sending its response head, in seconds.",
+                &["model", "route"],
+                latency_buckets(),
+            ),
+            queue_duration: histogram(
+                "ember_queue_duration_seconds",
+                "Time a request waited in its model's queue before its batch started, in seconds.",
+                &["model"],
+                latency_buckets(),
+            ),
+            inference_duration: histogram(
+                "ember_inference_duration_seconds",
+                "Time one batch spent in the model (forward pass and output copy), in seconds.",
+                &["model"],
+                latency_buckets(),
+            ),
+            batch_size: histogram(
+                "ember_batch_size",
+                "Requests per executed batch.",
+                &["model"],
+                vec![1.0, 2.0, 3.0, 4.0, 6.0, 8.0, 12.0, 16.0, 24.0, 32.0, 64.0],
+            ),
+            queue_depth: gauge("ember_queue_depth", "Requests waiting in the model's queue.", &["model"]),
+            model_info: gauge(
+                "ember_model_info",
+                "1 for each model version being served, with its device.",
+                &["model", "version", "device"],
+            ),
+            model_load_duration: histogram(
+                "ember_model_load_duration_seconds",
+                "Time one worker took to load and warm up its copy of a model, in seconds.",
+                &["model"],
+                exponential_buckets(0.05, 2.0, 12).expect("static bucket layout"),
+            ),
+            generated_tokens_total: counter("ember_generated_tokens_total", "Tokens generated, by model.", &["model"]),
+            fine_tune_jobs: gauge("ember_fine_tune_jobs", "Fine-tuning jobs, by state.", &["state"]),
+            registry,
+        };
+        #[cfg(target_os = "linux")]
+        metrics
+            .registry
+            .register(Box::new(prometheus::process_collector::ProcessCollector::for_self()))
+            .expect("process collector registered once");
+        metrics
+    }
+
+    pub fn for_model(&self, model: &str) -> ModelMetrics {
+        ModelMetrics {
+            queue_duration: self.queue_duration.with_label_values(&[model]),
+            inference_duration: self.inference_duration.with_label_values(&[model]),
+            batch_size: self.batch_size.with_label_values(&[model]),
+            queue_depth: self.queue_depth.with_label_values(&[model]),
+            load_duration: self.model_load_duration.with_label_values(&[model]),
+        }
+    }
+
+    /// The Prometheus text exposition of every metric.
+    pub fn render(&self) -> String {
+        let mut buffer = Vec::new();
+        // Encoding into a Vec cannot fail for well-formed metric families.
+        let _ = TextEncoder::new().encode(&self.registry.gather(), &mut buffer);
+        String::from_utf8(buffer).unwrap_or_default()
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics::new()
+    }
+}

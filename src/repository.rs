@@ -1,0 +1,220 @@
+//! The model repository on disk: `<repo>/<name>/model.toml`, `labels.txt`, and `<version>/model.pt`.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use crate::config::ModelToml;
+use crate::tasks::TaskKind;
+
+#[derive(Debug, thiserror::Error)]
+pub enum RepoError {
+    #[error("cannot read the model repository {path}: {source}")]
+    Io { path: PathBuf, source: std::io::Error },
+    #[error("{path}: {message}")]
+    Invalid { path: PathBuf, message: String },
+}
+
+/// One model as found on disk.
+#[derive(Debug, Clone)]
+pub struct ModelSpec {
+    pub name: String,
+    pub dir: PathBuf,
+    pub config: ModelToml,
+    /// Every version directory holding a model.pt, ascending.
+    pub versions: Vec<u64>,
+    /// Class names in index order, for classification tasks.
+    pub labels: Option<Vec<String>>,
+}
+
+impl ModelSpec {
+    /// The version to serve: the pinned one, else the highest.
+    pub fn served_version(&self) -> Option<u64> {
+        self.config.version.or_else(|| self.versions.last().copied())
+    }
+
+    pub fn model_file(&self, version: u64) -> PathBuf {
+        self.dir.join(version.to_string()).join("model.pt")
+    }
+}
+
+/// Everything in the repository, plus which model answers each task's short route.
+#[derive(Debug, Clone)]
+pub struct Repository {
+    pub root: PathBuf,
+    pub models: Vec<ModelSpec>,
+    pub defaults: HashMap<TaskKind, String>,
+}
+
+impl Repository {
+    /// Reads every `<root>/*/model.toml`. Folders without one (such as `export/`) are not models.
+    /// Any invalid model fails the whole scan: serving half a repository by accident is worse than not starting.
+    pub fn scan(root: &Path) -> Result<Repository, RepoError> {
+        let io_error = |source| RepoError::Io { path: root.to_path_buf(), source };
+        let mut models = Vec::new();
+        for entry in std::fs::read_dir(root).map_err(io_error)? {
+            let dir = entry.map_err(io_error)?.path();
+            if dir.join("model.toml").is_file() {
+                models.push(read_model(&dir)?);
+            }
+        }
+        models.sort_by(|a, b| a.name.cmp(&b.name));
+        let defaults = pick_defaults(root, &models)?;
+        Ok(Repository { root: root.to_path_buf(), models, defaults })
+    }
+}
+
+fn invalid(path: &Path, message: impl Into<String>) -> RepoError {
+    RepoError::Invalid { path: path.to_path_buf(), message: message.into() }
+}
+
+fn read_model(dir: &Path) -> Result<ModelSpec, RepoError> {
+    let name = dir.file_name().and_then(|n| n.to_str()).unwrap_or_default().to_string();
+    if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-' || c == '.') {
+        return Err(invalid(dir, "model folder names may use only letters, digits, '_', '-' and '.'"));
+    }
+    let toml_path = dir.join("model.toml");
+    let text = std::fs::read_to_string(&toml_path).map_err(|e| invalid(&toml_path, e.to_string()))?;
+    let config: ModelToml = toml::from_str(&text).map_err(|e| invalid(&toml_path, e.message().to_string()))?;
+    config.validate().map_err(|message| invalid(&toml_path, message))?;
+
+    let versions = list_versions(dir)?;
+    if let Some(pinned) = config.version {
+        if !versions.contains(&pinned) {
+            return Err(invalid(
+                &toml_path,
+                format!("version = {pinned} is pinned but {}/{pinned}/model.pt does not exist", dir.display()),
+            ));
+        }
+    }
+    let labels = if config.task.needs_labels() { Some(read_labels(&dir.join("labels.txt"))?) } else { None };
+    Ok(ModelSpec { name, dir: dir.to_path_buf(), config, versions, labels })
+}
+
+/// Version folders are positive integers holding a model.pt; anything else (a `.partial` folder being
+/// written, a README) is not a version.
+fn list_versions(dir: &Path) -> Result<Vec<u64>, RepoError> {
+    let entries = std::fs::read_dir(dir).map_err(|source| RepoError::Io { path: dir.to_path_buf(), source })?;
+    let mut versions: Vec<u64> = entries
+        .filter_map(|entry| entry.ok())
+        .filter_map(|entry| entry.file_name().to_str()?.parse::<u64>().ok().filter(|v| *v > 0))
+        .filter(|version| dir.join(version.to_string()).join("model.pt").is_file())
+        .collect();
+    versions.sort_unstable();
+    Ok(versions)
+}
+
+fn read_labels(path: &Path) -> Result<Vec<String>, RepoError> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| invalid(path, format!("{e} (classification models need one label per line)")))?;
+    let labels: Vec<String> = text.lines().map(|l| l.trim().to_string()).collect();
+    if let Some(line) = labels.iter().position(|l| l.is_empty()) {
+        return Err(invalid(path, format!("line {} is empty: every class needs a name", line + 1)));
+    }
+    if labels.is_empty() {
+        return Err(invalid(path, "no labels"));
+    }
+    Ok(labels)
+}
+
+fn pick_defaults(root: &Path, models: &[ModelSpec]) -> Result<HashMap<TaskKind, String>, RepoError> {
+    let mut defaults: HashMap<TaskKind, String> = HashMap::new();
+    for model in models.iter().filter(|m| m.config.default) {
+        if let Some(other) = defaults.insert(model.config.task, model.name.clone()) {
+            return Err(invalid(
+                root,
+                format!("both `{other}` and `{}` say default = true for task {}", model.name, model.config.task),
+            ));
+        }
+    }
+    // A task served by exactly one model needs no explicit default.
+    for model in models {
+        let task = model.config.task;
+        if !defaults.contains_key(&task) && models.iter().filter(|m| m.config.task == task).count() == 1 {
+            defaults.insert(task, model.name.clone());
+        }
+    }
+    Ok(defaults)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn write_model(root: &Path, name: &str, toml: &str, versions: &[&str]) {
+        let dir = root.join(name);
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("model.toml"), toml).unwrap();
+        std::fs::write(dir.join("labels.txt"), "cat\ndog\n").unwrap();
+        for v in versions {
+            std::fs::create_dir_all(dir.join(v)).unwrap();
+            std::fs::write(dir.join(v).join("model.pt"), b"not read by scan").unwrap();
+        }
+    }
+
+    const CLASSIFIER: &str = "task = \"image-classification\"\n[image]\nresize = 256\ncrop = 224\nmean = [0.5, 0.5, 0.5]\nstd = [0.2, 0.2, 0.2]\n";
+
+    #[test]
+    fn highest_integer_version_is_served_and_other_folders_are_ignored() {
+        let root = tempfile::tempdir().unwrap();
+        write_model(root.path(), "pets", CLASSIFIER, &["1", "10", "2", ".3.partial", "abc", "0"]);
+        std::fs::create_dir_all(root.path().join("11")).unwrap(); // no model.pt: not a version
+        let repo = Repository::scan(root.path()).unwrap();
+        let pets = &repo.models[0];
+        assert_eq!(pets.versions, vec![1, 2, 10]);
+        assert_eq!(pets.served_version(), Some(10));
+        assert_eq!(pets.labels.as_deref(), Some(&["cat".to_string(), "dog".to_string()][..]));
+        assert_eq!(repo.defaults.get(&TaskKind::ImageClassification).map(String::as_str), Some("pets"));
+    }
+
+    #[test]
+    fn pinned_version_wins_and_must_exist() {
+        let root = tempfile::tempdir().unwrap();
+        write_model(root.path(), "pets", &format!("version = 1\n{CLASSIFIER}"), &["1", "2"]);
+        assert_eq!(Repository::scan(root.path()).unwrap().models[0].served_version(), Some(1));
+        write_model(root.path(), "pets", &format!("version = 7\n{CLASSIFIER}"), &["1", "2"]);
+        let err = Repository::scan(root.path()).unwrap_err().to_string();
+        assert!(err.contains("model.toml") && err.contains("version = 7"), "{err}");
+    }
+
+    #[test]
+    fn unknown_key_is_rejected_naming_file_and_key() {
+        let root = tempfile::tempdir().unwrap();
+        write_model(root.path(), "pets", &CLASSIFIER.replace("[image]", "max_batch = 3\n[image]"), &["1"]);
+        let err = Repository::scan(root.path()).unwrap_err().to_string();
+        assert!(err.contains("pets/model.toml") && err.contains("max_batch"), "{err}");
+    }
+
+    #[test]
+    fn bad_values_are_rejected_naming_the_key() {
+        let root = tempfile::tempdir().unwrap();
+        write_model(root.path(), "pets", &format!("{CLASSIFIER}[batching]\nmax_batch_size = 0\n"), &["1"]);
+        let err = Repository::scan(root.path()).unwrap_err().to_string();
+        assert!(err.contains("batching.max_batch_size") && err.contains("got 0"), "{err}");
+
+        write_model(root.path(), "pets", &CLASSIFIER.replace("image-classification", "juggling"), &["1"]);
+        let err = Repository::scan(root.path()).unwrap_err().to_string();
+        assert!(err.contains("juggling"), "{err}");
+
+        write_model(root.path(), "pets", &format!("device = \"tpu\"\n{CLASSIFIER}"), &["1"]);
+        let err = Repository::scan(root.path()).unwrap_err().to_string();
+        assert!(err.contains("unknown device `tpu`"), "{err}");
+    }
+
+    #[test]
+    fn two_defaults_for_one_task_are_rejected() {
+        let root = tempfile::tempdir().unwrap();
+        write_model(root.path(), "a", &format!("default = true\n{CLASSIFIER}"), &["1"]);
+        write_model(root.path(), "b", &format!("default = true\n{CLASSIFIER}"), &["1"]);
+        let err = Repository::scan(root.path()).unwrap_err().to_string();
+        assert!(err.contains("`a`") && err.contains("`b`"), "{err}");
+    }
+
+    #[test]
+    fn missing_labels_file_is_named() {
+        let root = tempfile::tempdir().unwrap();
+        write_model(root.path(), "pets", CLASSIFIER, &["1"]);
+        std::fs::remove_file(root.path().join("pets/labels.txt")).unwrap();
+        let err = Repository::scan(root.path()).unwrap_err().to_string();
+        assert!(err.contains("labels.txt"), "{err}");
+    }
+}

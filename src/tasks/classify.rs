@@ -1,0 +1,92 @@
+//! Image classification: an image becomes a normalised tensor; the model's logits become the top k labels.
+
+use std::sync::Arc;
+
+use anyhow::{ensure, Context};
+use serde::Serialize;
+use tch::{CModule, Device, Kind, Tensor};
+
+use super::image;
+use crate::config::ImagePreprocessing;
+use crate::engine::BatchTask;
+use crate::error::ApiError;
+
+pub const DEFAULT_TOP_K: usize = 5;
+
+#[derive(Clone)]
+pub struct ImageClassifier {
+    pub labels: Arc<Vec<String>>,
+    pub preprocessing: ImagePreprocessing,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Prediction {
+    pub label: String,
+    pub index: usize,
+    pub score: f32,
+}
+
+impl ImageClassifier {
+    /// Decodes and preprocesses one image. CPU work: call it off the async runtime.
+    pub fn prepare(&self, bytes: &[u8], max_pixels: u64) -> Result<Tensor, ApiError> {
+        let decoded = image::decode(bytes, max_pixels)?;
+        Ok(image::to_normalized_tensor(&decoded, &self.preprocessing))
+    }
+
+    /// `top_k` must lie in 1..=number of labels.
+    pub fn validate_top_k(&self, top_k: usize) -> Result<usize, ApiError> {
+        let classes = self.labels.len();
+        if (1..=classes).contains(&top_k) {
+            Ok(top_k)
+        } else {
+            Err(ApiError::Validation(format!("top_k must be between 1 and {classes}, got {top_k}")))
+        }
+    }
+
+    /// The `top_k` most probable labels, most probable first.
+    pub fn top_k(&self, probabilities: &[f32], top_k: usize) -> Vec<Prediction> {
+        let mut order: Vec<usize> = (0..probabilities.len()).collect();
+        let by_score_desc = |a: &usize, b: &usize| probabilities[*b].total_cmp(&probabilities[*a]);
+        let k = top_k.min(order.len());
+        if k < order.len() {
+            order.select_nth_unstable_by(k, by_score_desc);
+            order.truncate(k);
+        }
+        order.sort_by(by_score_desc);
+        order
+            .into_iter()
+            .map(|index| Prediction { label: self.labels[index].clone(), index, score: probabilities[index] })
+            .collect()
+    }
+}
+
+impl BatchTask for ImageClassifier {
+    type Input = Tensor;
+    /// Softmax probabilities, one per label.
+    type Output = Vec<f32>;
+
+    fn run_batch(&self, model: &CModule, device: Device, inputs: Vec<Tensor>) -> anyhow::Result<Vec<Vec<f32>>> {
+        let batch = Tensor::f_stack(&inputs, 0)?.f_to_device(device)?;
+        let logits = model.forward_ts(&[batch])?;
+        let size = logits.size();
+        ensure!(
+            size.len() == 2 && size[0] == inputs.len() as i64,
+            "the model returned a tensor of shape {size:?}; expected [batch, classes]"
+        );
+        let probabilities = logits.f_softmax(-1, Kind::Float)?.f_to_device(Device::Cpu)?.f_contiguous()?;
+        let flat = Vec::<f32>::try_from(probabilities.view([-1])).context("copying the scores out")?;
+        Ok(flat.chunks(size[1] as usize).map(<[f32]>::to_vec).collect())
+    }
+
+    fn warmup_input(&self) -> Tensor {
+        image::blank_input(&self.preprocessing)
+    }
+
+    fn check_output(&self, output: &Vec<f32>) -> Result<(), String> {
+        if output.len() == self.labels.len() {
+            Ok(())
+        } else {
+            Err(format!("the model gives {} scores but labels.txt has {} labels", output.len(), self.labels.len()))
+        }
+    }
+}

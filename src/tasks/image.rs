@@ -1,0 +1,133 @@
+//! Image decoding with limits, and torchvision-compatible preprocessing (`Resize`, `CenterCrop`, `ToTensor`,
+//! `Normalize`), shared by every image task.
+
+use std::io::Cursor;
+
+use image::imageops::{self, FilterType};
+use image::{DynamicImage, ImageReader, Limits, RgbImage};
+use tch::{Device, Kind, Tensor};
+
+use crate::config::ImagePreprocessing;
+use crate::error::ApiError;
+
+/// Decodes JPEG, PNG, WebP, GIF (first frame) or BMP, refusing images over `max_pixels` before decoding them,
+/// so a small file that expands to gigabytes (a decompression bomb) costs nothing.
+pub fn decode(bytes: &[u8], max_pixels: u64) -> Result<DynamicImage, ApiError> {
+    let reader = || {
+        ImageReader::new(Cursor::new(bytes))
+            .with_guessed_format()
+            .map_err(|e| ApiError::BadRequest(format!("cannot read the image: {e}")))
+    };
+    let probe = reader()?;
+    let Some(format) = probe.format() else {
+        return Err(ApiError::BadRequest(
+            "the image is not in a supported format: expected JPEG, PNG, WebP, GIF or BMP".into(),
+        ));
+    };
+    let (width, height) = probe
+        .into_dimensions()
+        .map_err(|e| ApiError::BadRequest(format!("the {format:?} image is corrupt or truncated: {e}")))?;
+    let pixels = u64::from(width) * u64::from(height);
+    if pixels > max_pixels {
+        return Err(ApiError::PayloadTooLarge(format!(
+            "the image is {width}x{height} = {pixels} pixels; the limit is {max_pixels} (--max-image-pixels)"
+        )));
+    }
+    let mut limits = Limits::default();
+    limits.max_image_width = Some(width);
+    limits.max_image_height = Some(height);
+    // Room for the decoded frame at 16 bits per channel with alpha, plus decoder scratch space.
+    limits.max_alloc = Some(pixels.saturating_mul(8).saturating_add(64 << 20));
+    let mut decoder = reader()?;
+    decoder.limits(limits);
+    decoder.decode().map_err(|e| ApiError::BadRequest(format!("the {format:?} image is corrupt or truncated: {e}")))
+}
+
+/// torchvision `Resize(n)` on a PIL image: the shorter side becomes n, the longer `int(n * long / short)`.
+pub fn resized_dimensions(width: u32, height: u32, shorter: u32) -> (u32, u32) {
+    let scale = |long: u32, short: u32| (u64::from(shorter) * u64::from(long) / u64::from(short)) as u32;
+    if width <= height {
+        (shorter, scale(height, width))
+    } else {
+        (scale(width, height), shorter)
+    }
+}
+
+/// torchvision `CenterCrop`: offsets are `int(round((size - crop) / 2))`, and Python rounds halves to even.
+pub fn center_crop_offset(size: u32, crop: u32) -> u32 {
+    (f64::from(size.saturating_sub(crop)) / 2.0).round_ties_even() as u32
+}
+
+/// Resize (bilinear with antialiasing, as PIL does), centre crop and normalise into a `[3, crop, crop]` tensor.
+pub fn to_normalized_tensor(image: &DynamicImage, prep: &ImagePreprocessing) -> Tensor {
+    let rgb: RgbImage = image.to_rgb8();
+    let (width, height) = rgb.dimensions();
+    let (new_width, new_height) = resized_dimensions(width, height, prep.resize);
+    let resized = if (new_width, new_height) == (width, height) {
+        rgb
+    } else {
+        // Triangle is a bilinear kernel widened by the scale factor when shrinking, like PIL's BILINEAR.
+        imageops::resize(&rgb, new_width, new_height, FilterType::Triangle)
+    };
+    let crop = prep.crop;
+    let (left, top) = (center_crop_offset(new_width, crop), center_crop_offset(new_height, crop));
+    let plane = (crop * crop) as usize;
+    let mut chw = vec![0f32; 3 * plane];
+    let scale: [f32; 3] = std::array::from_fn(|c| 1.0 / (255.0 * prep.std[c]));
+    let shift: [f32; 3] = std::array::from_fn(|c| prep.mean[c] / prep.std[c]);
+    for y in 0..crop {
+        for x in 0..crop {
+            let pixel = resized.get_pixel(left + x, top + y).0;
+            let offset = (y * crop + x) as usize;
+            for c in 0..3 {
+                chw[c * plane + offset] = f32::from(pixel[c]) * scale[c] - shift[c];
+            }
+        }
+    }
+    Tensor::from_slice(&chw).view([3, i64::from(crop), i64::from(crop)])
+}
+
+/// A blank normalised image of the model's input size, for warm-up.
+pub fn blank_input(prep: &ImagePreprocessing) -> Tensor {
+    let crop = i64::from(prep.crop);
+    Tensor::zeros([3, crop, crop], (Kind::Float, Device::Cpu))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn resize_keeps_aspect_ratio_like_torchvision() {
+        assert_eq!(resized_dimensions(451, 300, 256), (384, 256)); // int(256 * 451 / 300) = 384
+        assert_eq!(resized_dimensions(427, 640, 256), (256, 383));
+        assert_eq!(resized_dimensions(256, 256, 256), (256, 256));
+    }
+
+    #[test]
+    fn centre_crop_rounds_half_to_even_like_python() {
+        assert_eq!(center_crop_offset(256, 224), 16);
+        assert_eq!(center_crop_offset(225, 224), 0); // round(0.5) == 0
+        assert_eq!(center_crop_offset(227, 224), 2); // round(1.5) == 2
+        assert_eq!(center_crop_offset(383, 224), 80); // round(79.5) == 80
+    }
+
+    #[test]
+    fn oversized_image_is_refused_before_decoding() {
+        let mut png = Vec::new();
+        image::RgbImage::new(300, 200).write_to(&mut Cursor::new(&mut png), image::ImageFormat::Png).unwrap();
+        match decode(&png, 50_000) {
+            Err(ApiError::PayloadTooLarge(message)) => assert!(message.contains("300x200"), "{message}"),
+            other => panic!("expected 413, got {other:?}"),
+        }
+        assert!(decode(&png, 60_000).is_ok());
+    }
+
+    #[test]
+    fn truncated_and_foreign_bytes_are_bad_requests() {
+        let mut png = Vec::new();
+        image::RgbImage::new(64, 64).write_to(&mut Cursor::new(&mut png), image::ImageFormat::Png).unwrap();
+        assert!(matches!(decode(&png[..png.len() / 2], 1 << 20), Err(ApiError::BadRequest(_))));
+        assert!(matches!(decode(b"hello, world", 1 << 20), Err(ApiError::BadRequest(_))));
+    }
+}
