@@ -218,7 +218,7 @@ fn load_and_warm_up<T: BatchTask>(shared: &Shared<T>) -> Result<CModule, String>
     let spec = &shared.spec;
     let started = Instant::now();
     let mut model = CModule::load_on_device(&spec.path, spec.device)
-        .map_err(|e| format!("cannot load {}: {}", spec.path.display(), first_line(&e.to_string())))?;
+        .map_err(|e| format!("cannot load {}: {}", spec.path.display(), torch_error_summary(&e.to_string())))?;
     model.set_eval();
     // Every batch size the batcher can produce gets a pass, so that no request pays for first-use setup
     // (allocations, oneDNN primitive creation) of its shape.
@@ -229,7 +229,7 @@ fn load_and_warm_up<T: BatchTask>(shared: &Shared<T>) -> Result<CModule, String>
             let outputs = shared
                 .task
                 .run_batch(&model, spec.device, inputs)
-                .map_err(|e| format!("warm-up at batch size {size} failed: {}", first_line(&e.to_string())))?;
+                .map_err(|e| format!("warm-up at batch size {size} failed: {}", torch_error_summary(&e.to_string())))?;
             check_outputs(shared, size, &outputs).map_err(|e| format!("warm-up at batch size {size}: {e}"))?;
         }
     }
@@ -296,7 +296,7 @@ fn run_batch<T: BatchTask>(shared: &Shared<T>, model: &CModule, batch: Vec<Job<T
         Ok(outputs) => {
             fail_all(shared, replies, format!("the model returned {} outputs for a batch of {size}", outputs.len()))
         }
-        Err(e) => fail_all(shared, replies, first_line(&e.to_string()).to_string()),
+        Err(e) => fail_all(shared, replies, torch_error_summary(&e.to_string())),
     }
 }
 
@@ -311,9 +311,14 @@ fn fail_all<T: BatchTask>(
     }
 }
 
-/// libtorch errors carry a C++ backtrace after the first line; clients and logs need only the message.
-fn first_line(message: &str) -> &str {
-    message.lines().find(|l| !l.trim().is_empty()).unwrap_or(message).trim()
+/// libtorch errors arrive as pages: a TorchScript traceback, then the Python-style `XxxError: ...` line that
+/// says what went wrong, sometimes a C++ backtrace. Clients and logs get that one line.
+pub fn torch_error_summary(message: &str) -> String {
+    let without_backtrace = message.split("Exception raised from").next().unwrap_or(message);
+    let lines = || without_backtrace.lines().map(str::trim).filter(|l| !l.is_empty());
+    let is_error_line = |line: &&str| line.split_once(": ").is_some_and(|(kind, _)| kind.ends_with("Error"));
+    let summary = lines().rfind(is_error_line).or_else(|| lines().next()).unwrap_or(message);
+    summary.strip_prefix("Internal torch error: ").unwrap_or(summary).to_string()
 }
 
 fn panic_message(panic: &Box<dyn std::any::Any + Send>) -> String {
@@ -322,4 +327,24 @@ fn panic_message(panic: &Box<dyn std::any::Any + Send>) -> String {
         .map(|s| s.to_string())
         .or_else(|| panic.downcast_ref::<String>().cloned())
         .unwrap_or_else(|| "unknown panic".to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::torch_error_summary;
+
+    #[test]
+    fn torch_errors_are_summarised_by_their_error_line() {
+        let scripted = "Internal torch error: The following operation failed in the TorchScript interpreter.\n\
+            Traceback of TorchScript, serialized code (most recent call last):\n  File \"code/__torch__.py\", line 6\n\
+            _0 = torch.matmul(argument_1, argument_1)\n\n\
+            RuntimeError: Expected size for first two dimensions of batch2 tensor to be: [1, 3] but got: [1, 2].\n";
+        assert_eq!(
+            torch_error_summary(scripted),
+            "RuntimeError: Expected size for first two dimensions of batch2 tensor to be: [1, 3] but got: [1, 2]."
+        );
+        let plain = "Internal torch error: open file failed because of errno 2 on fopen: No such file\n\
+            Exception raised from RAIIFile at ../caffe2/serialize/file_adapter.cc:30 (most recent call first):\nframe #0: c10::Error";
+        assert_eq!(torch_error_summary(plain), "open file failed because of errno 2 on fopen: No such file");
+    }
 }

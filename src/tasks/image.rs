@@ -4,7 +4,7 @@
 use std::io::Cursor;
 
 use image::imageops::{self, FilterType};
-use image::{DynamicImage, ImageReader, Limits, RgbImage};
+use image::{DynamicImage, ImageFormat, ImageReader, Limits, RgbImage};
 use tch::{Device, Kind, Tensor};
 
 use crate::config::ImagePreprocessing;
@@ -27,6 +27,11 @@ pub fn decode(bytes: &[u8], max_pixels: u64) -> Result<DynamicImage, ApiError> {
     let (width, height) = probe
         .into_dimensions()
         .map_err(|e| ApiError::BadRequest(format!("the {format:?} image is corrupt or truncated: {e}")))?;
+    if format == ImageFormat::Jpeg && !jpeg_is_complete(bytes) {
+        return Err(ApiError::BadRequest(
+            "the Jpeg image is corrupt or truncated: no end-of-image marker after its last scan".into(),
+        ));
+    }
     let pixels = u64::from(width) * u64::from(height);
     if pixels > max_pixels {
         return Err(ApiError::PayloadTooLarge(format!(
@@ -41,6 +46,17 @@ pub fn decode(bytes: &[u8], max_pixels: u64) -> Result<DynamicImage, ApiError> {
     let mut decoder = reader()?;
     decoder.limits(limits);
     decoder.decode().map_err(|e| ApiError::BadRequest(format!("the {format:?} image is corrupt or truncated: {e}")))
+}
+
+/// The JPEG decoder fills a truncated scan with grey instead of failing (PIL refuses such files), so a cut-off
+/// upload would be classified as a half-grey picture. A complete JPEG has an end-of-image marker (FF D9) after
+/// the start of its last scan (FF DA); entropy-coded data never contains either (0xFF is stuffed as FF 00).
+fn jpeg_is_complete(bytes: &[u8]) -> bool {
+    let last_marker = |marker: u8| bytes.windows(2).rposition(|pair| pair == [0xFF, marker]);
+    match (last_marker(0xDA), last_marker(0xD9)) {
+        (Some(scan), Some(end)) => end > scan,
+        _ => false,
+    }
 }
 
 /// torchvision `Resize(n)` on a PIL image: the shorter side becomes n, the longer `int(n * long / short)`.
@@ -121,6 +137,16 @@ mod tests {
             other => panic!("expected 413, got {other:?}"),
         }
         assert!(decode(&png, 60_000).is_ok());
+    }
+
+    #[test]
+    fn truncated_jpeg_is_refused() {
+        let mut jpeg = Vec::new();
+        image::RgbImage::from_fn(64, 64, |x, y| image::Rgb([x as u8, y as u8, 7]))
+            .write_to(&mut Cursor::new(&mut jpeg), ImageFormat::Jpeg)
+            .unwrap();
+        assert!(decode(&jpeg, 1 << 20).is_ok());
+        assert!(matches!(decode(&jpeg[..jpeg.len() - 40], 1 << 20), Err(ApiError::BadRequest(_))));
     }
 
     #[test]

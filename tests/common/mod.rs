@@ -1,0 +1,185 @@
+//! Shared by the integration tests: a real ember server on a free port, the real default model, the sample
+//! photos the setup copied from scikit-image and scikit-learn, and the Python side's reference outputs.
+#![allow(dead_code)] // each test binary uses its own subset
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use ember::config::ServeConfig;
+use ember::server::Server;
+use serde::Deserialize;
+use tempfile::TempDir;
+use tokio::sync::oneshot;
+
+pub fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+pub fn models_dir() -> PathBuf {
+    root().join("models")
+}
+
+pub fn photo(name: &str) -> Vec<u8> {
+    let path = root().join("tests/data/images").join(name);
+    std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e} (run `make models` first)", path.display()))
+}
+
+/// One photo as torchvision preprocessed and classified it (models/export/mobilenet_v2.py).
+#[derive(Deserialize)]
+pub struct Reference {
+    pub file: String,
+    pub top5: Vec<String>,
+    pub expected_any_of: Vec<String>,
+    pub probs: Vec<f32>,
+}
+
+pub fn references() -> Vec<Reference> {
+    let path = root().join("tests/data/mobilenet_v2_reference.json");
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e} (run `make models`)", path.display()));
+    serde_json::from_str(&text).expect("reference JSON")
+}
+
+pub fn content_type_of(photo: &str) -> &'static str {
+    if photo.ends_with(".png") {
+        "image/png"
+    } else {
+        "image/jpeg"
+    }
+}
+
+/// A model repository holding only mobilenet_v2, with some model.toml lines replaced (`key = value`),
+/// its version folder linked to the one the setup built.
+pub struct TempRepo {
+    pub dir: TempDir,
+}
+
+impl TempRepo {
+    pub fn mobilenet(overrides: &[(&str, &str)]) -> TempRepo {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let source = models_dir().join("mobilenet_v2");
+        let target = dir.path().join("mobilenet_v2");
+        std::fs::create_dir_all(&target).unwrap();
+        std::fs::copy(source.join("labels.txt"), target.join("labels.txt")).unwrap();
+        std::os::unix::fs::symlink(source.join("1"), target.join("1")).unwrap();
+        let mut toml = std::fs::read_to_string(source.join("model.toml")).unwrap();
+        for (key, value) in overrides {
+            let prefix = format!("{key} = ");
+            let line =
+                toml.lines().find(|l| l.starts_with(&prefix)).unwrap_or_else(|| panic!("no `{key}` in model.toml"));
+            toml = toml.replace(line, &format!("{key} = {value}"));
+        }
+        std::fs::write(target.join("model.toml"), toml).unwrap();
+        TempRepo { dir }
+    }
+
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+}
+
+/// An ember server running in this process on its own runtime, on 127.0.0.1 and a free port.
+pub struct TestServer {
+    pub base: String,
+    shutdown: Option<oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl TestServer {
+    /// Starts serving `repo`; models load in the background (see `wait_ready`).
+    pub fn start(repo: &Path, flags: &[&str]) -> TestServer {
+        let mut all_flags = vec!["--port", "0", "--model-repo", repo.to_str().unwrap()];
+        all_flags.extend_from_slice(flags);
+        let config = ServeConfig::from_flags(all_flags).expect("valid flags");
+        let (address_tx, address_rx) = std::sync::mpsc::channel();
+        let (shutdown, shutdown_rx) = oneshot::channel::<()>();
+        let thread = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+            runtime.block_on(async move {
+                let server = Server::bind(&config).await.expect("server binds");
+                address_tx.send(server.local_addr()).unwrap();
+                server
+                    .serve(async {
+                        let _ = shutdown_rx.await;
+                    })
+                    .await
+                    .expect("server runs");
+            });
+        });
+        let address = address_rx.recv_timeout(Duration::from_secs(30)).expect("server bound");
+        TestServer { base: format!("http://{address}"), shutdown: Some(shutdown), thread: Some(thread) }
+    }
+
+    pub async fn start_ready(repo: &Path, flags: &[&str]) -> TestServer {
+        let server = TestServer::start(repo, flags);
+        server.wait_ready().await;
+        server
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    pub async fn wait_ready(&self) {
+        let deadline = Instant::now() + Duration::from_secs(120);
+        loop {
+            let response = reqwest::get(self.url("/health/ready")).await.expect("server answers");
+            if response.status() == 200 {
+                return;
+            }
+            let body = response.text().await.unwrap_or_default();
+            assert!(!body.contains("failed"), "a model failed to load: {body}");
+            assert!(Instant::now() < deadline, "not ready after 120s: {body}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// POSTs an image as raw bytes to `path`.
+    pub async fn post_image(&self, path: &str, photo_name: &str) -> reqwest::Response {
+        client()
+            .post(self.url(path))
+            .header("content-type", content_type_of(photo_name))
+            .body(photo(photo_name))
+            .send()
+            .await
+            .expect("request sent")
+    }
+
+    /// The value of one sample of the Prometheus text, e.g. `ember_batch_size_count{model="mobilenet_v2"}`.
+    pub async fn metric(&self, series: &str) -> Option<f64> {
+        let text = reqwest::get(self.url("/metrics")).await.unwrap().text().await.unwrap();
+        text.lines().find_map(|line| line.strip_prefix(series)?.strip_prefix(' ')?.trim().parse().ok())
+    }
+
+    /// Stops the server gracefully and waits for it.
+    pub fn stop(mut self) {
+        self.stop_inner();
+    }
+
+    fn stop_inner(&mut self) {
+        if let Some(shutdown) = self.shutdown.take() {
+            let _ = shutdown.send(());
+        }
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        self.stop_inner();
+    }
+}
+
+pub fn client() -> reqwest::Client {
+    reqwest::Client::builder().timeout(Duration::from_secs(60)).build().unwrap()
+}
+
+/// Status, `error_type` and message of an error response.
+pub async fn error_of(response: reqwest::Response) -> (u16, String, String) {
+    let status = response.status().as_u16();
+    let body: serde_json::Value = response.json().await.expect("error bodies are JSON");
+    let kind = body["error_type"].as_str().unwrap_or_default().to_string();
+    let message = body["error"].as_str().unwrap_or_default().to_string();
+    (status, kind, message)
+}
