@@ -4,6 +4,8 @@
 //! * an rpath to libtorch, so `ember` runs without LD_LIBRARY_PATH;
 //! * a hard dependency on libtorch_cuda. Nothing in ember references a CUDA symbol directly, so the
 //!   linker's default `--as-needed` drops the library and CUDA silently disappears at run time.
+//!
+//! It also compiles csrc/inference_module.cpp, the small C++ shim for what tch does not wrap.
 
 use std::path::Path;
 
@@ -21,8 +23,26 @@ fn main() {
         println!("cargo:rustc-link-arg=-ltorch_cuda");
         println!("cargo:rustc-link-arg=-Wl,--as-needed");
     }
+    compile_inference_module(lib_dir);
     println!("cargo:rustc-env=EMBER_LIBTORCH_DIR={}", lib_dir.display());
     println!("cargo:rustc-env=EMBER_LIBTORCH_VERSION={}", libtorch_version(lib_dir));
+}
+
+/// csrc/inference_module.cpp: freeze + optimize_for_inference, which tch does not expose.
+fn compile_inference_module(lib_dir: &Path) {
+    println!("cargo:rerun-if-changed=csrc/inference_module.cpp");
+    let include = lib_dir.join("..").join("include");
+    cc::Build::new()
+        .cpp(true)
+        .pic(true)
+        .warnings(false)
+        .include(&include)
+        .include(include.join("torch").join("csrc").join("api").join("include"))
+        .flag("-std=c++17")
+        // PyTorch wheels since 2.7 are built with the C++11 ABI only (torch._C._GLIBCXX_USE_CXX11_ABI is True).
+        .define("_GLIBCXX_USE_CXX11_ABI", "1")
+        .file("csrc/inference_module.cpp")
+        .compile("ember_inference_module");
 }
 
 /// The PyTorch wheel records its version in torch/version.py (`__version__ = '2.11.0+cu130'`).

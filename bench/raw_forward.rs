@@ -1,7 +1,8 @@
 //! The baseline ember's HTTP numbers are compared against: the same TorchScript model run in a plain loop,
-//! in process, with no HTTP, no queue and no decoding.
+//! in process, with no HTTP, no queue and no decoding. The module is loaded the way ember loads it
+//! (frozen and optimised for inference, unless `plain` is given).
 //!
-//! cargo run --release --example raw_forward -- [model.pt] [jpeg] [seconds-per-case]
+//! cargo run --release --example raw_forward -- [model.pt] [jpeg] [seconds-per-case] [optimized|plain]
 //!
 //! Prints, per batch size 1, 2, 4 and 8: images/s of one loop with 2 intra-op threads, and of two loops side
 //! by side with 1 thread each (ember's default worker layout); then the median latency of one decode +
@@ -11,8 +12,9 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use ember::config::ImagePreprocessing;
+use ember::engine::InferenceModule;
 use ember::tasks::image;
-use tch::{CModule, Device, Kind, Tensor};
+use tch::{Device, Kind, Tensor};
 
 const PREPROCESSING: ImagePreprocessing =
     ImagePreprocessing { resize: 256, crop: 224, mean: [0.485, 0.456, 0.406], std: [0.229, 0.224, 0.225] };
@@ -22,18 +24,23 @@ fn main() -> anyhow::Result<()> {
     let model_path = PathBuf::from(args.get(1).map_or("models/mobilenet_v2/1/model.pt", String::as_str));
     let jpeg_path = PathBuf::from(args.get(2).map_or("tests/data/images/china.jpg", String::as_str));
     let seconds: f64 = args.get(3).map_or(Ok(5.0), |s| s.parse())?;
+    let optimize = args.get(4).is_none_or(|mode| mode != "plain");
     let _no_grad = tch::no_grad_guard();
 
-    println!("model {}  image {}  {seconds}s per case", model_path.display(), jpeg_path.display());
+    println!(
+        "model {} (optimized: {optimize})  image {}  {seconds}s per case",
+        model_path.display(),
+        jpeg_path.display()
+    );
     println!("batch  1 loop x 2 threads (img/s)  2 loops x 1 thread (img/s)");
     for batch in [1, 2, 4, 8] {
-        let one_loop = throughput(&model_path, batch, 1, 2, seconds)?;
-        let two_loops = throughput(&model_path, batch, 2, 1, seconds)?;
+        let one_loop = throughput(&model_path, optimize, batch, 1, 2, seconds)?;
+        let two_loops = throughput(&model_path, optimize, batch, 2, 1, seconds)?;
         println!("{batch:>5}  {one_loop:>27.1}  {two_loops:>26.1}");
     }
 
     tch::set_num_threads(1);
-    let model = load(&model_path)?;
+    let model = InferenceModule::load(&model_path, Device::Cpu, optimize).map_err(anyhow::Error::msg)?;
     let jpeg = std::fs::read(&jpeg_path)?;
     let mut samples = Vec::new();
     let until = Instant::now() + Duration::from_secs_f64(seconds);
@@ -41,7 +48,7 @@ fn main() -> anyhow::Result<()> {
         let started = Instant::now();
         let decoded = image::decode(&jpeg, u64::MAX).map_err(|e| anyhow::anyhow!("{e}"))?;
         let input = image::to_normalized_tensor(&decoded, &PREPROCESSING).unsqueeze(0);
-        let _ = model.forward_ts(&[input])?.softmax(-1, Kind::Float);
+        let _ = model.forward(&input).map_err(anyhow::Error::msg)?.softmax(-1, Kind::Float);
         samples.push(started.elapsed());
     }
     samples.sort();
@@ -54,29 +61,30 @@ fn main() -> anyhow::Result<()> {
     Ok(())
 }
 
-fn load(path: &Path) -> anyhow::Result<CModule> {
-    let mut model = CModule::load_on_device(path, Device::Cpu)?;
-    model.set_eval();
-    Ok(model)
-}
-
 /// Images/s of `loops` threads each running forward passes of `batch` images with `threads` intra-op threads.
-fn throughput(path: &Path, batch: i64, loops: usize, threads: i32, seconds: f64) -> anyhow::Result<f64> {
+fn throughput(
+    path: &Path,
+    optimize: bool,
+    batch: i64,
+    loops: usize,
+    threads: i32,
+    seconds: f64,
+) -> anyhow::Result<f64> {
     let handles: Vec<_> = (0..loops)
         .map(|_| {
             let path = path.to_path_buf();
             std::thread::spawn(move || -> anyhow::Result<(usize, Duration)> {
                 let _no_grad = tch::no_grad_guard();
                 tch::set_num_threads(threads);
-                let model = load(&path)?;
+                let model = InferenceModule::load(&path, Device::Cpu, optimize).map_err(anyhow::Error::msg)?;
                 let input = Tensor::rand([batch, 3, 224, 224], (Kind::Float, Device::Cpu));
                 for _ in 0..3 {
-                    let _ = model.forward_ts(&[&input])?; // warm-up
+                    let _ = model.forward(&input).map_err(anyhow::Error::msg)?; // warm-up
                 }
                 let started = Instant::now();
                 let mut images = 0;
                 while started.elapsed().as_secs_f64() < seconds {
-                    let _ = model.forward_ts(&[&input])?.softmax(-1, Kind::Float);
+                    let _ = model.forward(&input).map_err(anyhow::Error::msg)?.softmax(-1, Kind::Float);
                     images += batch as usize;
                 }
                 Ok((images, started.elapsed()))

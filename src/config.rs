@@ -130,10 +130,18 @@ pub struct ModelToml {
     pub version: Option<u64>,
     #[serde(default)]
     pub description: String,
+    /// Freeze the module and run libtorch's optimize_for_inference when loading it (batch norms folded into
+    /// convolutions, weights prepacked for oneDNN on CPU). Turn off for a model whose ops it mishandles.
+    #[serde(default = "default_true")]
+    pub optimize: bool,
     #[serde(default)]
     pub batching: BatchingConfig,
     /// Image preprocessing, for image tasks.
     pub image: Option<ImagePreprocessing>,
+}
+
+fn default_true() -> bool {
+    true
 }
 
 /// How requests are queued, batched and executed.

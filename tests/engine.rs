@@ -5,7 +5,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use ember::config::BatchingConfig;
-use ember::engine::{BatchTask, EngineError, WorkerPool, WorkerSpec};
+use ember::engine::{BatchTask, EngineError, InferenceModule, WorkerPool, WorkerSpec};
 use ember::metrics::Metrics;
 use tch::{CModule, Device, Kind, Tensor};
 
@@ -16,8 +16,8 @@ impl BatchTask for SquareAndSum {
     type Input = Tensor;
     type Output = f64;
 
-    fn run_batch(&self, model: &CModule, _device: Device, inputs: Vec<Tensor>) -> anyhow::Result<Vec<f64>> {
-        let squared = model.forward_ts(&[Tensor::f_stack(&inputs, 0)?])?;
+    fn run_batch(&self, model: &InferenceModule, _device: Device, inputs: Vec<Tensor>) -> anyhow::Result<Vec<f64>> {
+        let squared = model.forward(&Tensor::f_stack(&inputs, 0)?).map_err(anyhow::Error::msg)?;
         Ok((0..inputs.len() as i64).map(|i| squared.get(i).sum(Kind::Double).double_value(&[])).collect())
     }
 
@@ -37,7 +37,13 @@ fn traced_square_model(dir: &Path) -> std::path::PathBuf {
 
 fn start(dir: &Path, metrics: &Metrics, max_batch_size: usize) -> WorkerPool<SquareAndSum> {
     let batching = BatchingConfig { max_batch_size, workers: 1, intra_op_threads: 1, ..BatchingConfig::default() };
-    let spec = WorkerSpec { model: "square".into(), path: traced_square_model(dir), device: Device::Cpu, batching };
+    let spec = WorkerSpec {
+        model: "square".into(),
+        path: traced_square_model(dir),
+        device: Device::Cpu,
+        optimize: true,
+        batching,
+    };
     WorkerPool::start(spec, SquareAndSum, metrics.for_model("square")).expect("pool starts")
 }
 

@@ -80,7 +80,7 @@ async fn request_past_its_deadline_answers_504() {
 #[tokio::test(flavor = "multi_thread")]
 async fn readiness_is_503_until_warm_up_finishes() {
     // Many warm-up passes stretch the warm-up to a second or more, so the window is observable.
-    let repo = TempRepo::mobilenet(&[("workers", "1"), ("max_batch_size", "1"), ("warmup_runs", "40")]);
+    let repo = TempRepo::mobilenet(&[("workers", "1"), ("max_batch_size", "1"), ("warmup_runs", "60")]);
     let server = TestServer::start(repo.path(), &[]);
     let live = reqwest::get(server.url("/health/live")).await.unwrap();
     assert_eq!(live.status(), 200, "liveness answers while models load");

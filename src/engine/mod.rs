@@ -5,11 +5,13 @@
 
 pub mod batcher;
 pub mod device;
+pub mod module;
 pub mod pool;
 pub mod registry;
 
 use std::time::Duration;
 
+pub use module::InferenceModule;
 pub use pool::{BatchTask, WorkerPool, WorkerSpec};
 pub use registry::{ModelEntry, ModelState, Registry};
 

@@ -10,10 +10,11 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use tch::{CModule, Device};
+use tch::Device;
 use tokio::sync::oneshot;
 
 use super::batcher::{BatchPolicy, Batcher, Next};
+use super::module::InferenceModule;
 use super::EngineError;
 use crate::config::BatchingConfig;
 use crate::metrics::ModelMetrics;
@@ -26,8 +27,12 @@ pub trait BatchTask: Send + Sync + 'static {
     type Output: Send + 'static;
 
     /// Runs one batch through the model; returns exactly one output per input, in order.
-    fn run_batch(&self, model: &CModule, device: Device, inputs: Vec<Self::Input>)
-        -> anyhow::Result<Vec<Self::Output>>;
+    fn run_batch(
+        &self,
+        model: &InferenceModule,
+        device: Device,
+        inputs: Vec<Self::Input>,
+    ) -> anyhow::Result<Vec<Self::Output>>;
 
     /// A representative input for warm-up.
     fn warmup_input(&self) -> Self::Input;
@@ -45,6 +50,8 @@ pub struct WorkerSpec {
     pub model: String,
     pub path: PathBuf,
     pub device: Device,
+    /// Freeze and optimise the module for inference at load time (model.toml `optimize`).
+    pub optimize: bool,
     pub batching: BatchingConfig,
 }
 
@@ -214,12 +221,11 @@ fn worker_main<T: BatchTask>(shared: &Shared<T>, ready: std::sync::mpsc::Sender<
     }
 }
 
-fn load_and_warm_up<T: BatchTask>(shared: &Shared<T>) -> Result<CModule, String> {
+fn load_and_warm_up<T: BatchTask>(shared: &Shared<T>) -> Result<InferenceModule, String> {
     let spec = &shared.spec;
     let started = Instant::now();
-    let mut model = CModule::load_on_device(&spec.path, spec.device)
-        .map_err(|e| format!("cannot load {}: {}", spec.path.display(), torch_error_summary(&e.to_string())))?;
-    model.set_eval();
+    let model = InferenceModule::load(&spec.path, spec.device, spec.optimize)
+        .map_err(|e| format!("cannot load {}: {}", spec.path.display(), torch_error_summary(&e)))?;
     // Every batch size the batcher can produce gets a pass, so that no request pays for first-use setup
     // (allocations, oneDNN primitive creation) of its shape.
     let sizes = 1..=spec.batching.max_batch_size.min(16);
@@ -234,6 +240,7 @@ fn load_and_warm_up<T: BatchTask>(shared: &Shared<T>) -> Result<CModule, String>
         }
     }
     shared.metrics.load_duration.observe(started.elapsed().as_secs_f64());
+    tracing::info!(model = %spec.model, optimized = model.is_optimized(), seconds = started.elapsed().as_secs_f64(), "worker loaded and warmed up");
     Ok(model)
 }
 
@@ -271,7 +278,7 @@ fn next_batch<T: BatchTask>(shared: &Shared<T>) -> Option<Vec<Job<T>>> {
     }
 }
 
-fn run_batch<T: BatchTask>(shared: &Shared<T>, model: &CModule, batch: Vec<Job<T>>) {
+fn run_batch<T: BatchTask>(shared: &Shared<T>, model: &InferenceModule, batch: Vec<Job<T>>) {
     let started = Instant::now();
     let mut replies = Vec::with_capacity(batch.len());
     let mut inputs = Vec::with_capacity(batch.len());

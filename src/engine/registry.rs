@@ -117,6 +117,7 @@ impl Registry {
             model: spec.name.clone(),
             path: spec.model_file(version),
             device,
+            optimize: spec.config.optimize,
             batching: spec.config.batching.clone(),
         };
         let backend = Backend::start(spec, worker, self.metrics.for_model(&spec.name))?;

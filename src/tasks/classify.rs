@@ -4,11 +4,11 @@ use std::sync::Arc;
 
 use anyhow::{ensure, Context};
 use serde::Serialize;
-use tch::{CModule, Device, Kind, Tensor};
+use tch::{Device, Kind, Tensor};
 
 use super::image;
 use crate::config::ImagePreprocessing;
-use crate::engine::BatchTask;
+use crate::engine::{BatchTask, InferenceModule};
 use crate::error::ApiError;
 
 pub const DEFAULT_TOP_K: usize = 5;
@@ -65,9 +65,9 @@ impl BatchTask for ImageClassifier {
     /// Softmax probabilities, one per label.
     type Output = Vec<f32>;
 
-    fn run_batch(&self, model: &CModule, device: Device, inputs: Vec<Tensor>) -> anyhow::Result<Vec<Vec<f32>>> {
+    fn run_batch(&self, model: &InferenceModule, device: Device, inputs: Vec<Tensor>) -> anyhow::Result<Vec<Vec<f32>>> {
         let batch = Tensor::f_stack(&inputs, 0)?.f_to_device(device)?;
-        let logits = model.forward_ts(&[batch])?;
+        let logits = model.forward(&batch).map_err(anyhow::Error::msg)?;
         let size = logits.size();
         ensure!(
             size.len() == 2 && size[0] == inputs.len() as i64,
