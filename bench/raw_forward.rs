@@ -42,21 +42,26 @@ fn main() -> anyhow::Result<()> {
     tch::set_num_threads(1);
     let model = InferenceModule::load(&model_path, Device::Cpu, optimize).map_err(anyhow::Error::msg)?;
     let jpeg = std::fs::read(&jpeg_path)?;
-    let mut samples = Vec::new();
+    let (mut total, mut decode, mut preprocess) = (Vec::new(), Vec::new(), Vec::new());
     let until = Instant::now() + Duration::from_secs_f64(seconds);
-    while Instant::now() < until || samples.len() < 20 {
+    while Instant::now() < until || total.len() < 20 {
         let started = Instant::now();
         let decoded = image::decode(&jpeg, u64::MAX).map_err(|e| anyhow::anyhow!("{e}"))?;
-        let input = image::to_normalized_tensor(&decoded, &PREPROCESSING).unsqueeze(0);
+        let decoded_at = Instant::now();
+        let input =
+            image::to_normalized_tensor(&decoded, &PREPROCESSING).map_err(|e| anyhow::anyhow!("{e}"))?.unsqueeze(0);
+        let preprocessed_at = Instant::now();
         let _ = model.forward(&input).map_err(anyhow::Error::msg)?.softmax(-1, Kind::Float);
-        samples.push(started.elapsed());
+        total.push(started.elapsed());
+        decode.push(decoded_at - started);
+        preprocess.push(preprocessed_at - decoded_at);
     }
-    samples.sort();
-    let median = samples[samples.len() / 2];
     println!(
-        "decode + preprocess + forward, batch 1, 1 thread: median {:.2} ms over {} runs",
-        median.as_secs_f64() * 1e3,
-        samples.len()
+        "decode + preprocess + forward, batch 1, 1 thread: median {:.2} ms over {} runs (decode {:.2} ms, resize+crop+normalise {:.2} ms)",
+        median_ms(&mut total),
+        total.len(),
+        median_ms(&mut decode),
+        median_ms(&mut preprocess)
     );
     Ok(())
 }
@@ -97,4 +102,9 @@ fn throughput(
         total += images as f64 / elapsed.as_secs_f64();
     }
     Ok(total)
+}
+
+fn median_ms(samples: &mut [Duration]) -> f64 {
+    samples.sort();
+    samples[samples.len() / 2].as_secs_f64() * 1e3
 }

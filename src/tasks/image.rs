@@ -3,7 +3,7 @@
 
 use std::io::Cursor;
 
-use image::imageops::{self, FilterType};
+use fast_image_resize as fir;
 use image::{DynamicImage, ImageFormat, ImageReader, Limits, RgbImage};
 use tch::{Device, Kind, Tensor};
 
@@ -75,32 +75,41 @@ pub fn center_crop_offset(size: u32, crop: u32) -> u32 {
 }
 
 /// Resize (bilinear with antialiasing, as PIL does), centre crop and normalise into a `[3, crop, crop]` tensor.
-pub fn to_normalized_tensor(image: &DynamicImage, prep: &ImagePreprocessing) -> Tensor {
+pub fn to_normalized_tensor(image: &DynamicImage, prep: &ImagePreprocessing) -> Result<Tensor, ApiError> {
     let rgb: RgbImage = image.to_rgb8();
     let (width, height) = rgb.dimensions();
     let (new_width, new_height) = resized_dimensions(width, height, prep.resize);
-    let resized = if (new_width, new_height) == (width, height) {
-        rgb
-    } else {
-        // Triangle is a bilinear kernel widened by the scale factor when shrinking, like PIL's BILINEAR.
-        imageops::resize(&rgb, new_width, new_height, FilterType::Triangle)
-    };
-    let crop = prep.crop;
-    let (left, top) = (center_crop_offset(new_width, crop), center_crop_offset(new_height, crop));
-    let plane = (crop * crop) as usize;
+    let resized =
+        if (new_width, new_height) == (width, height) { rgb } else { resize_bilinear(rgb, new_width, new_height)? };
+    let crop = prep.crop as usize;
+    let (left, top) =
+        (center_crop_offset(new_width, prep.crop) as usize, center_crop_offset(new_height, prep.crop) as usize);
+    let plane = crop * crop;
     let mut chw = vec![0f32; 3 * plane];
     let scale: [f32; 3] = std::array::from_fn(|c| 1.0 / (255.0 * prep.std[c]));
     let shift: [f32; 3] = std::array::from_fn(|c| prep.mean[c] / prep.std[c]);
-    for y in 0..crop {
-        for x in 0..crop {
-            let pixel = resized.get_pixel(left + x, top + y).0;
-            let offset = (y * crop + x) as usize;
+    let row_bytes = new_width as usize * 3;
+    for (y, row) in resized.as_raw().chunks_exact(row_bytes).skip(top).take(crop).enumerate() {
+        for (x, pixel) in row[left * 3..(left + crop) * 3].chunks_exact(3).enumerate() {
             for c in 0..3 {
-                chw[c * plane + offset] = f32::from(pixel[c]) * scale[c] - shift[c];
+                chw[c * plane + y * crop + x] = f32::from(pixel[c]) * scale[c] - shift[c];
             }
         }
     }
-    Tensor::from_slice(&chw).view([3, i64::from(crop), i64::from(crop)])
+    Ok(Tensor::from_slice(&chw).view([3, crop as i64, crop as i64]))
+}
+
+/// PIL's BILINEAR resize: a triangle kernel widened by the scale factor when shrinking (antialiasing), in
+/// fixed point. fast_image_resize implements the same convolution with SIMD, about 10x faster than `image`'s.
+fn resize_bilinear(rgb: RgbImage, width: u32, height: u32) -> Result<RgbImage, ApiError> {
+    let internal = |e: &dyn std::fmt::Display| ApiError::Internal(format!("resizing the image failed: {e}"));
+    let (source_width, source_height) = rgb.dimensions();
+    let source = fir::images::Image::from_vec_u8(source_width, source_height, rgb.into_raw(), fir::PixelType::U8x3)
+        .map_err(|e| internal(&e))?;
+    let mut target = fir::images::Image::new(width, height, fir::PixelType::U8x3);
+    let options = fir::ResizeOptions::new().resize_alg(fir::ResizeAlg::Convolution(fir::FilterType::Bilinear));
+    fir::Resizer::new().resize(&source, &mut target, &options).map_err(|e| internal(&e))?;
+    RgbImage::from_raw(width, height, target.into_vec()).ok_or_else(|| internal(&"wrong buffer size"))
 }
 
 /// A blank normalised image of the model's input size, for warm-up.
