@@ -15,7 +15,7 @@ EMBER := target/release/ember
 MODELS := models/mobilenet_v2/1/model.pt
 EMBER_ARGS ?=
 
-.PHONY: run setup models build test lint bench dist-clean FORCE
+.PHONY: run setup system-tools models build test lint bench dist-clean
 
 ## run: install what is missing, build the models and ember, serve on localhost:8080
 run: build models
@@ -41,17 +41,26 @@ models: $(MODELS)
 models/mobilenet_v2/1/model.pt: $(VENV_STAMP) models/export/mobilenet_v2.py models/export/samples.py models/mobilenet_v2/labels.txt
 	$(PYTHON) models/export/mobilenet_v2.py .
 
+## system-tools: cmake and nasm, which build the bundled libjpeg-turbo (installed from Debian when missing)
+system-tools:
+	@missing=""; for tool in cmake nasm; do command -v $$tool >/dev/null || missing="$$missing $$tool"; done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing$$missing from Debian (needed to build libjpeg-turbo)"; \
+	  apt-get update -qq && apt-get install -y -qq $$missing; \
+	fi
+
 ## build: the release binary (cargo decides what is stale)
-build: $(VENV_STAMP)
+build: $(VENV_STAMP) system-tools
 	cargo build --release --bin ember
 
 ## lint: formatting and clippy, as CI expects them
-lint: $(VENV_STAMP)
+lint: $(VENV_STAMP) system-tools
 	cargo fmt --check
 	cargo clippy --release --all-targets -- -D warnings
 
 ## bench: the load benchmark of bench/RESULTS.md (installs hey from Debian if missing)
 bench: build models
+	cargo build --release --example raw_forward
 	bench/run.sh
 
 ## dist-clean: remove everything the setup built (the venv, the models, target/)

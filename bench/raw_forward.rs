@@ -49,7 +49,7 @@ fn main() -> anyhow::Result<()> {
         let decoded = image::decode(&jpeg, u64::MAX).map_err(|e| anyhow::anyhow!("{e}"))?;
         let decoded_at = Instant::now();
         let input =
-            image::to_normalized_tensor(&decoded, &PREPROCESSING).map_err(|e| anyhow::anyhow!("{e}"))?.unsqueeze(0);
+            image::to_normalized_tensor(decoded, &PREPROCESSING).map_err(|e| anyhow::anyhow!("{e}"))?.unsqueeze(0);
         let preprocessed_at = Instant::now();
         let _ = model.forward(&input).map_err(anyhow::Error::msg)?.softmax(-1, Kind::Float);
         total.push(started.elapsed());

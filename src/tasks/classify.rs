@@ -30,7 +30,7 @@ impl ImageClassifier {
     /// Decodes and preprocesses one image. CPU work: call it off the async runtime.
     pub fn prepare(&self, bytes: &[u8], max_pixels: u64) -> Result<Tensor, ApiError> {
         let decoded = image::decode(bytes, max_pixels)?;
-        image::to_normalized_tensor(&decoded, &self.preprocessing)
+        image::to_normalized_tensor(decoded, &self.preprocessing)
     }
 
     /// `top_k` must lie in 1..=number of labels.

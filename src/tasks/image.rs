@@ -38,6 +38,12 @@ pub fn decode(bytes: &[u8], max_pixels: u64) -> Result<DynamicImage, ApiError> {
             "the image is {width}x{height} = {pixels} pixels; the limit is {max_pixels} (--max-image-pixels)"
         )));
     }
+    if format == ImageFormat::Jpeg {
+        if let Some(image) = decode_jpeg_with_libjpeg_turbo(bytes) {
+            return Ok(image);
+        }
+        // libjpeg-turbo cannot convert some JPEGs to RGB (CMYK, for one): the image crate's decoder below can.
+    }
     let mut limits = Limits::default();
     limits.max_image_width = Some(width);
     limits.max_image_height = Some(height);
@@ -48,7 +54,15 @@ pub fn decode(bytes: &[u8], max_pixels: u64) -> Result<DynamicImage, ApiError> {
     decoder.decode().map_err(|e| ApiError::BadRequest(format!("the {format:?} image is corrupt or truncated: {e}")))
 }
 
-/// The JPEG decoder fills a truncated scan with grey instead of failing (PIL refuses such files), so a cut-off
+/// libjpeg-turbo, as PIL and torchvision use it (ISLOW DCT, fancy upsampling): the same pixels the Python side
+/// saw, and about a third faster than the image crate's pure-Rust decoder.
+fn decode_jpeg_with_libjpeg_turbo(bytes: &[u8]) -> Option<DynamicImage> {
+    let decoded = turbojpeg::decompress(bytes, turbojpeg::PixelFormat::RGB).ok()?;
+    let (width, height) = (u32::try_from(decoded.width).ok()?, u32::try_from(decoded.height).ok()?);
+    RgbImage::from_raw(width, height, decoded.pixels).map(DynamicImage::ImageRgb8)
+}
+
+/// The image crate's JPEG decoder fills a truncated scan with grey instead of failing (PIL refuses such files), so a cut-off
 /// upload would be classified as a half-grey picture. A complete JPEG has an end-of-image marker (FF D9) after
 /// the start of its last scan (FF DA); entropy-coded data never contains either (0xFF is stuffed as FF 00).
 fn jpeg_is_complete(bytes: &[u8]) -> bool {
@@ -75,8 +89,8 @@ pub fn center_crop_offset(size: u32, crop: u32) -> u32 {
 }
 
 /// Resize (bilinear with antialiasing, as PIL does), centre crop and normalise into a `[3, crop, crop]` tensor.
-pub fn to_normalized_tensor(image: &DynamicImage, prep: &ImagePreprocessing) -> Result<Tensor, ApiError> {
-    let rgb: RgbImage = image.to_rgb8();
+pub fn to_normalized_tensor(image: DynamicImage, prep: &ImagePreprocessing) -> Result<Tensor, ApiError> {
+    let rgb: RgbImage = image.into_rgb8(); // no copy when it already is 8-bit RGB
     let (width, height) = rgb.dimensions();
     let (new_width, new_height) = resized_dimensions(width, height, prep.resize);
     let resized =
