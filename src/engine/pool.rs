@@ -72,6 +72,8 @@ impl<T: BatchTask> Job<T> {
 struct PoolState<T: BatchTask> {
     batcher: Batcher<Job<T>>,
     closed: bool,
+    /// Workers waiting for work, most recently idle last.
+    idle: Vec<usize>,
 }
 
 struct Shared<T: BatchTask> {
@@ -79,7 +81,9 @@ struct Shared<T: BatchTask> {
     task: T,
     policy: BatchPolicy,
     state: Mutex<PoolState<T>>,
-    wake: Condvar,
+    /// One per worker, so that new work wakes the most recently idle worker, whose caches still hold the
+    /// model (waking the longest-idle one, as a shared condvar does, costs about 1 ms per MobileNetV2 request).
+    wakers: Vec<Condvar>,
     metrics: ModelMetrics,
 }
 
@@ -88,6 +92,28 @@ impl<T: BatchTask> Shared<T> {
         // The lock is never held across a forward pass or user code, so a poisoned lock still holds a
         // consistent queue.
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Parks worker `index` until new work or `timeout`; returns the re-acquired lock.
+    fn wait<'a>(
+        &'a self,
+        mut state: MutexGuard<'a, PoolState<T>>,
+        index: usize,
+        timeout: Option<Duration>,
+    ) -> MutexGuard<'a, PoolState<T>> {
+        state.idle.push(index);
+        let waker = &self.wakers[index];
+        let mut state = match timeout {
+            None => waker.wait(state).unwrap_or_else(PoisonError::into_inner),
+            Some(timeout) => waker.wait_timeout(state, timeout).unwrap_or_else(PoisonError::into_inner).0,
+        };
+        state.idle.retain(|&i| i != index);
+        state
+    }
+
+    fn close(&self) {
+        self.lock().closed = true;
+        self.wakers.iter().for_each(Condvar::notify_all);
     }
 
     fn error(&self, make: impl FnOnce(String) -> EngineError) -> EngineError {
@@ -110,8 +136,12 @@ impl<T: BatchTask> WorkerPool<T> {
                 max_size: batching.max_batch_size,
                 max_delay: Duration::from_millis(batching.max_delay_ms),
             },
-            state: Mutex::new(PoolState { batcher: Batcher::new(batching.queue_capacity), closed: false }),
-            wake: Condvar::new(),
+            state: Mutex::new(PoolState {
+                batcher: Batcher::new(batching.queue_capacity),
+                closed: false,
+                idle: Vec::with_capacity(batching.workers),
+            }),
+            wakers: (0..batching.workers).map(|_| Condvar::new()).collect(),
             spec,
             task,
             metrics,
@@ -122,7 +152,7 @@ impl<T: BatchTask> WorkerPool<T> {
             let (worker_shared, worker_ready) = (Arc::clone(&shared), ready_tx.clone());
             let spawned = std::thread::Builder::new()
                 .name(format!("ember-{}-{index}", shared.spec.model))
-                .spawn(move || worker_main(&worker_shared, worker_ready));
+                .spawn(move || worker_main(&worker_shared, index, worker_ready));
             match spawned {
                 Ok(handle) => threads.push(handle),
                 Err(e) => {
@@ -155,7 +185,7 @@ impl<T: BatchTask> WorkerPool<T> {
         let now = Instant::now();
         let deadline = now + timeout;
         let (reply, answer) = oneshot::channel();
-        {
+        let idle_worker = {
             let mut state = self.shared.lock();
             if state.closed {
                 return Err(self.shared.error(|model| EngineError::Stopped { model }));
@@ -166,8 +196,12 @@ impl<T: BatchTask> WorkerPool<T> {
                 return Err(self.shared.error(|model| EngineError::QueueFull { model, capacity, retry_after_secs: 1 }));
             }
             self.shared.metrics.queue_depth.set(state.batcher.len() as i64);
+            state.idle.pop()
+        };
+        // With no idle worker, a busy one takes the job when it finishes its batch.
+        if let Some(index) = idle_worker {
+            self.shared.wakers[index].notify_one();
         }
-        self.shared.wake.notify_one();
         match tokio::time::timeout_at(deadline.into(), answer).await {
             Ok(Ok(result)) => result,
             Ok(Err(_)) => Err(self.shared.error(|model| EngineError::WorkerLost { model })),
@@ -178,8 +212,7 @@ impl<T: BatchTask> WorkerPool<T> {
 
     /// Stops taking requests, lets the workers finish everything already queued, and joins them.
     pub fn shutdown(&self) {
-        self.shared.lock().closed = true;
-        self.shared.wake.notify_all();
+        self.shared.close();
         let threads = std::mem::take(&mut *self.threads.lock().unwrap_or_else(PoisonError::into_inner));
         for thread in threads {
             let _ = thread.join();
@@ -198,12 +231,11 @@ impl<T: BatchTask> WorkerPool<T> {
 impl<T: BatchTask> Drop for WorkerPool<T> {
     fn drop(&mut self) {
         // Without an explicit shutdown, still let the threads drain the queue and exit.
-        self.shared.lock().closed = true;
-        self.shared.wake.notify_all();
+        self.shared.close();
     }
 }
 
-fn worker_main<T: BatchTask>(shared: &Shared<T>, ready: std::sync::mpsc::Sender<Result<(), String>>) {
+fn worker_main<T: BatchTask>(shared: &Shared<T>, index: usize, ready: std::sync::mpsc::Sender<Result<(), String>>) {
     // Gradients are never needed for serving; grad mode is per thread in libtorch.
     let _no_grad = tch::no_grad_guard();
     tch::set_num_threads(shared.spec.batching.intra_op_threads as i32);
@@ -216,7 +248,7 @@ fn worker_main<T: BatchTask>(shared: &Shared<T>, ready: std::sync::mpsc::Sender<
     };
     let _ = ready.send(Ok(()));
     drop(ready);
-    while let Some(batch) = next_batch(shared) {
+    while let Some(batch) = next_batch(shared, index) {
         run_batch(shared, &model, batch);
     }
 }
@@ -252,7 +284,7 @@ fn check_outputs<T: BatchTask>(shared: &Shared<T>, expected: usize, outputs: &[T
 }
 
 /// Blocks until there is a batch to run; `None` once the pool is closed and its queue drained.
-fn next_batch<T: BatchTask>(shared: &Shared<T>) -> Option<Vec<Job<T>>> {
+fn next_batch<T: BatchTask>(shared: &Shared<T>, index: usize) -> Option<Vec<Job<T>>> {
     let mut state = shared.lock();
     loop {
         let now = Instant::now();
@@ -269,11 +301,8 @@ fn next_batch<T: BatchTask>(shared: &Shared<T>) -> Option<Vec<Job<T>>> {
                 return Some(batch);
             }
             Next::Empty if state.closed => return None,
-            Next::Empty => state = shared.wake.wait(state).unwrap_or_else(PoisonError::into_inner),
-            Next::WaitUntil(due) => {
-                let wait = due.saturating_duration_since(now);
-                state = shared.wake.wait_timeout(state, wait).unwrap_or_else(PoisonError::into_inner).0;
-            }
+            Next::Empty => state = shared.wait(state, index, None),
+            Next::WaitUntil(due) => state = shared.wait(state, index, Some(due.saturating_duration_since(now))),
         }
     }
 }
