@@ -111,6 +111,11 @@ impl<T: BatchTask> Shared<T> {
         state
     }
 
+    fn queue_full(&self, capacity: usize) -> EngineError {
+        // Retry-After: a second is several batches at any batch size this engine is meant for.
+        self.error(|model| EngineError::QueueFull { model, capacity, retry_after_secs: 1 })
+    }
+
     fn close(&self) {
         self.lock().closed = true;
         self.wakers.iter().for_each(Condvar::notify_all);
@@ -192,8 +197,7 @@ impl<T: BatchTask> WorkerPool<T> {
             }
             let job = Job { input, deadline, enqueued_at: now, reply };
             if state.batcher.push(job, now).is_err() {
-                let capacity = state.batcher.capacity();
-                return Err(self.shared.error(|model| EngineError::QueueFull { model, capacity, retry_after_secs: 1 }));
+                return Err(self.shared.queue_full(state.batcher.capacity()));
             }
             self.shared.metrics.queue_depth.set(state.batcher.len() as i64);
             state.idle.pop()
@@ -207,6 +211,17 @@ impl<T: BatchTask> WorkerPool<T> {
             Ok(Err(_)) => Err(self.shared.error(|model| EngineError::WorkerLost { model })),
             // Dropping `answer` here marks the job abandoned, so a worker skips it.
             Err(_) => Err(self.shared.error(|model| EngineError::DeadlineExceeded { model, timeout })),
+        }
+    }
+
+    /// Fails with `QueueFull` when the queue has no room now. Lets a handler refuse with 429 before spending CPU on decoding a request
+    /// that `infer` would refuse anyway (`infer` still checks, so a race costs only that decoding).
+    pub fn check_room(&self) -> Result<(), EngineError> {
+        let state = self.shared.lock();
+        if state.batcher.len() < state.batcher.capacity() {
+            Ok(())
+        } else {
+            Err(self.shared.queue_full(state.batcher.capacity()))
         }
     }
 

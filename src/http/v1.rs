@@ -136,6 +136,7 @@ async fn classify(state: &AppState, name: &str, request: Request) -> Result<Json
         })
         .and_then(|k| classifier.validate_top_k(k))?;
 
+    pool.check_room()?;
     // Decoding and resizing take milliseconds of CPU: keep them off the async workers.
     let max_pixels = state.limits.max_image_pixels;
     let preparer = classifier.clone();
