@@ -208,7 +208,9 @@ async fn models_are_listed_with_their_state() {
 async fn metrics_use_the_documented_names() {
     let server = server().await;
     assert_eq!(server.post_image("/v1/models/mobilenet_v2/classify", "rocket.jpg").await.status(), 200);
+    assert_eq!(server.post_image("/v1/models/no_such_model/classify", "rocket.jpg").await.status(), 404);
     let text = reqwest::get(server.url("/metrics")).await.unwrap().text().await.unwrap();
+    assert!(!text.contains("no_such_model"), "client-chosen names must not become metric labels");
     for series in [
         "ember_requests_total{model=\"mobilenet_v2\",route=\"/v1/models/{name}/classify\",status=\"200\"}",
         "ember_request_duration_seconds_bucket{model=\"mobilenet_v2\",route=\"/v1/models/{name}/classify\"",

@@ -84,10 +84,16 @@ impl AppState {
 #[derive(Clone)]
 struct ModelLabel(String);
 
-fn with_model_label(model: &str, response: impl IntoResponse) -> Response {
-    let mut response = response.into_response();
-    response.extensions_mut().insert(ModelLabel(model.to_string()));
-    response
+impl AppState {
+    /// Labels `response` with `model` if such a model exists. Names of models that do not exist come from
+    /// clients and are left out, so that nobody can grow the metrics without bound by asking for them.
+    fn with_model_label(&self, model: &str, response: impl IntoResponse) -> Response {
+        let mut response = response.into_response();
+        if self.registry.get(model).is_some() {
+            response.extensions_mut().insert(ModelLabel(model.to_string()));
+        }
+        response
+    }
 }
 
 pub fn router(state: AppState) -> Router {

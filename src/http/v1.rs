@@ -1,13 +1,13 @@
 //! The task routes (`/v1/...`) and the model listing.
 
 use axum::extract::{Path, Request, State};
-use axum::response::Response;
+use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
 
 use super::body::read_image_upload;
-use super::{with_model_label, AppState};
+use super::AppState;
 use crate::config::BatchingConfig;
 use crate::engine::{device, ModelEntry, ModelState};
 use crate::error::ApiError;
@@ -94,7 +94,7 @@ async fn list_models(State(state): State<AppState>) -> Json<ModelList> {
 
 async fn describe_model(State(state): State<AppState>, Path(name): Path<String>) -> Response {
     let result = state.model(&name).map(|entry| Json(model_info(&state, entry)));
-    with_model_label(&name, result)
+    state.with_model_label(&name, result)
 }
 
 #[derive(Deserialize)]
@@ -112,13 +112,13 @@ struct ClassifyResponse {
 
 async fn classify_named(State(state): State<AppState>, Path(name): Path<String>, request: Request) -> Response {
     let result = classify(&state, &name, request).await;
-    with_model_label(&name, result)
+    state.with_model_label(&name, result)
 }
 
 async fn classify_default(State(state): State<AppState>, request: Request) -> Response {
     match state.default_model(TaskKind::ImageClassification) {
         Ok(name) => classify_named(State(state), Path(name), request).await,
-        Err(e) => with_model_label("", e),
+        Err(e) => e.into_response(),
     }
 }
 
