@@ -163,6 +163,9 @@ pub struct BatchingConfig {
     pub workers: usize,
     /// Intra-op threads of each worker.
     pub intra_op_threads: usize,
+    /// A worker running alone (the others idle, nothing queued) uses the idle workers' threads too, which
+    /// lowers latency at low load without oversubscribing the cores under load.
+    pub borrow_idle_threads: bool,
     /// Forward passes each worker runs (at every batch size up to max_batch_size) before the model is ready.
     pub warmup_runs: usize,
 }
@@ -175,6 +178,7 @@ impl Default for BatchingConfig {
             queue_capacity: 128,
             workers: 2,
             intra_op_threads: 1,
+            borrow_idle_threads: true,
             warmup_runs: 1,
         }
     }

@@ -74,6 +74,8 @@ struct PoolState<T: BatchTask> {
     closed: bool,
     /// Workers waiting for work, most recently idle last.
     idle: Vec<usize>,
+    /// Workers running a batch.
+    busy: usize,
 }
 
 struct Shared<T: BatchTask> {
@@ -145,6 +147,7 @@ impl<T: BatchTask> WorkerPool<T> {
                 batcher: Batcher::new(batching.queue_capacity),
                 closed: false,
                 idle: Vec::with_capacity(batching.workers),
+                busy: 0,
             }),
             wakers: (0..batching.workers).map(|_| Condvar::new()).collect(),
             spec,
@@ -253,7 +256,6 @@ impl<T: BatchTask> Drop for WorkerPool<T> {
 fn worker_main<T: BatchTask>(shared: &Shared<T>, index: usize, ready: std::sync::mpsc::Sender<Result<(), String>>) {
     // Gradients are never needed for serving; grad mode is per thread in libtorch.
     let _no_grad = tch::no_grad_guard();
-    tch::set_num_threads(shared.spec.batching.intra_op_threads as i32);
     let model = match load_and_warm_up(shared) {
         Ok(model) => model,
         Err(message) => {
@@ -263,9 +265,26 @@ fn worker_main<T: BatchTask>(shared: &Shared<T>, index: usize, ready: std::sync:
     };
     let _ = ready.send(Ok(()));
     drop(ready);
-    while let Some(batch) = next_batch(shared, index) {
+    let mut threads = thread_counts(&shared.spec.batching).0;
+    while let Some((batch, alone)) = next_batch(shared, index) {
+        let (own, borrowed) = thread_counts(&shared.spec.batching);
+        let wanted = if alone { borrowed } else { own };
+        if wanted != threads {
+            tch::set_num_threads(wanted);
+            threads = wanted;
+        }
         run_batch(shared, &model, batch);
+        shared.lock().busy -= 1;
     }
+}
+
+/// Intra-op threads of a worker: its own, and what it runs with when it is alone (the other workers idle and
+/// nothing queued) and may borrow theirs. Borrowing cuts latency at low load (MobileNetV2 at concurrency 1:
+/// p50 about 37 -> 31 ms on 2 cores); under load every worker runs with its own threads.
+fn thread_counts(batching: &BatchingConfig) -> (i32, i32) {
+    let own = batching.intra_op_threads as i32;
+    let borrowed = if batching.borrow_idle_threads { own * batching.workers as i32 } else { own };
+    (own, borrowed)
 }
 
 fn load_and_warm_up<T: BatchTask>(shared: &Shared<T>) -> Result<InferenceModule, String> {
@@ -276,19 +295,29 @@ fn load_and_warm_up<T: BatchTask>(shared: &Shared<T>) -> Result<InferenceModule,
     // Every batch size the batcher can produce gets a pass, so that no request pays for first-use setup
     // (allocations, oneDNN primitive creation) of its shape.
     let sizes = 1..=spec.batching.max_batch_size.min(16);
-    for _ in 0..spec.batching.warmup_runs {
-        for size in sizes.clone() {
-            let inputs = (0..size).map(|_| shared.task.warmup_input()).collect();
-            let outputs = shared
-                .task
-                .run_batch(&model, spec.device, inputs)
-                .map_err(|e| format!("warm-up at batch size {size} failed: {}", torch_error_summary(&e.to_string())))?;
-            check_outputs(shared, size, &outputs).map_err(|e| format!("warm-up at batch size {size}: {e}"))?;
+    let (own, borrowed) = thread_counts(&spec.batching);
+    let mut thread_settings = vec![borrowed, own]; // ending on `own`, the setting the worker starts with
+    thread_settings.dedup();
+    for threads in thread_settings {
+        tch::set_num_threads(threads);
+        for _ in 0..spec.batching.warmup_runs {
+            for size in sizes.clone() {
+                warm_up_once(shared, &model, size).map_err(|e| format!("warm-up at batch size {size}: {e}"))?;
+            }
         }
     }
     shared.metrics.load_duration.observe(started.elapsed().as_secs_f64());
     tracing::info!(model = %spec.model, optimized = model.is_optimized(), seconds = started.elapsed().as_secs_f64(), "worker loaded and warmed up");
     Ok(model)
+}
+
+fn warm_up_once<T: BatchTask>(shared: &Shared<T>, model: &InferenceModule, size: usize) -> Result<(), String> {
+    let inputs = (0..size).map(|_| shared.task.warmup_input()).collect();
+    let outputs = shared
+        .task
+        .run_batch(model, shared.spec.device, inputs)
+        .map_err(|e| format!("failed: {}", torch_error_summary(&e.to_string())))?;
+    check_outputs(shared, size, &outputs)
 }
 
 fn check_outputs<T: BatchTask>(shared: &Shared<T>, expected: usize, outputs: &[T::Output]) -> Result<(), String> {
@@ -299,7 +328,7 @@ fn check_outputs<T: BatchTask>(shared: &Shared<T>, expected: usize, outputs: &[T
 }
 
 /// Blocks until there is a batch to run; `None` once the pool is closed and its queue drained.
-fn next_batch<T: BatchTask>(shared: &Shared<T>, index: usize) -> Option<Vec<Job<T>>> {
+fn next_batch<T: BatchTask>(shared: &Shared<T>, index: usize) -> Option<(Vec<Job<T>>, bool)> {
     let mut state = shared.lock();
     loop {
         let now = Instant::now();
@@ -313,7 +342,9 @@ fn next_batch<T: BatchTask>(shared: &Shared<T>, index: usize) -> Option<Vec<Job<
         match state.batcher.next_batch(policy, now) {
             Next::Run(batch) => {
                 shared.metrics.queue_depth.set(state.batcher.len() as i64);
-                return Some(batch);
+                state.busy += 1;
+                let alone = state.busy == 1 && state.batcher.is_empty();
+                return Some((batch, alone));
             }
             Next::Empty if state.closed => return None,
             Next::Empty => state = shared.wait(state, index, None),

@@ -47,6 +47,7 @@ struct BatchingInfo {
     queue_capacity: usize,
     workers: usize,
     intra_op_threads: usize,
+    borrow_idle_threads: bool,
 }
 
 impl From<&BatchingConfig> for BatchingInfo {
@@ -57,6 +58,7 @@ impl From<&BatchingConfig> for BatchingInfo {
             queue_capacity: b.queue_capacity,
             workers: b.workers,
             intra_op_threads: b.intra_op_threads,
+            borrow_idle_threads: b.borrow_idle_threads,
         }
     }
 }
