@@ -131,12 +131,7 @@ async fn classify(state: &AppState, name: &str, request: Request) -> Result<Json
     let upload = read_image_upload(request, state.limits.max_body_bytes).await?;
     let params: ClassifyParams = upload.params()?;
     let classifier = pool.task().clone();
-    let requested = params.top_k.unwrap_or(DEFAULT_TOP_K as i64);
-    let top_k = usize::try_from(requested)
-        .map_err(|_| {
-            ApiError::Validation(format!("top_k must be between 1 and {}, got {requested}", classifier.labels.len()))
-        })
-        .and_then(|k| classifier.validate_top_k(k))?;
+    let top_k = classifier.validate_top_k(params.top_k.unwrap_or(DEFAULT_TOP_K))?;
 
     pool.check_room()?;
     // Decoding and resizing take milliseconds of CPU: keep them off the async workers.

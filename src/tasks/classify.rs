@@ -11,7 +11,7 @@ use crate::config::ImagePreprocessing;
 use crate::engine::{BatchTask, InferenceModule};
 use crate::error::ApiError;
 
-pub const DEFAULT_TOP_K: usize = 5;
+pub const DEFAULT_TOP_K: i64 = 5;
 
 #[derive(Clone)]
 pub struct ImageClassifier {
@@ -34,13 +34,12 @@ impl ImageClassifier {
     }
 
     /// `top_k` must lie in 1..=number of labels.
-    pub fn validate_top_k(&self, top_k: usize) -> Result<usize, ApiError> {
+    pub fn validate_top_k(&self, top_k: i64) -> Result<usize, ApiError> {
         let classes = self.labels.len();
-        if (1..=classes).contains(&top_k) {
-            Ok(top_k)
-        } else {
-            Err(ApiError::Validation(format!("top_k must be between 1 and {classes}, got {top_k}")))
-        }
+        usize::try_from(top_k)
+            .ok()
+            .filter(|k| (1..=classes).contains(k))
+            .ok_or_else(|| ApiError::Validation(format!("top_k must be between 1 and {classes}, got {top_k}")))
     }
 
     /// The `top_k` most probable labels, most probable first.
