@@ -177,9 +177,7 @@ async fn decompression_bomb_is_refused() {
     let mut bomb = Vec::new();
     image::GrayImage::new(7000, 7000).write_to(&mut std::io::Cursor::new(&mut bomb), image::ImageFormat::Png).unwrap();
     assert!(bomb.len() < 1 << 20, "the bomb should be small: {} bytes", bomb.len());
-    let response =
-        client().post(server.url("/v1/classify")).header("content-type", "image/png").body(bomb).send().await.unwrap();
-    let (status, kind, message) = error_of(response).await;
+    let (status, kind, message) = error_of(server.post_body("/v1/classify", "image/png", bomb).await).await;
     assert_eq!((status, kind.as_str()), (413, "payload_too_large"), "{message}");
     assert!(message.contains("7000x7000") && message.contains("--max-image-pixels"), "{message}");
 }

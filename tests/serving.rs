@@ -5,7 +5,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{client, error_of, TempRepo, TestServer};
+use common::{error_of, TempRepo, TestServer};
 use serde_json::Value;
 
 /// 32 callers at once are all answered correctly, and the batcher actually combined requests.
@@ -108,28 +108,14 @@ async fn body_over_the_limit_answers_413() {
     let chunks: Vec<Result<Vec<u8>, std::io::Error>> =
         common::photo("china.jpg").chunks(16384).map(|c| Ok(c.to_vec())).collect();
     let streamed = reqwest::Body::wrap_stream(futures_util::stream::iter(chunks));
-    let response = client()
-        .post(server.url("/v1/classify"))
-        .header("content-type", "image/jpeg")
-        .body(streamed)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(error_of(response).await.0, 413);
+    assert_eq!(error_of(server.post_body("/v1/classify", "image/jpeg", streamed).await).await.0, 413);
     // A body under the limit still goes through.
     let mut small = Vec::new();
     image::RgbImage::from_fn(320, 240, |x, y| image::Rgb([x as u8, y as u8, 128]))
         .write_to(&mut std::io::Cursor::new(&mut small), image::ImageFormat::Jpeg)
         .unwrap();
     assert!(small.len() < 100_000);
-    let response = client()
-        .post(server.url("/v1/classify"))
-        .header("content-type", "image/jpeg")
-        .body(small)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), 200);
+    assert_eq!(server.post_body("/v1/classify", "image/jpeg", small).await.status(), 200);
 }
 
 /// A model whose files are broken is reported by name, and the server stays up but never ready.

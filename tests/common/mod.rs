@@ -133,15 +133,15 @@ impl TestServer {
         }
     }
 
-    /// POSTs an image as raw bytes to `path`.
+    /// POSTs a sample photo as raw bytes to `path`.
     pub async fn post_image(&self, path: &str, photo_name: &str) -> reqwest::Response {
-        client()
-            .post(self.url(path))
-            .header("content-type", content_type_of(photo_name))
-            .body(photo(photo_name))
-            .send()
-            .await
-            .expect("request sent")
+        self.post_body(path, content_type_of(photo_name), photo(photo_name)).await
+    }
+
+    /// POSTs `body` with `content_type` to `path`.
+    pub async fn post_body(&self, path: &str, content_type: &str, body: impl Into<reqwest::Body>) -> reqwest::Response {
+        let request = client().post(self.url(path)).header("content-type", content_type).body(body);
+        request.send().await.expect("request sent")
     }
 
     /// The value of one sample of the Prometheus text, e.g. `ember_batch_size_count{model="mobilenet_v2"}`.
