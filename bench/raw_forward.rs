@@ -11,13 +11,10 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use ember::config::ImagePreprocessing;
+use ember::config::{ImagePreprocessing, ModelToml};
 use ember::engine::InferenceModule;
 use ember::tasks::image;
 use tch::{Device, Kind, Tensor};
-
-const PREPROCESSING: ImagePreprocessing =
-    ImagePreprocessing { resize: 256, crop: 224, mean: [0.485, 0.456, 0.406], std: [0.229, 0.224, 0.225] };
 
 fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().collect();
@@ -25,6 +22,7 @@ fn main() -> anyhow::Result<()> {
     let jpeg_path = PathBuf::from(args.get(2).map_or("tests/data/images/china.jpg", String::as_str));
     let seconds: f64 = args.get(3).map_or(Ok(5.0), |s| s.parse())?;
     let optimize = args.get(4).is_none_or(|mode| mode != "plain");
+    let preprocessing = preprocessing_of(&model_path)?;
     let _no_grad = tch::no_grad_guard();
 
     println!(
@@ -49,7 +47,7 @@ fn main() -> anyhow::Result<()> {
         let decoded = image::decode(&jpeg, u64::MAX).map_err(|e| anyhow::anyhow!("{e}"))?;
         let decoded_at = Instant::now();
         let input =
-            image::to_normalized_tensor(decoded, &PREPROCESSING).map_err(|e| anyhow::anyhow!("{e}"))?.unsqueeze(0);
+            image::to_normalized_tensor(decoded, &preprocessing).map_err(|e| anyhow::anyhow!("{e}"))?.unsqueeze(0);
         let preprocessed_at = Instant::now();
         let _ = model.forward(&input).map_err(anyhow::Error::msg)?.softmax(-1, Kind::Float);
         total.push(started.elapsed());
@@ -107,4 +105,14 @@ fn throughput(
 fn median_ms(samples: &mut [Duration]) -> f64 {
     samples.sort();
     samples[samples.len() / 2].as_secs_f64() * 1e3
+}
+
+/// The `[image]` table of the model's own model.toml (`<model>/<version>/model.pt` -> `<model>/model.toml`), so the
+/// benchmark preprocesses exactly as the server does.
+fn preprocessing_of(model_path: &Path) -> anyhow::Result<ImagePreprocessing> {
+    let toml_path = model_path.parent().and_then(Path::parent).map(|dir| dir.join("model.toml"));
+    let toml_path =
+        toml_path.ok_or_else(|| anyhow::anyhow!("{} is not <model>/<version>/model.pt", model_path.display()))?;
+    let config: ModelToml = toml::from_str(&std::fs::read_to_string(&toml_path)?)?;
+    config.image.ok_or_else(|| anyhow::anyhow!("{} has no [image] table", toml_path.display()))
 }

@@ -2,12 +2,14 @@
 //! only its own batch, and requests whose caller has gone never reach the model.
 
 use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 
 use ember::config::BatchingConfig;
 use ember::engine::{BatchTask, EngineError, InferenceModule, WorkerPool, WorkerSpec};
 use ember::metrics::Metrics;
 use tch::{CModule, Device, Kind, Tensor};
+use tokio::task::JoinHandle;
 
 /// Each input is a square matrix; the model squares it (`x.matmul(x)`); the output is the sum of the result.
 struct SquareAndSum;
@@ -52,6 +54,16 @@ fn batches_run(metrics: &Metrics) -> f64 {
     text.lines().find_map(|l| l.strip_prefix("ember_batch_size_count{model=\"square\"} ")?.parse().ok()).unwrap_or(0.0)
 }
 
+/// Runs `infer` as its own task, as concurrent callers do.
+fn spawn_infer(
+    pool: &Arc<WorkerPool<SquareAndSum>>,
+    side: i64,
+    timeout: Duration,
+) -> JoinHandle<Result<f64, EngineError>> {
+    let pool = Arc::clone(pool);
+    tokio::spawn(async move { pool.infer(ones(side), timeout).await })
+}
+
 fn ones(side: i64) -> Tensor {
     Tensor::ones([side, side], (Kind::Float, Device::Cpu))
 }
@@ -86,12 +98,9 @@ async fn a_libtorch_error_fails_only_its_own_batch() {
 async fn requests_whose_caller_has_gone_are_dropped_before_inference() {
     let dir = tempfile::tempdir().unwrap();
     let metrics = Metrics::new();
-    let pool = std::sync::Arc::new(start(dir.path(), &metrics, 4));
+    let pool = Arc::new(start(dir.path(), &metrics, 4));
     // Occupy the only worker with a slow product (16 GFLOP of single-threaded matmul: a few hundred ms).
-    let slow = {
-        let pool = std::sync::Arc::clone(&pool);
-        tokio::spawn(async move { pool.infer(ones(2000), Duration::from_secs(60)).await })
-    };
+    let slow = spawn_infer(&pool, 2000, Duration::from_secs(60));
     tokio::time::sleep(Duration::from_millis(50)).await;
     for _ in 0..3 {
         let gone = pool.infer(ones(2), Duration::from_millis(5)).await;
@@ -107,15 +116,10 @@ async fn requests_whose_caller_has_gone_are_dropped_before_inference() {
 async fn shutdown_finishes_queued_requests_then_refuses_new_ones() {
     let dir = tempfile::tempdir().unwrap();
     let metrics = Metrics::new();
-    let pool = std::sync::Arc::new(start(dir.path(), &metrics, 2));
-    let queued: Vec<_> = (0..6)
-        .map(|_| {
-            let pool = std::sync::Arc::clone(&pool);
-            tokio::spawn(async move { pool.infer(ones(300), Duration::from_secs(60)).await })
-        })
-        .collect();
+    let pool = Arc::new(start(dir.path(), &metrics, 2));
+    let queued: Vec<_> = (0..6).map(|_| spawn_infer(&pool, 300, Duration::from_secs(60))).collect();
     tokio::time::sleep(Duration::from_millis(20)).await;
-    let stopper = std::sync::Arc::clone(&pool);
+    let stopper = Arc::clone(&pool);
     tokio::task::spawn_blocking(move || stopper.shutdown()).await.unwrap();
     for answer in queued {
         assert_eq!(answer.await.unwrap().unwrap(), 300f64.powi(3));

@@ -47,9 +47,13 @@ impl<T> Batcher<T> {
         self.capacity
     }
 
+    pub fn is_full(&self) -> bool {
+        self.queue.len() >= self.capacity
+    }
+
     /// Appends an entry, or hands it back when the queue is full (admission control: the caller answers 429).
     pub fn push(&mut self, entry: T, now: Instant) -> Result<(), T> {
-        if self.queue.len() >= self.capacity {
+        if self.is_full() {
             return Err(entry);
         }
         self.queue.push_back((entry, now));

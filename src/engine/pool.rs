@@ -217,14 +217,14 @@ impl<T: BatchTask> WorkerPool<T> {
         }
     }
 
-    /// Fails with `QueueFull` when the queue has no room now. Lets a handler refuse with 429 before spending CPU on decoding a request
-    /// that `infer` would refuse anyway (`infer` still checks, so a race costs only that decoding).
+    /// Fails with `QueueFull` when the queue has no room now. Lets a handler refuse with 429 before spending CPU
+    /// on decoding a request that `infer` would refuse anyway (`infer` still checks, so a race costs only that decoding).
     pub fn check_room(&self) -> Result<(), EngineError> {
         let state = self.shared.lock();
-        if state.batcher.len() < state.batcher.capacity() {
-            Ok(())
-        } else {
+        if state.batcher.is_full() {
             Err(self.shared.queue_full(state.batcher.capacity()))
+        } else {
+            Ok(())
         }
     }
 
@@ -265,9 +265,9 @@ fn worker_main<T: BatchTask>(shared: &Shared<T>, index: usize, ready: std::sync:
     };
     let _ = ready.send(Ok(()));
     drop(ready);
-    let mut threads = thread_counts(&shared.spec.batching).0;
+    let (own, borrowed) = thread_counts(&shared.spec.batching);
+    let mut threads = own;
     while let Some((batch, alone)) = next_batch(shared, index) {
-        let (own, borrowed) = thread_counts(&shared.spec.batching);
         let wanted = if alone { borrowed } else { own };
         if wanted != threads {
             tch::set_num_threads(wanted);
