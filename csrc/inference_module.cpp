@@ -8,6 +8,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <string>
+#include <vector>
 
 #include <torch/csrc/jit/api/module.h>
 #include <torch/script.h>
@@ -22,8 +23,9 @@ char* copy_message(const std::string& message) {
   return copy;
 }
 
-template <typename F>
-auto guarded(char** error, F body) -> decltype(body()) {
+// Runs `body`, turning any C++ exception into (failure, *error = malloc'd message).
+template <typename F, typename R>
+R guarded(char** error, R failure, F body) {
   try {
     return body();
   } catch (const std::exception& e) {
@@ -31,7 +33,7 @@ auto guarded(char** error, F body) -> decltype(body()) {
   } catch (...) {
     *error = copy_message("unknown C++ exception");
   }
-  return nullptr;
+  return failure;
 }
 
 }  // namespace
@@ -40,7 +42,7 @@ extern "C" {
 
 // device: -1 for the CPU, N for cuda:N. Returns a torch::jit::Module*, or null with *error set.
 void* ember_module_load(const char* path, int device, int optimize, char** error) {
-  return guarded(error, [&]() -> void* {
+  return guarded(error, static_cast<void*>(nullptr), [&]() -> void* {
     torch::Device target = device < 0 ? torch::Device(torch::kCPU) : torch::Device(torch::kCUDA, device);
     torch::jit::Module module = torch::jit::load(path, target);
     module.eval();
@@ -52,16 +54,41 @@ void* ember_module_load(const char* path, int device, int optimize, char** error
   });
 }
 
-// input: an at::Tensor* owned by the caller. Returns a new at::Tensor* (owned by the caller, as tch's
-// Tensor::from_ptr expects), or null with *error set.
-void* ember_module_forward(void* module, void* input, char** error) {
-  return guarded(error, [&]() -> void* {
+// inputs: n_inputs at::Tensor* owned by the caller, passed as forward's positional arguments. A tensor result
+// or a tuple of tensors is written to outputs as new at::Tensor* (owned by the caller, as tch's Tensor::from_ptr
+// expects). Returns the number of outputs, or -1 with *error set.
+int64_t ember_module_forward(void* module, void** inputs, size_t n_inputs, void** outputs, size_t max_outputs,
+                             char** error) {
+  return guarded(error, static_cast<int64_t>(-1), [&]() -> int64_t {
     auto* jit_module = static_cast<torch::jit::Module*>(module);
-    torch::jit::IValue output = jit_module->forward({*static_cast<at::Tensor*>(input)});
-    if (!output.isTensor()) {
-      throw std::runtime_error("the model's forward returned " + output.tagKind() + ", expected one tensor");
+    std::vector<torch::jit::IValue> arguments;
+    arguments.reserve(n_inputs);
+    for (size_t i = 0; i < n_inputs; ++i) {
+      arguments.emplace_back(*static_cast<at::Tensor*>(inputs[i]));
     }
-    return new at::Tensor(output.toTensor());
+    torch::jit::IValue output = jit_module->forward(std::move(arguments));
+    std::vector<at::Tensor> tensors;
+    if (output.isTensor()) {
+      tensors.push_back(output.toTensor());
+    } else if (output.isTuple()) {
+      for (const auto& element : output.toTupleRef().elements()) {
+        if (!element.isTensor()) {
+          throw std::runtime_error("the model's forward returned a tuple holding " + element.tagKind() +
+                                   "; expected only tensors");
+        }
+        tensors.push_back(element.toTensor());
+      }
+    } else {
+      throw std::runtime_error("the model's forward returned " + output.tagKind() + "; expected a tensor or a tuple of tensors");
+    }
+    if (tensors.size() > max_outputs) {
+      throw std::runtime_error("the model's forward returned " + std::to_string(tensors.size()) + " tensors; expected at most " +
+                               std::to_string(max_outputs));
+    }
+    for (size_t i = 0; i < tensors.size(); ++i) {
+      outputs[i] = new at::Tensor(std::move(tensors[i]));
+    }
+    return static_cast<int64_t>(tensors.size());
   });
 }
 

@@ -138,6 +138,11 @@ pub struct ModelToml {
     pub batching: BatchingConfig,
     /// Image preprocessing, for image tasks.
     pub image: Option<ImagePreprocessing>,
+    /// Tokenisation, for text classification.
+    pub text: Option<TextPreprocessing>,
+    /// Decoding limits, for text generation.
+    #[serde(default)]
+    pub generation: GenerationConfig,
 }
 
 fn default_true() -> bool {
@@ -196,6 +201,33 @@ pub struct ImagePreprocessing {
     pub std: [f32; 3],
 }
 
+/// How texts become token ids (the tokenizer itself is `tokenizer.json` beside model.toml).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TextPreprocessing {
+    /// Longest token sequence the model sees, special tokens included; longer texts are truncated to it.
+    pub max_tokens: usize,
+}
+
+/// What a text-generation request may ask for. `batching.max_batch_size` is the number of sequences that
+/// advance together; `batching.queue_capacity` the number waiting to join.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct GenerationConfig {
+    /// `max_tokens` of a request that names none.
+    pub default_max_tokens: usize,
+    /// The largest `max_tokens` a request may ask for (the server-side cap).
+    pub max_tokens_limit: usize,
+    /// The longest prompt, in tokens.
+    pub max_prompt_tokens: usize,
+}
+
+impl Default for GenerationConfig {
+    fn default() -> Self {
+        GenerationConfig { default_max_tokens: 200, max_tokens_limit: 2000, max_prompt_tokens: 4096 }
+    }
+}
+
 impl ModelToml {
     /// Checks values serde cannot: ranges and relations between keys. Errors name the key and the value.
     pub fn validate(&self) -> Result<(), String> {
@@ -218,6 +250,24 @@ impl ModelToml {
         }
         if self.task.needs_image_preprocessing() && self.image.is_none() {
             return Err(format!("task `{}` needs an [image] table (resize, crop, mean, std)", self.task));
+        }
+        match (&self.text, self.task) {
+            (None, TaskKind::TextClassification) => {
+                return Err(format!("task `{}` needs a [text] table (max_tokens)", self.task))
+            }
+            (Some(text), _) => check_range("text.max_tokens", text.max_tokens, 2, 8192)?,
+            (None, _) => {}
+        }
+        let g = &self.generation;
+        check_range("generation.max_tokens_limit", g.max_tokens_limit, 1, 1_000_000)?;
+        check_range("generation.default_max_tokens", g.default_max_tokens, 1, g.max_tokens_limit)?;
+        check_range("generation.max_prompt_tokens", g.max_prompt_tokens, 1, 1_000_000)?;
+        if self.task == TaskKind::TextGeneration && b.workers != 1 {
+            return Err(format!(
+                "batching.workers must be 1 for a text-generation model (one thread advances all its sequences \
+                 together), got {}",
+                b.workers
+            ));
         }
         Ok(())
     }

@@ -40,10 +40,11 @@ pub enum ApiError {
     Internal(String),
 }
 
-#[derive(Serialize)]
-struct ErrorBody<'a> {
-    error: &'a str,
-    error_type: &'static str,
+/// The JSON every error answers with (also the data of a stream's `error` event).
+#[derive(Debug, Serialize)]
+pub struct ErrorBody {
+    pub error: String,
+    pub error_type: &'static str,
 }
 
 impl ApiError {
@@ -78,15 +79,18 @@ impl ApiError {
             ApiError::Internal(_) => "internal",
         }
     }
+
+    pub fn body(&self) -> ErrorBody {
+        ErrorBody { error: self.to_string(), error_type: self.error_type() }
+    }
 }
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let message = self.to_string();
+        let body = self.body();
         if matches!(self, ApiError::Internal(_)) {
-            tracing::error!(error = %message, "internal error");
+            tracing::error!(error = %body.error, "internal error");
         }
-        let body = ErrorBody { error: &message, error_type: self.error_type() };
         let mut response = (self.status(), Json(body)).into_response();
         if let ApiError::Overloaded { retry_after_secs, .. } = self {
             response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(retry_after_secs));

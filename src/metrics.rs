@@ -1,8 +1,8 @@
 //! Every Prometheus metric ember exports, defined once. Names start with `ember_`; durations are in seconds.
 
 use prometheus::{
-    exponential_buckets, Encoder, Histogram, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts,
-    Registry, TextEncoder,
+    exponential_buckets, Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
 /// Request and inference latencies span sub-millisecond (health) to tens of seconds (style optimisation).
@@ -20,8 +20,16 @@ pub struct Metrics {
     queue_depth: IntGaugeVec,
     pub model_info: IntGaugeVec,
     model_load_duration: HistogramVec,
-    pub generated_tokens_total: IntCounterVec,
+    generated_tokens_total: IntCounterVec,
+    active_sequences: IntGaugeVec,
     pub fine_tune_jobs: IntGaugeVec,
+}
+
+/// The series of a text-generation model's scheduler.
+#[derive(Clone)]
+pub struct GenerationMetrics {
+    pub tokens: IntCounter,
+    pub active_sequences: IntGauge,
 }
 
 /// The per-model series a worker pool updates, resolved once so the hot path does no label lookups.
@@ -95,6 +103,11 @@ impl Metrics {
                 exponential_buckets(0.05, 2.0, 12).expect("static bucket layout"),
             ),
             generated_tokens_total: counter("ember_generated_tokens_total", "Tokens generated, by model.", &["model"]),
+            active_sequences: gauge(
+                "ember_active_sequences",
+                "Sequences a text-generation model is advancing together (its continuous batch).",
+                &["model"],
+            ),
             fine_tune_jobs: gauge("ember_fine_tune_jobs", "Fine-tuning jobs, by state.", &["state"]),
             registry,
         };
@@ -113,6 +126,13 @@ impl Metrics {
             batch_size: self.batch_size.with_label_values(&[model]),
             queue_depth: self.queue_depth.with_label_values(&[model]),
             load_duration: self.model_load_duration.with_label_values(&[model]),
+        }
+    }
+
+    pub fn for_generation(&self, model: &str) -> GenerationMetrics {
+        GenerationMetrics {
+            tokens: self.generated_tokens_total.with_label_values(&[model]),
+            active_sequences: self.active_sequences.with_label_values(&[model]),
         }
     }
 

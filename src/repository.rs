@@ -26,6 +26,9 @@ pub struct ModelSpec {
     pub labels: Option<Vec<String>>,
 }
 
+/// The Hugging Face tokenizers file of a text model, beside its model.toml.
+pub const TOKENIZER_FILE: &str = "tokenizer.json";
+
 impl ModelSpec {
     /// The version to serve: the pinned one, else the highest.
     pub fn served_version(&self) -> Option<u64> {
@@ -34,6 +37,10 @@ impl ModelSpec {
 
     pub fn model_file(&self, version: u64) -> PathBuf {
         self.dir.join(version.to_string()).join("model.pt")
+    }
+
+    pub fn tokenizer_file(&self) -> PathBuf {
+        self.dir.join(TOKENIZER_FILE)
     }
 }
 
@@ -85,6 +92,12 @@ fn read_model(dir: &Path) -> Result<ModelSpec, RepoError> {
                 format!("version = {pinned} is pinned but {}/{pinned}/model.pt does not exist", dir.display()),
             ));
         }
+    }
+    if config.task.needs_tokenizer() && !dir.join(TOKENIZER_FILE).is_file() {
+        return Err(invalid(
+            dir,
+            format!("task `{}` needs a {TOKENIZER_FILE} (a Hugging Face tokenizers file)", config.task),
+        ));
     }
     let labels = if config.task.needs_labels() { Some(read_labels(&dir.join("labels.txt"))?) } else { None };
     Ok(ModelSpec { name, dir: dir.to_path_buf(), config, versions, labels })

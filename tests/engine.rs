@@ -19,7 +19,7 @@ impl BatchTask for SquareAndSum {
     type Output = f64;
 
     fn run_batch(&self, model: &InferenceModule, _device: Device, inputs: Vec<Tensor>) -> anyhow::Result<Vec<f64>> {
-        let squared = model.forward(&Tensor::f_stack(&inputs, 0)?).map_err(anyhow::Error::msg)?;
+        let squared = model.forward_one(&[&Tensor::f_stack(&inputs, 0)?]).map_err(anyhow::Error::msg)?;
         Ok((0..inputs.len() as i64).map(|i| squared.get(i).sum(Kind::Double).double_value(&[])).collect())
     }
 

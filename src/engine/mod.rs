@@ -5,12 +5,14 @@
 
 pub mod batcher;
 pub mod device;
+pub mod generation;
 pub mod module;
 pub mod pool;
 pub mod registry;
 
 use std::time::Duration;
 
+pub use generation::{GenerationEngine, GenerationEvent};
 pub use module::InferenceModule;
 pub use pool::{BatchTask, WorkerPool, WorkerSpec};
 pub use registry::{ModelEntry, ModelState, Registry};
@@ -30,4 +32,22 @@ pub enum EngineError {
     WorkerLost { model: String },
     #[error("model `{model}` failed to load: {message}")]
     Load { model: String, message: String },
+}
+
+/// Runs a worker thread's `load`, tells the thread that started it how it went (on `ready`), and gives back the
+/// module to serve with, or `None` if the worker should exit.
+fn load_reporting(
+    ready: std::sync::mpsc::Sender<Result<(), String>>,
+    load: impl FnOnce() -> Result<InferenceModule, String>,
+) -> Option<InferenceModule> {
+    match load() {
+        Ok(model) => {
+            let _ = ready.send(Ok(()));
+            Some(model)
+        }
+        Err(message) => {
+            let _ = ready.send(Err(message));
+            None
+        }
+    }
 }

@@ -13,7 +13,14 @@ use tch::{Device, Tensor};
 
 extern "C" {
     fn ember_module_load(path: *const c_char, device: c_int, optimize: c_int, error: *mut *mut c_char) -> *mut c_void;
-    fn ember_module_forward(module: *mut c_void, input: *mut c_void, error: *mut *mut c_char) -> *mut c_void;
+    fn ember_module_forward(
+        module: *mut c_void,
+        inputs: *const *mut c_void,
+        n_inputs: usize,
+        outputs: *mut *mut c_void,
+        max_outputs: usize,
+        error: *mut *mut c_char,
+    ) -> i64;
     fn ember_module_free(module: *mut c_void);
     fn ember_message_free(message: *mut c_char);
 }
@@ -26,20 +33,23 @@ pub struct InferenceModule {
 // The module is owned by one worker thread at a time; libtorch modules may move between threads.
 unsafe impl Send for InferenceModule {}
 
-/// Calls a shim function that reports failure as (null, malloc'd message).
-fn checked(call: impl FnOnce(*mut *mut c_char) -> *mut c_void) -> Result<NonNull<c_void>, String> {
+/// Most outputs a model's forward may return (a tuple's elements).
+const MAX_OUTPUTS: usize = 16;
+
+/// Calls a shim function that reports failure as (null or -1, malloc'd message); `succeeded` tells them apart.
+fn checked<R>(call: impl FnOnce(*mut *mut c_char) -> R, succeeded: impl FnOnce(&R) -> bool) -> Result<R, String> {
     let mut error: *mut c_char = std::ptr::null_mut();
     let result = call(&mut error);
-    match NonNull::new(result) {
-        Some(ok) => Ok(ok),
-        None if error.is_null() => Err("libtorch failed without a message".into()),
-        None => {
-            // SAFETY: the shim wrote a NUL-terminated malloc'd string; it is freed right after copying.
-            let message = unsafe { CStr::from_ptr(error) }.to_string_lossy().into_owned();
-            unsafe { ember_message_free(error) };
-            Err(message)
-        }
+    if succeeded(&result) {
+        return Ok(result);
     }
+    if error.is_null() {
+        return Err("libtorch failed without a message".into());
+    }
+    // SAFETY: the shim wrote a NUL-terminated malloc'd string; it is freed right after copying.
+    let message = unsafe { CStr::from_ptr(error) }.to_string_lossy().into_owned();
+    unsafe { ember_message_free(error) };
+    Err(message)
 }
 
 impl InferenceModule {
@@ -54,7 +64,11 @@ impl InferenceModule {
         };
         // SAFETY: c_path outlives the call; the shim does not keep it.
         let load = |optimize: bool| {
-            checked(|error| unsafe { ember_module_load(c_path.as_ptr(), device_index, optimize.into(), error) })
+            checked(
+                |error| unsafe { ember_module_load(c_path.as_ptr(), device_index, optimize.into(), error) },
+                |raw| !raw.is_null(),
+            )
+            .map(|raw| NonNull::new(raw).expect("checked for null"))
         };
         if optimize {
             match load(true) {
@@ -74,13 +88,38 @@ impl InferenceModule {
         self.optimized
     }
 
-    /// Runs `forward(input)`; the model must return one tensor.
-    pub fn forward(&self, input: &Tensor) -> Result<Tensor, String> {
-        let input_ptr = input.as_ptr() as *mut c_void;
-        // SAFETY: the module is alive for &self; the input tensor is only read; the returned pointer is a new
-        // heap at::Tensor, which Tensor::from_ptr takes ownership of (and frees as tch does).
-        let output = checked(|error| unsafe { ember_module_forward(self.raw.as_ptr(), input_ptr, error) })?;
-        Ok(unsafe { Tensor::from_ptr(output.as_ptr() as *mut torch_sys::C_tensor) })
+    /// Runs `forward(inputs...)`; returns its tensor, or the elements of its tuple of tensors.
+    pub fn forward(&self, inputs: &[&Tensor]) -> Result<Vec<Tensor>, String> {
+        let input_ptrs: Vec<*mut c_void> = inputs.iter().map(|t| t.as_ptr() as *mut c_void).collect();
+        let mut output_ptrs = [std::ptr::null_mut::<c_void>(); MAX_OUTPUTS];
+        // SAFETY: the module is alive for &self; the input tensors are only read and outlive the call; the shim
+        // writes at most MAX_OUTPUTS new heap at::Tensor pointers, which Tensor::from_ptr takes ownership of.
+        let count = checked(
+            |error| unsafe {
+                ember_module_forward(
+                    self.raw.as_ptr(),
+                    input_ptrs.as_ptr(),
+                    input_ptrs.len(),
+                    output_ptrs.as_mut_ptr(),
+                    MAX_OUTPUTS,
+                    error,
+                )
+            },
+            |count| *count >= 0,
+        )?;
+        Ok(output_ptrs[..count as usize]
+            .iter()
+            .map(|&ptr| unsafe { Tensor::from_ptr(ptr as *mut torch_sys::C_tensor) })
+            .collect())
+    }
+
+    /// Runs a model whose forward returns exactly one tensor.
+    pub fn forward_one(&self, inputs: &[&Tensor]) -> Result<Tensor, String> {
+        let mut outputs = self.forward(inputs)?;
+        match outputs.len() {
+            1 => Ok(outputs.remove(0)),
+            n => Err(format!("the model's forward returned {n} tensors; expected one")),
+        }
     }
 }
 

@@ -190,29 +190,49 @@ impl<T: BatchTask> WorkerPool<T> {
     /// Queues one input and waits for its output, for at most `timeout` in all.
     /// A full queue is refused at once: waiting for room would only move the overload into the client.
     pub async fn infer(&self, input: T::Input, timeout: Duration) -> Result<T::Output, EngineError> {
+        let mut outputs = self.infer_all(vec![input], timeout).await?;
+        outputs.pop().ok_or_else(|| self.shared.error(|model| EngineError::WorkerLost { model }))
+    }
+
+    /// Queues several inputs of one request together (all or none: a queue without room for all of them refuses
+    /// the request) and waits for every output, in input order.
+    pub async fn infer_all(&self, inputs: Vec<T::Input>, timeout: Duration) -> Result<Vec<T::Output>, EngineError> {
         let now = Instant::now();
         let deadline = now + timeout;
-        let (reply, answer) = oneshot::channel();
-        let idle_worker = {
+        let mut answers = Vec::with_capacity(inputs.len());
+        let idle_workers = {
             let mut state = self.shared.lock();
             if state.closed {
                 return Err(self.shared.error(|model| EngineError::Stopped { model }));
             }
-            let job = Job { input, deadline, enqueued_at: now, reply };
-            if state.batcher.push(job, now).is_err() {
+            if state.batcher.len() + inputs.len() > state.batcher.capacity() {
                 return Err(self.shared.queue_full(state.batcher.capacity()));
             }
+            for input in inputs {
+                let (reply, answer) = oneshot::channel();
+                answers.push(answer);
+                if state.batcher.push(Job { input, deadline, enqueued_at: now, reply }, now).is_err() {
+                    return Err(self.shared.queue_full(state.batcher.capacity()));
+                }
+            }
             self.shared.metrics.queue_depth.set(state.batcher.len() as i64);
-            state.idle.pop()
+            let wake = answers.len().min(state.idle.len());
+            let split = state.idle.len() - wake;
+            state.idle.split_off(split)
         };
-        // With no idle worker, a busy one takes the job when it finishes its batch.
-        if let Some(index) = idle_worker {
+        // With no idle worker, a busy one takes the jobs when it finishes its batch.
+        for index in idle_workers {
             self.shared.wakers[index].notify_one();
         }
-        match tokio::time::timeout_at(deadline.into(), answer).await {
-            Ok(Ok(result)) => result,
-            Ok(Err(_)) => Err(self.shared.error(|model| EngineError::WorkerLost { model })),
-            // Dropping `answer` here marks the job abandoned, so a worker skips it.
+        let all = futures_util::future::join_all(answers);
+        match tokio::time::timeout_at(deadline.into(), all).await {
+            Ok(results) => results
+                .into_iter()
+                .map(|result| {
+                    result.unwrap_or_else(|_| Err(self.shared.error(|model| EngineError::WorkerLost { model })))
+                })
+                .collect(),
+            // Dropping the answers here marks the jobs abandoned, so a worker skips them.
             Err(_) => Err(self.shared.error(|model| EngineError::DeadlineExceeded { model, timeout })),
         }
     }
@@ -256,15 +276,9 @@ impl<T: BatchTask> Drop for WorkerPool<T> {
 fn worker_main<T: BatchTask>(shared: &Shared<T>, index: usize, ready: std::sync::mpsc::Sender<Result<(), String>>) {
     // Gradients are never needed for serving; grad mode is per thread in libtorch.
     let _no_grad = tch::no_grad_guard();
-    let model = match load_and_warm_up(shared) {
-        Ok(model) => model,
-        Err(message) => {
-            let _ = ready.send(Err(message));
-            return;
-        }
+    let Some(model) = super::load_reporting(ready, || load_and_warm_up(shared)) else {
+        return;
     };
-    let _ = ready.send(Ok(()));
-    drop(ready);
     let (own, borrowed) = thread_counts(&shared.spec.batching);
     let mut threads = own;
     while let Some((batch, alone)) = next_batch(shared, index) {
@@ -403,7 +417,7 @@ pub fn torch_error_summary(message: &str) -> String {
     summary.strip_prefix("Internal torch error: ").unwrap_or(summary).to_string()
 }
 
-fn panic_message(panic: &Box<dyn std::any::Any + Send>) -> String {
+pub(super) fn panic_message(panic: &Box<dyn std::any::Any + Send>) -> String {
     panic
         .downcast_ref::<&str>()
         .map(|s| s.to_string())

@@ -120,7 +120,7 @@ impl Registry {
             optimize: spec.config.optimize,
             batching: spec.config.batching.clone(),
         };
-        let backend = Backend::start(spec, worker, self.metrics.for_model(&spec.name))?;
+        let backend = Backend::start(spec, worker, &self.metrics)?;
         Ok(Loaded { version, device, backend })
     }
 

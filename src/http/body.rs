@@ -67,6 +67,28 @@ pub async fn read_image_upload(request: Request, max_body_bytes: usize) -> Resul
     Ok(ImageUpload { image, params })
 }
 
+/// Reads a JSON object body into `P`. `shape` describes the expected body for the 415 a non-JSON request gets.
+pub async fn read_json_body<P: DeserializeOwned>(
+    request: Request,
+    max_body_bytes: usize,
+    shape: &str,
+) -> Result<P, ApiError> {
+    let (parts, body) = request.into_parts();
+    let is_json = parts
+        .headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<mime::Mime>().ok())
+        .is_some_and(|m| m.type_() == mime::APPLICATION && m.subtype() == mime::JSON);
+    if !is_json {
+        return Err(ApiError::UnsupportedMediaType(format!(
+            "this route takes Content-Type application/json with a body like {shape}"
+        )));
+    }
+    let body = read_limited(body, &parts.headers, max_body_bytes).await?;
+    parse_params(parse_json_object(&body)?)
+}
+
 fn content_type(headers: &HeaderMap) -> Result<mime::Mime, ApiError> {
     let value = headers.get(header::CONTENT_TYPE).ok_or_else(|| {
         ApiError::UnsupportedMediaType(format!("the request has no Content-Type: {ACCEPTED_IMAGE_BODIES}"))

@@ -1,7 +1,10 @@
 //! The HTTP surface: `router(state)` joins the route families and the middleware every route shares.
 
 mod body;
+mod classify;
+mod generate;
 mod ops;
+mod sentiment;
 pub use ops::OPENAPI_YAML;
 mod v1;
 
@@ -78,6 +81,11 @@ impl AppState {
             ApiError::NotFound(format!("no model serves {task}: set `default = true` in one such model's model.toml"))
         })
     }
+}
+
+/// A ready model whose backend is not its task's: `ready_model` checked the task, so this is a bug in ember.
+fn wrong_backend(name: &str, task: TaskKind) -> ApiError {
+    ApiError::Internal(format!("model `{name}` is not running a {task} backend"))
 }
 
 /// Tags a response with the model it concerns, for the `model` label of the request metrics.

@@ -1,25 +1,40 @@
-//! The task routes (`/v1/...`) and the model listing.
+//! The task routes (`/v1/...`, one module per task family) and the model listing.
 
-use axum::extract::{Path, Request, State};
+use std::future::Future;
+
+use axum::extract::{Path, State};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 
-use super::body::read_image_upload;
-use super::AppState;
+use super::{classify, generate, sentiment, AppState};
 use crate::config::BatchingConfig;
 use crate::engine::{device, ModelEntry, ModelState};
-use crate::error::ApiError;
-use crate::tasks::classify::{Prediction, DEFAULT_TOP_K};
-use crate::tasks::{Backend, TaskKind};
+use crate::tasks::TaskKind;
 
 pub fn routes() -> Router<AppState> {
     Router::new()
         .route("/v1/models", get(list_models))
         .route("/v1/models/{name}", get(describe_model))
-        .route("/v1/models/{name}/classify", post(classify_named))
-        .route("/v1/classify", post(classify_default))
+        .route("/v1/models/{name}/classify", post(classify::named))
+        .route("/v1/classify", post(classify::default))
+        .route("/v1/models/{name}/sentiment", post(sentiment::named))
+        .route("/v1/sentiment", post(sentiment::default))
+        .route("/v1/models/{name}/generate", post(generate::named))
+        .route("/v1/generate", post(generate::default))
+}
+
+/// Answers a task's short route with the task's default model, or a 404 saying there is none.
+pub async fn on_default_model<F, Fut>(state: AppState, task: TaskKind, handler: F) -> Response
+where
+    F: FnOnce(AppState, String) -> Fut,
+    Fut: Future<Output = Response>,
+{
+    match state.default_model(task) {
+        Ok(name) => handler(state, name).await,
+        Err(e) => e.into_response(),
+    }
 }
 
 #[derive(Serialize)]
@@ -97,54 +112,4 @@ async fn list_models(State(state): State<AppState>) -> Json<ModelList> {
 async fn describe_model(State(state): State<AppState>, Path(name): Path<String>) -> Response {
     let result = state.model(&name).map(|entry| Json(model_info(&state, entry)));
     state.with_model_label(&name, result)
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct ClassifyParams {
-    top_k: Option<i64>,
-}
-
-#[derive(Serialize)]
-struct ClassifyResponse {
-    model: String,
-    version: u64,
-    predictions: Vec<Prediction>,
-}
-
-async fn classify_named(State(state): State<AppState>, Path(name): Path<String>, request: Request) -> Response {
-    let result = classify(&state, &name, request).await;
-    state.with_model_label(&name, result)
-}
-
-async fn classify_default(State(state): State<AppState>, request: Request) -> Response {
-    match state.default_model(TaskKind::ImageClassification) {
-        Ok(name) => classify_named(State(state), Path(name), request).await,
-        Err(e) => e.into_response(),
-    }
-}
-
-async fn classify(state: &AppState, name: &str, request: Request) -> Result<Json<ClassifyResponse>, ApiError> {
-    let loaded = state.ready_model(name, TaskKind::ImageClassification)?;
-    // ready_model checked the task, so the backend is the image-classification one.
-    let Backend::ImageClassification(pool) = &loaded.backend;
-    let upload = read_image_upload(request, state.limits.max_body_bytes).await?;
-    let params: ClassifyParams = upload.params()?;
-    let classifier = pool.task().clone();
-    let top_k = classifier.validate_top_k(params.top_k.unwrap_or(DEFAULT_TOP_K))?;
-
-    pool.check_room()?;
-    // Decoding and resizing take milliseconds of CPU: keep them off the async workers.
-    let max_pixels = state.limits.max_image_pixels;
-    let preparer = classifier.clone();
-    let input = tokio::task::spawn_blocking(move || preparer.prepare(&upload.image, max_pixels))
-        .await
-        .map_err(|e| ApiError::Internal(format!("image preprocessing stopped: {e}")))??;
-
-    let probabilities = pool.infer(input, state.limits.request_timeout).await?;
-    Ok(Json(ClassifyResponse {
-        model: name.to_string(),
-        version: loaded.version,
-        predictions: classifier.top_k(&probabilities, top_k),
-    }))
 }

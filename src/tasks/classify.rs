@@ -2,11 +2,10 @@
 
 use std::sync::Arc;
 
-use anyhow::{ensure, Context};
 use serde::Serialize;
-use tch::{Device, Kind, Tensor};
+use tch::{Device, Tensor};
 
-use super::image;
+use super::{check_label_count, image, softmax_rows};
 use crate::config::ImagePreprocessing;
 use crate::engine::{BatchTask, InferenceModule};
 use crate::error::ApiError;
@@ -66,15 +65,8 @@ impl BatchTask for ImageClassifier {
 
     fn run_batch(&self, model: &InferenceModule, device: Device, inputs: Vec<Tensor>) -> anyhow::Result<Vec<Vec<f32>>> {
         let batch = Tensor::f_stack(&inputs, 0)?.f_to_device(device)?;
-        let logits = model.forward(&batch).map_err(anyhow::Error::msg)?;
-        let size = logits.size();
-        ensure!(
-            size.len() == 2 && size[0] == inputs.len() as i64,
-            "the model returned a tensor of shape {size:?}; expected [batch, classes]"
-        );
-        let probabilities = logits.f_softmax(-1, Kind::Float)?.f_to_device(Device::Cpu)?.f_contiguous()?;
-        let flat = Vec::<f32>::try_from(probabilities.view([-1])).context("copying the scores out")?;
-        Ok(flat.chunks(size[1] as usize).map(<[f32]>::to_vec).collect())
+        let logits = model.forward_one(&[&batch]).map_err(anyhow::Error::msg)?;
+        softmax_rows(&logits, inputs.len())
     }
 
     fn warmup_input(&self) -> Tensor {
@@ -82,10 +74,6 @@ impl BatchTask for ImageClassifier {
     }
 
     fn check_output(&self, output: &Vec<f32>) -> Result<(), String> {
-        if output.len() == self.labels.len() {
-            Ok(())
-        } else {
-            Err(format!("the model gives {} scores but labels.txt has {} labels", output.len(), self.labels.len()))
-        }
+        check_label_count(output, &self.labels)
     }
 }

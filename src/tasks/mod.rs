@@ -1,9 +1,14 @@
 //! One module per task: how a request becomes tensors and tensors become a response.
 
 pub mod classify;
+pub mod generate;
 pub mod image;
+pub mod sentiment;
 
 use std::fmt;
+
+use anyhow::{ensure, Context};
+use tch::{Device, Kind, Tensor};
 
 use serde::Deserialize;
 
@@ -35,6 +40,11 @@ impl TaskKind {
         matches!(self, TaskKind::ImageClassification)
     }
 
+    /// Tasks whose models need a `tokenizer.json` beside model.toml.
+    pub fn needs_tokenizer(self) -> bool {
+        matches!(self, TaskKind::TextClassification)
+    }
+
     /// Tasks whose models need a `labels.txt` beside model.toml.
     pub fn needs_labels(self) -> bool {
         matches!(self, TaskKind::ImageClassification | TaskKind::TextClassification)
@@ -49,19 +59,22 @@ impl fmt::Display for TaskKind {
 
 use std::sync::Arc;
 
-use crate::engine::{EngineError, WorkerPool, WorkerSpec};
-use crate::metrics::ModelMetrics;
+use crate::engine::{EngineError, GenerationEngine, WorkerPool, WorkerSpec};
+use crate::metrics::Metrics;
 use crate::repository::ModelSpec;
 
 /// A loaded model's execution backend, by task. Adding a task adds a variant here and its module above.
 pub enum Backend {
     ImageClassification(WorkerPool<classify::ImageClassifier>),
+    TextClassification(WorkerPool<sentiment::TextClassifier>),
+    TextGeneration(GenerationEngine),
 }
 
 impl Backend {
     /// Loads and warms up `worker.path` for the task in `spec`. Blocks: call it off the async runtime.
-    pub fn start(spec: &ModelSpec, worker: WorkerSpec, metrics: ModelMetrics) -> Result<Backend, EngineError> {
+    pub fn start(spec: &ModelSpec, worker: WorkerSpec, metrics: &Metrics) -> Result<Backend, EngineError> {
         let unsupported = |message: String| EngineError::Load { model: spec.name.clone(), message };
+        let model_metrics = metrics.for_model(&spec.name);
         match spec.config.task {
             TaskKind::ImageClassification => {
                 let (Some(labels), Some(preprocessing)) = (&spec.labels, &spec.config.image) else {
@@ -71,8 +84,22 @@ impl Backend {
                     labels: Arc::new(labels.clone()),
                     preprocessing: preprocessing.clone(),
                 };
-                Ok(Backend::ImageClassification(WorkerPool::start(worker, task, metrics)?))
+                Ok(Backend::ImageClassification(WorkerPool::start(worker, task, model_metrics)?))
             }
+            TaskKind::TextClassification => {
+                let (Some(labels), Some(text)) = (&spec.labels, &spec.config.text) else {
+                    return Err(unsupported("text classification needs labels.txt and a [text] table".into()));
+                };
+                let task = sentiment::TextClassifier::load(&spec.tokenizer_file(), labels.clone(), text.max_tokens)
+                    .map_err(unsupported)?;
+                Ok(Backend::TextClassification(WorkerPool::start(worker, task, model_metrics)?))
+            }
+            TaskKind::TextGeneration => Ok(Backend::TextGeneration(GenerationEngine::start(
+                worker,
+                spec.config.generation.clone(),
+                model_metrics,
+                metrics.for_generation(&spec.name),
+            )?)),
             other => Err(unsupported(format!("task `{other}` is not served by this version of ember"))),
         }
     }
@@ -81,6 +108,29 @@ impl Backend {
     pub fn shutdown(&self) {
         match self {
             Backend::ImageClassification(pool) => pool.shutdown(),
+            Backend::TextClassification(pool) => pool.shutdown(),
+            Backend::TextGeneration(engine) => engine.shutdown(),
         }
+    }
+}
+
+/// A classifier's `[batch, labels]` logits as one row of softmax probabilities per input, on the CPU.
+fn softmax_rows(logits: &Tensor, batch: usize) -> anyhow::Result<Vec<Vec<f32>>> {
+    let size = logits.size();
+    ensure!(
+        size.len() == 2 && size[0] == batch as i64,
+        "the model returned a tensor of shape {size:?}; expected [batch, labels] with batch {batch}"
+    );
+    let probabilities = logits.f_softmax(-1, Kind::Float)?.f_to_device(Device::Cpu)?.f_contiguous()?;
+    let flat = Vec::<f32>::try_from(probabilities.view([-1])).context("copying the scores out")?;
+    Ok(flat.chunks(size[1] as usize).map(<[f32]>::to_vec).collect())
+}
+
+/// A classifier must give one score per line of labels.txt.
+fn check_label_count(scores: &[f32], labels: &[String]) -> Result<(), String> {
+    if scores.len() == labels.len() {
+        Ok(())
+    } else {
+        Err(format!("the model gives {} scores but labels.txt has {} labels", scores.len(), labels.len()))
     }
 }

@@ -47,29 +47,45 @@ pub fn content_type_of(photo: &str) -> &'static str {
     }
 }
 
-/// A model repository holding only mobilenet_v2, with some model.toml lines replaced (`key = value`),
-/// its version folder linked to the one the setup built.
+/// A temporary model repository holding some of the default models, each with some model.toml lines replaced
+/// (`key = value`) and its version folder linked to the one the setup built.
 pub struct TempRepo {
     pub dir: TempDir,
 }
 
 impl TempRepo {
     pub fn mobilenet(overrides: &[(&str, &str)]) -> TempRepo {
-        let dir = tempfile::tempdir().expect("temp dir");
-        let source = models_dir().join("mobilenet_v2");
-        let target = dir.path().join("mobilenet_v2");
+        TempRepo::of("mobilenet_v2", overrides)
+    }
+
+    pub fn of(model: &str, overrides: &[(&str, &str)]) -> TempRepo {
+        let repo = TempRepo { dir: tempfile::tempdir().expect("temp dir") };
+        repo.add(model, overrides);
+        repo
+    }
+
+    /// Adds default model `model`: its model.toml (with `overrides`), labels and tokenizer, and version 1.
+    pub fn add(&self, model: &str, overrides: &[(&str, &str)]) -> &TempRepo {
+        let source = models_dir().join(model);
+        let target = self.path().join(model);
         std::fs::create_dir_all(&target).unwrap();
-        std::fs::copy(source.join("labels.txt"), target.join("labels.txt")).unwrap();
+        for file in ["labels.txt", "tokenizer.json"] {
+            if source.join(file).exists() {
+                std::fs::copy(source.join(file), target.join(file)).unwrap();
+            }
+        }
         std::os::unix::fs::symlink(source.join("1"), target.join("1")).unwrap();
         let mut toml = std::fs::read_to_string(source.join("model.toml")).unwrap();
         for (key, value) in overrides {
             let prefix = format!("{key} = ");
-            let line =
-                toml.lines().find(|l| l.starts_with(&prefix)).unwrap_or_else(|| panic!("no `{key}` in model.toml"));
+            let line = toml
+                .lines()
+                .find(|l| l.starts_with(&prefix))
+                .unwrap_or_else(|| panic!("no `{key}` in {model}/model.toml"));
             toml = toml.replace(line, &format!("{key} = {value}"));
         }
         std::fs::write(target.join("model.toml"), toml).unwrap();
-        TempRepo { dir }
+        self
     }
 
     pub fn path(&self) -> &Path {

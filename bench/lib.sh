@@ -1,0 +1,48 @@
+# Shared by the benchmark scripts: a temporary model repository, starting and stopping ember, one hey run.
+# Expects $workdir, $port and $ember to be set by the script that sources it.
+
+server_pid=""
+cleanup() { [ -n "$server_pid" ] && kill "$server_pid" 2>/dev/null; wait 2>/dev/null; rm -rf "$workdir"; }
+trap cleanup EXIT
+
+# A repository with default model $1 only, its model.toml edited by sed expression $2; $3 names the copy.
+make_repo() {
+  local model=$1 repo="$workdir/repo-$3"
+  mkdir -p "$repo/$model"
+  for file in labels.txt tokenizer.json; do
+    [ -f "models/$model/$file" ] && cp "models/$model/$file" "$repo/$model/"
+  done
+  ln -s "$PWD/models/$model/1" "$repo/$model/1"
+  sed -e "$2" "models/$model/model.toml" > "$repo/$model/model.toml"
+  echo "$repo"
+}
+
+start_server() {
+  "$ember" serve --port "$port" --model-repo "$1" > "$workdir/server.log" 2>&1 &
+  server_pid=$!
+  for _ in $(seq 1 600); do
+    curl -sf "http://127.0.0.1:$port/health/ready" >/dev/null && return 0
+    sleep 0.1
+  done
+  echo "server not ready:" >&2; cat "$workdir/server.log" >&2; exit 1
+}
+
+stop_server() {
+  kill -TERM "$server_pid"; wait "$server_pid" 2>/dev/null || true; server_pid=""
+}
+
+peak_rss_mib() { awk '/VmHWM/ {printf "%.0f", $2/1024}' "/proc/$server_pid/status"; }
+
+# One hey run of $seconds: hey_row CONCURRENCY URL CONTENT-TYPE BODY-FILE prints a table row:
+# concurrency, requests/s, p50 ms, p99 ms, non-200 answers.
+hey_row() {
+  local concurrency=$1 url=$2 content_type=$3 body=$4 out="$workdir/hey.txt"
+  hey -z "${seconds}s" -c "$concurrency" -m POST -T "$content_type" -D "$body" "$url" > "$out"
+  local rps p50 p99 ok total
+  rps=$(awk '/Requests\/sec:/ {printf "%.1f", $2}' "$out")
+  p50=$(awk '/ 50% in / {printf "%.1f", $3 * 1000}' "$out")
+  p99=$(awk '/ 99% in / {printf "%.1f", $3 * 1000}' "$out")
+  ok=$(awk '/\[200\]/ {print $2}' "$out")
+  total=$(awk '/\[[0-9]+\]/ {n += $2} END {print n + 0}' "$out")
+  echo "| $concurrency | $rps | $p50 | $p99 | $((total - ${ok:-0})) |"
+}

@@ -1,0 +1,392 @@
+//! Continuous batching for recurrent text generation. One OS thread per model owns the module and every active
+//! sequence; each step advances all of them with one batched forward pass, and a request that arrives joins at
+//! the next step instead of waiting for the others to finish.
+//!
+//! The model's interface (see models/export/shakespeare.py): `forward(ids [B, T], state) -> (logits [B, T, V],
+//! state)`, where the state's dimension 1 is the batch and an empty state starts new sequences. Each sequence
+//! keeps its own state between steps; a step concatenates them along dimension 1 and splits the result.
+
+use std::collections::VecDeque;
+use std::panic::AssertUnwindSafe;
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use tch::{Device, Kind, Tensor};
+use tokio::sync::mpsc;
+
+use super::pool::{panic_message, torch_error_summary};
+use super::{EngineError, InferenceModule, WorkerSpec};
+use crate::config::GenerationConfig;
+use crate::metrics::{GenerationMetrics, ModelMetrics};
+use crate::tasks::generate::{FinishReason, GenerationRequest, Sampler, TextDecoder, VOCABULARY};
+
+/// What a sequence's caller receives, in order: tokens, then `Done` or `Error`.
+#[derive(Debug)]
+pub enum GenerationEvent {
+    Token { id: u8, text: String },
+    Done { finish_reason: FinishReason, tokens: usize },
+    Error(EngineError),
+}
+
+struct Pending {
+    request: GenerationRequest,
+    events: mpsc::UnboundedSender<GenerationEvent>,
+    enqueued_at: Instant,
+    deadline: Instant,
+}
+
+/// One sequence being generated.
+struct Sequence {
+    events: mpsc::UnboundedSender<GenerationEvent>,
+    sampler: Sampler,
+    decoder: TextDecoder,
+    stop: Vec<Vec<u8>>,
+    max_tokens: usize,
+    last_token: i64,
+    state: Tensor,
+    /// Set once the sequence has sent its last event or its caller has gone.
+    finished: bool,
+}
+
+struct Queue {
+    waiting: VecDeque<Pending>,
+    closed: bool,
+}
+
+struct Shared {
+    spec: WorkerSpec,
+    limits: GenerationConfig,
+    queue: Mutex<Queue>,
+    wake: Condvar,
+    metrics: ModelMetrics,
+    generation: GenerationMetrics,
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, Queue> {
+        // Never held across a forward pass or user code: a poisoned lock still holds a consistent queue.
+        self.queue.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn error(&self, make: impl FnOnce(String) -> EngineError) -> EngineError {
+        make(self.spec.model.clone())
+    }
+}
+
+pub struct GenerationEngine {
+    shared: Arc<Shared>,
+    thread: Mutex<Option<JoinHandle<()>>>,
+}
+
+impl GenerationEngine {
+    /// Starts the model's thread, which loads and warms up the module. Returns once it is ready, or its load error.
+    pub fn start(
+        spec: WorkerSpec,
+        limits: GenerationConfig,
+        metrics: ModelMetrics,
+        generation: GenerationMetrics,
+    ) -> Result<GenerationEngine, EngineError> {
+        let shared = Arc::new(Shared {
+            queue: Mutex::new(Queue { waiting: VecDeque::new(), closed: false }),
+            wake: Condvar::new(),
+            spec,
+            limits,
+            metrics,
+            generation,
+        });
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+        let thread_shared = Arc::clone(&shared);
+        let thread = std::thread::Builder::new()
+            .name(format!("ember-{}-gen", shared.spec.model))
+            .spawn(move || scheduler_main(&thread_shared, ready_tx))
+            .map_err(|e| {
+                shared.error(|model| EngineError::Load { model, message: format!("cannot start its thread: {e}") })
+            })?;
+        let engine = GenerationEngine { shared, thread: Mutex::new(Some(thread)) };
+        match ready_rx.recv().unwrap_or_else(|_| Err("its thread died while loading".into())) {
+            Ok(()) => Ok(engine),
+            Err(message) => {
+                engine.shutdown();
+                Err(engine.shared.error(|model| EngineError::Load { model, message }))
+            }
+        }
+    }
+
+    /// Queues a sequence; its events arrive on the returned receiver. Dropping the receiver cancels the sequence
+    /// at its next step. A full queue is refused at once.
+    pub fn submit(
+        &self,
+        request: GenerationRequest,
+        timeout: Duration,
+    ) -> Result<mpsc::UnboundedReceiver<GenerationEvent>, EngineError> {
+        let (events, receiver) = mpsc::unbounded_channel();
+        let now = Instant::now();
+        let mut queue = self.shared.lock();
+        if queue.closed {
+            return Err(self.shared.error(|model| EngineError::Stopped { model }));
+        }
+        self.check_capacity(&queue)?;
+        queue.waiting.push_back(Pending { request, events, enqueued_at: now, deadline: now + timeout });
+        self.shared.metrics.queue_depth.set(queue.waiting.len() as i64);
+        drop(queue);
+        self.shared.wake.notify_one();
+        Ok(receiver)
+    }
+
+    /// Fails with `QueueFull` when no sequence could be queued now.
+    pub fn check_room(&self) -> Result<(), EngineError> {
+        self.check_capacity(&self.shared.lock())
+    }
+
+    fn check_capacity(&self, queue: &Queue) -> Result<(), EngineError> {
+        let capacity = self.shared.spec.batching.queue_capacity;
+        if queue.waiting.len() >= capacity {
+            return Err(self.shared.error(|model| EngineError::QueueFull { model, capacity, retry_after_secs: 1 }));
+        }
+        Ok(())
+    }
+
+    /// Stops taking sequences, finishes the active and queued ones, and joins the thread.
+    pub fn shutdown(&self) {
+        self.shared.lock().closed = true;
+        self.shared.wake.notify_all();
+        if let Some(thread) = self.thread.lock().unwrap_or_else(PoisonError::into_inner).take() {
+            let _ = thread.join();
+        }
+    }
+
+    pub fn spec(&self) -> &WorkerSpec {
+        &self.shared.spec
+    }
+
+    /// What a request may ask for (model.toml `[generation]`).
+    pub fn limits(&self) -> &GenerationConfig {
+        &self.shared.limits
+    }
+}
+
+impl Drop for GenerationEngine {
+    fn drop(&mut self) {
+        self.shared.lock().closed = true;
+        self.shared.wake.notify_all();
+    }
+}
+
+fn scheduler_main(shared: &Shared, ready: std::sync::mpsc::Sender<Result<(), String>>) {
+    let _no_grad = tch::no_grad_guard();
+    tch::set_num_threads(shared.spec.batching.intra_op_threads as i32);
+    let Some(model) = super::load_reporting(ready, || load_and_warm_up(shared)) else {
+        return;
+    };
+    let mut active: Vec<Sequence> = Vec::new();
+    while let Some(admitted) = next_admissions(shared, active.len()) {
+        for pending in admitted {
+            if let Some(sequence) = guarded(shared, || start_sequence(shared, &model, pending)) {
+                active.push(sequence);
+            }
+        }
+        active.retain(|s| !s.finished);
+        if !active.is_empty() {
+            let started = Instant::now();
+            if let Err(message) = guarded_step(shared, &model, &mut active) {
+                tracing::error!(model = %shared.spec.model, sequences = active.len(), error = %message, "generation step failed");
+                for sequence in active.drain(..) {
+                    let error = shared.error(|model| EngineError::Inference { model, message: message.clone() });
+                    let _ = sequence.events.send(GenerationEvent::Error(error));
+                }
+            }
+            shared.metrics.inference_duration.observe(started.elapsed().as_secs_f64());
+            active.retain(|s| !s.finished);
+        }
+        shared.generation.active_sequences.set(active.len() as i64);
+    }
+}
+
+/// Runs `body`, turning a libtorch error or a panic into a logged failure of that sequence's start.
+fn guarded<T>(
+    shared: &Shared,
+    body: impl FnOnce() -> Result<T, (mpsc::UnboundedSender<GenerationEvent>, String)>,
+) -> Option<T> {
+    match std::panic::catch_unwind(AssertUnwindSafe(body)) {
+        Ok(Ok(value)) => Some(value),
+        Ok(Err((events, message))) => {
+            tracing::error!(model = %shared.spec.model, error = %message, "starting a sequence failed");
+            let _ =
+                events.send(GenerationEvent::Error(shared.error(|model| EngineError::Inference { model, message })));
+            None
+        }
+        Err(panic) => {
+            tracing::error!(model = %shared.spec.model, error = %panic_message(&panic), "starting a sequence panicked");
+            None
+        }
+    }
+}
+
+fn guarded_step(shared: &Shared, model: &InferenceModule, active: &mut [Sequence]) -> Result<(), String> {
+    std::panic::catch_unwind(AssertUnwindSafe(|| step(shared, model, active)))
+        .unwrap_or_else(|panic| Err(format!("panic: {}", panic_message(&panic))))
+}
+
+/// Waits for work: returns the sequences that may join now (none if sequences are active and nobody is waiting),
+/// or `None` once closed with nothing left to do.
+fn next_admissions(shared: &Shared, active: usize) -> Option<Vec<Pending>> {
+    let room = shared.spec.batching.max_batch_size.saturating_sub(active);
+    let mut queue = shared.lock();
+    loop {
+        let now = Instant::now();
+        // Callers that gave up or timed out before joining are dropped before they cost a forward pass.
+        queue.waiting.retain(|pending| {
+            if pending.events.is_closed() {
+                return false;
+            }
+            if pending.deadline <= now {
+                let timeout = pending.deadline.saturating_duration_since(pending.enqueued_at);
+                let error = shared.error(|model| EngineError::DeadlineExceeded { model, timeout });
+                let _ = pending.events.send(GenerationEvent::Error(error));
+                return false;
+            }
+            true
+        });
+        let take = room.min(queue.waiting.len());
+        if take > 0 || active > 0 {
+            let admitted: Vec<Pending> = queue.waiting.drain(..take).collect();
+            shared.metrics.queue_depth.set(queue.waiting.len() as i64);
+            for pending in &admitted {
+                shared.metrics.queue_duration.observe(now.duration_since(pending.enqueued_at).as_secs_f64());
+            }
+            return Some(admitted);
+        }
+        if queue.closed {
+            return None;
+        }
+        // Idle: sleep until a request arrives, waking in time to expire the oldest waiting one.
+        let timeout = queue.waiting.iter().map(|p| p.deadline.saturating_duration_since(now)).min();
+        queue = match timeout {
+            None => shared.wake.wait(queue).unwrap_or_else(PoisonError::into_inner),
+            Some(t) => shared.wake.wait_timeout(queue, t).unwrap_or_else(PoisonError::into_inner).0,
+        };
+    }
+}
+
+/// Runs the prompt through the model (the prefill) and emits the first token.
+fn start_sequence(
+    shared: &Shared,
+    model: &InferenceModule,
+    pending: Pending,
+) -> Result<Sequence, (mpsc::UnboundedSender<GenerationEvent>, String)> {
+    let Pending { request, events, .. } = pending;
+    let prompt: Vec<i64> = request.prompt.iter().map(|&b| i64::from(b)).collect();
+    let result = (|| -> Result<(Vec<f32>, Tensor), String> {
+        let ids = Tensor::from_slice(&prompt).view([1, -1]).to_device(shared.spec.device);
+        let (logits, state) = run_model(model, &ids, &Tensor::zeros([0], (Kind::Float, shared.spec.device)), 1)?;
+        let last = logits.select(1, -1);
+        Ok((tensor_to_vec(&last)?, state))
+    })();
+    let (logits, state) = match result {
+        Ok(ok) => ok,
+        Err(message) => return Err((events, message)),
+    };
+    let mut sequence = Sequence {
+        events,
+        sampler: Sampler::new(request.sampling),
+        decoder: TextDecoder::default(),
+        stop: request.stop,
+        max_tokens: request.max_tokens,
+        last_token: 0,
+        state,
+        finished: false,
+    };
+    advance(shared, &mut sequence, &logits);
+    Ok(sequence)
+}
+
+/// One batched forward pass over every active sequence, then one new token each.
+fn step(shared: &Shared, model: &InferenceModule, active: &mut [Sequence]) -> Result<(), String> {
+    let batch = active.len();
+    shared.metrics.batch_size.observe(batch as f64);
+    let last: Vec<i64> = active.iter().map(|s| s.last_token).collect();
+    let ids = Tensor::from_slice(&last).view([batch as i64, 1]).to_device(shared.spec.device);
+    let states: Vec<&Tensor> = active.iter().map(|s| &s.state).collect();
+    let state = Tensor::f_cat(&states, 1).map_err(|e| e.to_string())?;
+    let (logits, state) = run_model(model, &ids, &state, batch)?;
+    let logits = tensor_to_vec(&logits)?;
+    let states = state.f_split(1, 1).map_err(|e| e.to_string())?;
+    for ((sequence, row), state) in active.iter_mut().zip(logits.chunks(VOCABULARY)).zip(states) {
+        sequence.state = state;
+        advance(shared, sequence, row);
+    }
+    Ok(())
+}
+
+/// Checks the model's outputs against the interface: logits `[batch, T, 256]` and a state batched on dimension 1.
+fn run_model(model: &InferenceModule, ids: &Tensor, state: &Tensor, batch: usize) -> Result<(Tensor, Tensor), String> {
+    let outputs = model.forward(&[ids, state]).map_err(|e| torch_error_summary(&e))?;
+    let [logits, state]: [Tensor; 2] = outputs
+        .try_into()
+        .map_err(|o: Vec<Tensor>| format!("the model returned {} tensors; expected (logits, state)", o.len()))?;
+    let (logits_size, state_size) = (logits.size(), state.size());
+    let batch = batch as i64;
+    if logits_size.len() != 3 || logits_size[0] != batch || logits_size[2] != VOCABULARY as i64 {
+        return Err(format!(
+            "the model returned logits of shape {logits_size:?}; expected [{batch}, tokens, {VOCABULARY}]"
+        ));
+    }
+    if state_size.len() < 2 || state_size[1] != batch {
+        return Err(format!(
+            "the model returned a state of shape {state_size:?}; expected the batch ({batch}) in dimension 1"
+        ));
+    }
+    Ok((logits, state))
+}
+
+fn tensor_to_vec(tensor: &Tensor) -> Result<Vec<f32>, String> {
+    let cpu = tensor.f_to_kind(Kind::Float).and_then(|t| t.f_to_device(Device::Cpu)).map_err(|e| e.to_string())?;
+    Vec::<f32>::try_from(cpu.contiguous().view([-1])).map_err(|e| e.to_string())
+}
+
+/// Samples a sequence's next token from its logits, sends it, and ends the sequence on a stop sequence,
+/// at max_tokens, or when its caller has gone.
+fn advance(shared: &Shared, sequence: &mut Sequence, logits: &[f32]) {
+    let token = sequence.sampler.sample(logits) as u8;
+    sequence.last_token = i64::from(token);
+    let text = sequence.decoder.push(token);
+    shared.generation.tokens.inc();
+    if sequence.events.send(GenerationEvent::Token { id: token, text }).is_err() {
+        sequence.finished = true;
+        return;
+    }
+    let finish_reason = if sequence.decoder.ends_with_any(&sequence.stop) {
+        Some(FinishReason::Stop)
+    } else if sequence.decoder.len() >= sequence.max_tokens {
+        Some(FinishReason::Length)
+    } else {
+        None
+    };
+    if let Some(finish_reason) = finish_reason {
+        let _ = sequence.events.send(GenerationEvent::Done { finish_reason, tokens: sequence.decoder.len() });
+        sequence.finished = true;
+    }
+}
+
+fn load_and_warm_up(shared: &Shared) -> Result<InferenceModule, String> {
+    let spec = &shared.spec;
+    let started = Instant::now();
+    let model = InferenceModule::load(&spec.path, spec.device, spec.optimize)
+        .map_err(|e| format!("cannot load {}: {}", spec.path.display(), torch_error_summary(&e)))?;
+    // A prefill and a step at every batch size, which also proves the model keeps the interface.
+    let empty = Tensor::zeros([0], (Kind::Float, spec.device));
+    for _ in 0..spec.batching.warmup_runs.max(1) {
+        let prompt = Tensor::from_slice(b"Warm up.".map(i64::from).as_slice()).view([1, -1]).to_device(spec.device);
+        let (_, state) = run_model(&model, &prompt, &empty, 1).map_err(|e| format!("warm-up prefill: {e}"))?;
+        for batch in 1..=spec.batching.max_batch_size.min(64) {
+            let ids = Tensor::zeros([batch as i64, 1], (Kind::Int64, spec.device));
+            let states = Tensor::cat(&vec![&state; batch], 1);
+            let _ = run_model(&model, &ids, &states, batch)
+                .map_err(|e| format!("warm-up step at batch size {batch}: {e}"))?;
+        }
+    }
+    shared.metrics.load_duration.observe(started.elapsed().as_secs_f64());
+    tracing::info!(model = %spec.model, optimized = model.is_optimized(), seconds = started.elapsed().as_secs_f64(), "generation model loaded and warmed up");
+    Ok(model)
+}

@@ -1,0 +1,62 @@
+//! `POST /v1/models/{name}/classify` and `POST /v1/classify`: an image in, the top k labels out.
+
+use axum::extract::{Path, Request, State};
+use axum::response::Response;
+use axum::Json;
+use serde::{Deserialize, Serialize};
+
+use super::body::read_image_upload;
+use super::v1::on_default_model;
+use super::{wrong_backend, AppState};
+use crate::error::ApiError;
+use crate::tasks::classify::{Prediction, DEFAULT_TOP_K};
+use crate::tasks::{Backend, TaskKind};
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ClassifyParams {
+    top_k: Option<i64>,
+}
+
+#[derive(Serialize)]
+struct ClassifyResponse {
+    model: String,
+    version: u64,
+    predictions: Vec<Prediction>,
+}
+
+pub async fn named(State(state): State<AppState>, Path(name): Path<String>, request: Request) -> Response {
+    let result = classify(&state, &name, request).await;
+    state.with_model_label(&name, result)
+}
+
+pub async fn default(State(state): State<AppState>, request: Request) -> Response {
+    on_default_model(state, TaskKind::ImageClassification, |state, name| named(State(state), Path(name), request)).await
+}
+
+async fn classify(state: &AppState, name: &str, request: Request) -> Result<Json<ClassifyResponse>, ApiError> {
+    let loaded = state.ready_model(name, TaskKind::ImageClassification)?;
+    // ready_model checked the task, so the backend is the image-classification one.
+    let Backend::ImageClassification(pool) = &loaded.backend else {
+        return Err(wrong_backend(name, TaskKind::ImageClassification));
+    };
+    let upload = read_image_upload(request, state.limits.max_body_bytes).await?;
+    let params: ClassifyParams = upload.params()?;
+    let classifier = pool.task().clone();
+    let top_k = classifier.validate_top_k(params.top_k.unwrap_or(DEFAULT_TOP_K))?;
+
+    pool.check_room()?;
+    // Decoding and resizing take milliseconds of CPU: keep them off the async workers.
+    let max_pixels = state.limits.max_image_pixels;
+    let preparer = classifier.clone();
+    let input = tokio::task::spawn_blocking(move || preparer.prepare(&upload.image, max_pixels))
+        .await
+        .map_err(|e| ApiError::Internal(format!("image preprocessing stopped: {e}")))??;
+
+    let probabilities = pool.infer(input, state.limits.request_timeout).await?;
+    Ok(Json(ClassifyResponse {
+        model: name.to_string(),
+        version: loaded.version,
+        predictions: classifier.top_k(&probabilities, top_k),
+    }))
+}

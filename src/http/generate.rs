@@ -1,0 +1,175 @@
+//! `POST /v1/models/{name}/generate` and `POST /v1/generate`: a prompt in, generated text out, either as one JSON
+//! answer or, with `"stream": true`, as server-sent events (`token` per token, then `done` or `error`).
+
+use std::convert::Infallible;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use axum::extract::{Path, Request, State};
+use axum::response::sse::{Event, Sse};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use futures_util::stream::{self, Stream, StreamExt};
+use serde::Serialize;
+use tokio::sync::mpsc::UnboundedReceiver;
+
+use super::body::read_json_body;
+use super::v1::on_default_model;
+use super::{wrong_backend, AppState};
+use crate::engine::{EngineError, GenerationEvent};
+use crate::error::ApiError;
+use crate::tasks::generate::{FinishReason, GenerateRequest};
+use crate::tasks::{Backend, TaskKind};
+
+#[derive(Serialize)]
+struct GenerateResponse {
+    model: String,
+    version: u64,
+    text: String,
+    tokens: usize,
+    finish_reason: FinishReason,
+    /// The seed used (the request's, or one the server drew), so the output can be reproduced.
+    seed: u64,
+}
+
+#[derive(Serialize)]
+struct TokenEvent<'a> {
+    id: u8,
+    text: &'a str,
+}
+
+#[derive(Serialize)]
+struct DoneEvent<'a> {
+    model: &'a str,
+    version: u64,
+    tokens: usize,
+    finish_reason: FinishReason,
+    seed: u64,
+}
+
+/// What the response needs to know about the sequence besides its events.
+#[derive(Clone)]
+struct Origin {
+    model: String,
+    version: u64,
+    seed: u64,
+}
+
+pub async fn named(State(state): State<AppState>, Path(name): Path<String>, request: Request) -> Response {
+    let result = generate(&state, &name, request).await;
+    state.with_model_label(&name, result)
+}
+
+pub async fn default(State(state): State<AppState>, request: Request) -> Response {
+    on_default_model(state, TaskKind::TextGeneration, |state, name| named(State(state), Path(name), request)).await
+}
+
+async fn generate(state: &AppState, name: &str, request: Request) -> Result<Response, ApiError> {
+    let loaded = state.ready_model(name, TaskKind::TextGeneration)?;
+    let Backend::TextGeneration(engine) = &loaded.backend else {
+        return Err(wrong_backend(name, TaskKind::TextGeneration));
+    };
+    let shape = r#"{"prompt": "...", "max_tokens": 200, "stream": false}"#;
+    let body: GenerateRequest = read_json_body(request, state.limits.max_body_bytes, shape).await?;
+    let stream = body.stream;
+    let request = body.validate(engine.limits(), fresh_seed())?;
+    let origin = Origin { model: name.to_string(), version: loaded.version, seed: request.sampling.seed };
+    let timeout = state.limits.request_timeout;
+    let events = engine.submit(request, timeout)?;
+    if stream {
+        stream_events(events, origin, timeout).await
+    } else {
+        collect_events(events, origin, timeout).await
+    }
+}
+
+/// A seed for a request that names none: different per request, reported back in the response.
+fn fresh_seed() -> u64 {
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let nanos = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64);
+    nanos ^ COUNTER.fetch_add(1, Ordering::Relaxed).wrapping_mul(0x9E37_79B9_7F4A_7C15)
+}
+
+/// The sequence ended without `Done` or `Error`: its scheduler stopped.
+fn lost(model: &str) -> ApiError {
+    ApiError::from(EngineError::WorkerLost { model: model.to_string() })
+}
+
+fn deadline(model: &str, timeout: Duration) -> ApiError {
+    ApiError::from(EngineError::DeadlineExceeded { model: model.to_string(), timeout })
+}
+
+async fn collect_events(
+    mut events: UnboundedReceiver<GenerationEvent>,
+    origin: Origin,
+    timeout: Duration,
+) -> Result<Response, ApiError> {
+    let collect = async {
+        let mut text = String::new();
+        while let Some(event) = events.recv().await {
+            match event {
+                GenerationEvent::Token { text: piece, .. } => text.push_str(&piece),
+                GenerationEvent::Done { finish_reason, tokens } => {
+                    let Origin { model, version, seed } = origin.clone();
+                    return Ok(GenerateResponse { model, version, text, tokens, finish_reason, seed });
+                }
+                GenerationEvent::Error(e) => return Err(ApiError::from(e)),
+            }
+        }
+        Err(lost(&origin.model))
+    };
+    // Dropping `events` on timeout cancels the sequence at its next step.
+    match tokio::time::timeout(timeout, collect).await {
+        Ok(result) => Ok(Json(result?).into_response()),
+        Err(_) => Err(deadline(&origin.model, timeout)),
+    }
+}
+
+/// Waits for the first event, so that a sequence that cannot start (queue timeout, model error) still gets a
+/// proper status code; then streams. A client that disconnects drops the stream and with it the receiver,
+/// which ends the sequence at its next step.
+async fn stream_events(
+    mut events: UnboundedReceiver<GenerationEvent>,
+    origin: Origin,
+    timeout: Duration,
+) -> Result<Response, ApiError> {
+    let first = match tokio::time::timeout(timeout, events.recv()).await {
+        Err(_) => return Err(deadline(&origin.model, timeout)),
+        Ok(None) => return Err(lost(&origin.model)),
+        Ok(Some(GenerationEvent::Error(e))) => return Err(ApiError::from(e)),
+        Ok(Some(first)) => first,
+    };
+    Ok(Sse::new(sse_stream(first, events, origin)).into_response())
+}
+
+fn sse_stream(
+    first: GenerationEvent,
+    events: UnboundedReceiver<GenerationEvent>,
+    origin: Origin,
+) -> impl Stream<Item = Result<Event, Infallible>> {
+    // The receiver while the sequence runs; None after its last event. A closed channel reads as None.
+    let rest = stream::unfold(Some(events), |receiver| async move {
+        let mut receiver = receiver?;
+        let event = receiver.recv().await;
+        let running = matches!(event, Some(GenerationEvent::Token { .. }));
+        Some((event, running.then_some(receiver)))
+    });
+    stream::once(async move { Some(first) }).chain(rest).map(move |event| Ok(to_sse(event, &origin)))
+}
+
+fn to_sse(event: Option<GenerationEvent>, origin: &Origin) -> Event {
+    match event {
+        Some(GenerationEvent::Token { id, text }) => json_event("token", &TokenEvent { id, text: &text }),
+        Some(GenerationEvent::Done { finish_reason, tokens }) => json_event(
+            "done",
+            &DoneEvent { model: &origin.model, version: origin.version, tokens, finish_reason, seed: origin.seed },
+        ),
+        Some(GenerationEvent::Error(e)) => json_event("error", &ApiError::from(e).body()),
+        None => json_event("error", &lost(&origin.model).body()),
+    }
+}
+
+fn json_event(name: &str, data: &impl Serialize) -> Event {
+    // Serialising these plain structs cannot fail.
+    Event::default().event(name).data(serde_json::to_string(data).unwrap_or_default())
+}

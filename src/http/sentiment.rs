@@ -1,0 +1,95 @@
+//! `POST /v1/models/{name}/sentiment` and `POST /v1/sentiment`: one text or a list of texts in, a label and the
+//! score of every label per text out. The texts of all callers are batched together by the model's pool.
+
+use axum::extract::{Path, Request, State};
+use axum::response::Response;
+use axum::Json;
+use serde::{Deserialize, Serialize};
+
+use super::body::read_json_body;
+use super::v1::on_default_model;
+use super::{wrong_backend, AppState};
+use crate::error::ApiError;
+use crate::tasks::sentiment::{Classification, TextClassifier, TokenizedText};
+use crate::tasks::{Backend, TaskKind};
+
+/// Most texts in one request.
+pub const MAX_TEXTS: usize = 64;
+/// Longest text, in bytes of UTF-8 (the model reads only its first `[text] max_tokens` tokens anyway).
+pub const MAX_TEXT_BYTES: usize = 10_000;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SentimentParams {
+    text: Option<String>,
+    texts: Option<Vec<String>>,
+}
+
+#[derive(Serialize)]
+struct SentimentResponse {
+    model: String,
+    version: u64,
+    results: Vec<Classification>,
+}
+
+pub async fn named(State(state): State<AppState>, Path(name): Path<String>, request: Request) -> Response {
+    let result = sentiment(&state, &name, request).await;
+    state.with_model_label(&name, result)
+}
+
+pub async fn default(State(state): State<AppState>, request: Request) -> Response {
+    on_default_model(state, TaskKind::TextClassification, |state, name| named(State(state), Path(name), request)).await
+}
+
+async fn sentiment(state: &AppState, name: &str, request: Request) -> Result<Json<SentimentResponse>, ApiError> {
+    let loaded = state.ready_model(name, TaskKind::TextClassification)?;
+    let Backend::TextClassification(pool) = &loaded.backend else {
+        return Err(wrong_backend(name, TaskKind::TextClassification));
+    };
+    let shape = r#"{"text": "..."} or {"texts": ["...", ...]}"#;
+    let texts = validate(read_json_body(request, state.limits.max_body_bytes, shape).await?)?;
+
+    pool.check_room()?;
+    let classifier = pool.task().clone();
+    let tokenizer = classifier.clone();
+    // Tokenising up to MAX_TEXTS long texts takes milliseconds: keep it off the async workers.
+    let inputs = tokio::task::spawn_blocking(move || {
+        texts.iter().map(|text| tokenizer.tokenize(text)).collect::<Result<Vec<TokenizedText>, ApiError>>()
+    })
+    .await
+    .map_err(|e| ApiError::Internal(format!("tokenisation stopped: {e}")))??;
+
+    let probabilities = pool.infer_all(inputs, state.limits.request_timeout).await?;
+    Ok(Json(SentimentResponse {
+        model: name.to_string(),
+        version: loaded.version,
+        results: probabilities.iter().map(|p| TextClassifier::classification(&classifier, p)).collect(),
+    }))
+}
+
+/// Exactly one of `text` and `texts`; 1 to MAX_TEXTS texts, each non-blank and at most MAX_TEXT_BYTES.
+fn validate(params: SentimentParams) -> Result<Vec<String>, ApiError> {
+    let invalid = |message: String| Err(ApiError::Validation(message));
+    let (texts, field) = match (params.text, params.texts) {
+        (Some(text), None) => (vec![text], None),
+        (None, Some(texts)) => (texts, Some("texts")),
+        (Some(_), Some(_)) => return invalid("send either `text` or `texts`, not both".into()),
+        (None, None) => return invalid(r#"the body needs `text` (a string) or `texts` (a list of strings)"#.into()),
+    };
+    if texts.is_empty() {
+        return invalid("texts must hold at least one text".into());
+    }
+    if texts.len() > MAX_TEXTS {
+        return invalid(format!("texts holds {} texts; at most {MAX_TEXTS} are allowed per request", texts.len()));
+    }
+    let name = |i: usize| field.map_or("text".to_string(), |f| format!("{f}[{i}]"));
+    for (i, text) in texts.iter().enumerate() {
+        if text.trim().is_empty() {
+            return invalid(format!("{} is empty", name(i)));
+        }
+        if text.len() > MAX_TEXT_BYTES {
+            return invalid(format!("{} is {} bytes long; the limit is {MAX_TEXT_BYTES}", name(i), text.len()));
+        }
+    }
+    Ok(texts)
+}
