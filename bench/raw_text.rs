@@ -2,8 +2,9 @@
 //! with no HTTP and no queue, loaded the way ember loads them (frozen and optimised for inference).
 //!
 //! cargo run --release --example raw_text -- sentiment [seconds]
-//!     sentences/s of the sentiment model at batch 1 and 16 (the served max_batch_size), 2 loops x 1 thread
-//!     side by side (ember's worker layout), on the benchmark's sentence (tokenised by ember's tokenizer).
+//!     sentences/s of the sentiment model on the benchmark's sentence (tokenised by ember's tokenizer): batch 1
+//!     in one loop of 2 threads, and batch 1 and 16 (the served max_batch_size) in 2 loops x 1 thread side by
+//!     side (ember's worker layout).
 //! cargo run --release --example raw_text -- generate [tokens]
 //!     tokens/s of the shakespeare model's step loop (forward of one token with the carried state, then
 //!     sampling), at batch 1 and 16, 1 thread; the ceiling for ember's generation throughput.
@@ -34,14 +35,16 @@ fn sentiment(seconds: f64) -> anyhow::Result<()> {
         TextClassifier::load(Path::new("models/sentiment/tokenizer.json"), labels, 128).map_err(anyhow::Error::msg)?;
     let (ids, _) = classifier.encode(SENTENCE).map_err(anyhow::Error::msg)?;
     let ids: Vec<i64> = ids.into_iter().map(i64::from).collect();
-    println!("sentiment: {:?} ({} tokens), 2 loops x 1 thread, {seconds}s per case", SENTENCE, ids.len());
-    for batch in [1usize, 16] {
-        let loops: Vec<_> = (0..2)
+    println!("sentiment: {:?} ({} tokens), {seconds}s per case", SENTENCE, ids.len());
+    // (batch, loops, threads per loop): batch 1 on both cores in one loop is what a lone request gets (its
+    // worker borrows the idle worker's thread); the rest is ember's layout of 2 workers x 1 thread.
+    for (batch, loops, threads) in [(1usize, 1usize, 2i32), (1, 2, 1), (16, 2, 1)] {
+        let handles: Vec<_> = (0..loops)
             .map(|_| {
                 let ids = ids.clone();
                 std::thread::spawn(move || -> anyhow::Result<f64> {
                     let _no_grad = tch::no_grad_guard();
-                    tch::set_num_threads(1);
+                    tch::set_num_threads(threads);
                     let model = InferenceModule::load(Path::new("models/sentiment/1/model.pt"), Device::Cpu, true)
                         .map_err(anyhow::Error::msg)?;
                     let row = Tensor::from_slice(&ids).view([1, -1]);
@@ -64,10 +67,10 @@ fn sentiment(seconds: f64) -> anyhow::Result<()> {
             })
             .collect();
         let mut total = 0.0;
-        for handle in loops {
+        for handle in handles {
             total += handle.join().map_err(|_| anyhow::anyhow!("loop panicked"))??;
         }
-        println!("batch {batch:>2}: {total:.1} sentences/s");
+        println!("batch {batch:>2}, {loops} loop(s) x {threads} thread(s): {total:.1} sentences/s");
     }
     Ok(())
 }
