@@ -23,19 +23,26 @@ fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().collect();
     let _no_grad = tch::no_grad_guard();
     match args.get(1).map(String::as_str) {
-        Some("sentiment") => sentiment(args.get(2).map_or(Ok(10.0), |s| s.parse())?),
-        Some("generate") => generate(args.get(2).map_or(Ok(500), |s| s.parse())?),
-        _ => anyhow::bail!("usage: raw_text sentiment [seconds] | raw_text generate [tokens]"),
+        Some("sentiment") => sentiment(args.get(2).map_or(Ok(10.0), |s| s.parse())?, optimize(&args)),
+        Some("generate") => generate(args.get(2).map_or(Ok(500), |s| s.parse())?, optimize(&args)),
+        _ => anyhow::bail!(
+            "usage: raw_text sentiment [seconds] [optimized|plain] | raw_text generate [tokens] [optimized|plain]"
+        ),
     }
 }
 
-fn sentiment(seconds: f64) -> anyhow::Result<()> {
+/// The third argument `plain` loads the module without freeze + optimize_for_inference, for comparison.
+fn optimize(args: &[String]) -> bool {
+    args.get(3).is_none_or(|mode| mode != "plain")
+}
+
+fn sentiment(seconds: f64, optimize: bool) -> anyhow::Result<()> {
     let labels = vec!["negative".to_string(), "positive".to_string()];
     let classifier =
         TextClassifier::load(Path::new("models/sentiment/tokenizer.json"), labels, 128).map_err(anyhow::Error::msg)?;
     let (ids, _) = classifier.encode(SENTENCE).map_err(anyhow::Error::msg)?;
     let ids: Vec<i64> = ids.into_iter().map(i64::from).collect();
-    println!("sentiment: {:?} ({} tokens), {seconds}s per case", SENTENCE, ids.len());
+    println!("sentiment: {:?} ({} tokens), {seconds}s per case, optimized: {optimize}", SENTENCE, ids.len());
     // (batch, loops, threads per loop): batch 1 on both cores in one loop is what a lone request gets (its
     // worker borrows the idle worker's thread); the rest is ember's layout of 2 workers x 1 thread.
     for (batch, loops, threads) in [(1usize, 1usize, 2i32), (1, 2, 1), (16, 2, 1)] {
@@ -45,7 +52,7 @@ fn sentiment(seconds: f64) -> anyhow::Result<()> {
                 std::thread::spawn(move || -> anyhow::Result<f64> {
                     let _no_grad = tch::no_grad_guard();
                     tch::set_num_threads(threads);
-                    let model = InferenceModule::load(Path::new("models/sentiment/1/model.pt"), Device::Cpu, true)
+                    let model = InferenceModule::load(Path::new("models/sentiment/1/model.pt"), Device::Cpu, optimize)
                         .map_err(anyhow::Error::msg)?;
                     let row = Tensor::from_slice(&ids).view([1, -1]);
                     let input = row.repeat([batch as i64, 1]);
@@ -75,11 +82,11 @@ fn sentiment(seconds: f64) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn generate(tokens: usize) -> anyhow::Result<()> {
+fn generate(tokens: usize, optimize: bool) -> anyhow::Result<()> {
     tch::set_num_threads(1);
-    let model = InferenceModule::load(Path::new("models/shakespeare/1/model.pt"), Device::Cpu, true)
+    let model = InferenceModule::load(Path::new("models/shakespeare/1/model.pt"), Device::Cpu, optimize)
         .map_err(anyhow::Error::msg)?;
-    println!("generate: {tokens} tokens per sequence after an 8-byte prompt, 1 thread, sampling at temperature 0.8");
+    println!("generate: {tokens} tokens per sequence after an 8-byte prompt, 1 thread, sampling at temperature 0.8, optimized: {optimize}");
     for batch in [1usize, 16] {
         let prompt =
             Tensor::from_slice(b"ROMEO.\n\n".map(i64::from).as_slice()).view([1, -1]).repeat([batch as i64, 1]);
