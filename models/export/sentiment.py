@@ -103,11 +103,12 @@ class SentimentModel(nn.Module):
         x = self.word_embeddings(input_ids) + self.position_embeddings(positions) + self.token_type_embeddings.weight[0]
         return self.embedding_norm(x)
 
-    def encode(self, x: torch.Tensor, attention_mask: torch.Tensor, first_layer: int) -> torch.Tensor:
+    def encode(self, x: torch.Tensor, attention_mask: torch.Tensor, start: int, stop: int) -> torch.Tensor:
+        """Runs layers start..stop-1 (training caches the frozen bottom layers' output and runs only the top)."""
         # Additive mask: padding keys get a large negative score, so softmax gives them no weight.
         bias = (1.0 - attention_mask[:, None, None, :].to(x.dtype)) * -1e9
         for i, layer in enumerate(self.layers):
-            if i >= first_layer:
+            if start <= i < stop:
                 x = layer(x, bias)
         return x
 
@@ -118,7 +119,7 @@ class SentimentModel(nn.Module):
         return self.head(self.dropout(pooled))
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        x = self.encode(self.embed(input_ids), attention_mask, 0)
+        x = self.encode(self.embed(input_ids), attention_mask, 0, len(self.layers))
         return self.classify(x, attention_mask)
 
 
@@ -214,24 +215,24 @@ def train(args: argparse.Namespace) -> None:
     sets = hutto_sets()
     splits = movie_splits(sets["movies"])
     model = base_model()
-    first_trained = len(model.layers) - args.train_layers
+    layers = len(model.layers)
+    first_trained = layers - args.train_layers
+    trained = lambda name: name.startswith("head.") or any(name.startswith(f"layers.{i}.") for i in range(first_trained, layers))
     for name, p in model.named_parameters():
-        p.requires_grad = name.startswith("head.") or any(name.startswith(f"layers.{i}.") for i in range(first_trained, len(model.layers)))
+        p.requires_grad = trained(name)
 
     # The frozen bottom of the network gives the same output every epoch: compute it once.
     def frozen_features(examples):
         model.eval()
         with torch.no_grad():
-            return [(_run_layers(model, model.embed(ids), mask, 0, first_trained), mask, labels)
+            return [(model.encode(model.embed(ids), mask, 0, first_trained), mask, labels)
                     for ids, mask, labels, _ in batches(tok, examples, 32)]
 
     train_cache = frozen_features(splits["train"])
     print(f"cached layers 0..{first_trained - 1} for {len(splits['train'])} sentences in {time.time() - started:.0f}s", flush=True)
-    trained = [p for p in model.parameters() if p.requires_grad]
-    head = list(model.head.parameters())
     optimizer = torch.optim.AdamW([
-        {"params": [p for p in trained if all(p is not h for h in head)], "lr": args.lr},
-        {"params": head, "lr": args.head_lr},
+        {"params": [p for n, p in model.named_parameters() if trained(n) and not n.startswith("head.")], "lr": args.lr},
+        {"params": list(model.head.parameters()), "lr": args.head_lr},
     ], weight_decay=0.01)
     steps = args.epochs * len(train_cache)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / (0.1 * steps)) * max(0.0, 1 - s / steps))
@@ -242,7 +243,7 @@ def train(args: argparse.Namespace) -> None:
         total = 0.0
         for i in order:
             hidden, mask, labels = train_cache[i]
-            logits = model.classify(model.encode(hidden, mask, first_trained), mask)
+            logits = model.classify(model.encode(hidden, mask, first_trained, layers), mask)
             loss = F.cross_entropy(logits, labels)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -256,25 +257,17 @@ def train(args: argparse.Namespace) -> None:
         if val > best[0]:
             best = (val, {k: v.clone() for k, v in model.state_dict().items()}, epoch + 1)
     model.load_state_dict(best[1])
-    delta = {k: v.half() for k, v in model.state_dict().items()
-             if k.startswith("head.") or any(k.startswith(f"layers.{i}.") for i in range(first_trained, len(model.layers)))}
+    delta = {k: v.half() for k, v in model.state_dict().items() if trained(k)}
     DELTA.parent.mkdir(parents=True, exist_ok=True)
     torch.save(delta, DELTA)
     TRAINING_LOG.write_text(json.dumps({
         "command": "python models/export/sentiment.py train " + " ".join(sys.argv[2:]),
-        "settings": vars(args), "trained_layers": list(range(first_trained, len(model.layers))) + ["head"],
+        "settings": vars(args), "trained_layers": list(range(first_trained, layers)) + ["head"],
         "split_seed": SPLIT_SEED, "split_sizes": {k: len(v) for k, v in splits.items()},
         "best_epoch": best[2], "validation_accuracy": round(best[0], 4), "history": history,
         "minutes": round((time.time() - started) / 60, 1), "torch": torch.__version__, "trained_at": now(),
     }, indent=2) + "\n")
     print(f"wrote {DELTA} ({DELTA.stat().st_size / 1e6:.1f} MB) and {TRAINING_LOG}")
-
-
-def _run_layers(model: SentimentModel, x: torch.Tensor, mask: torch.Tensor, start: int, stop: int) -> torch.Tensor:
-    bias = (1.0 - mask[:, None, None, :].to(x.dtype)) * -1e9
-    for layer in model.layers[start:stop]:
-        x = layer(x, bias)
-    return x
 
 
 def export(root: Path) -> None:

@@ -47,13 +47,14 @@ impl<T> Batcher<T> {
         self.capacity
     }
 
-    pub fn is_full(&self) -> bool {
-        self.queue.len() >= self.capacity
+    /// Whether `entries` more fit in the queue (a request of several entries is admitted all or none).
+    pub fn has_room_for(&self, entries: usize) -> bool {
+        self.queue.len() + entries <= self.capacity
     }
 
     /// Appends an entry, or hands it back when the queue is full (admission control: the caller answers 429).
     pub fn push(&mut self, entry: T, now: Instant) -> Result<(), T> {
-        if self.is_full() {
+        if !self.has_room_for(1) {
             return Err(entry);
         }
         self.queue.push_back((entry, now));

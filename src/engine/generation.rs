@@ -6,7 +6,6 @@
 //! state)`, where the state's dimension 1 is the batch and an empty state starts new sequences. Each sequence
 //! keeps its own state between steps; a step concatenates them along dimension 1 and splits the result.
 
-use std::collections::VecDeque;
 use std::panic::AssertUnwindSafe;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::thread::JoinHandle;
@@ -15,6 +14,7 @@ use std::time::{Duration, Instant};
 use tch::{Device, Kind, Tensor};
 use tokio::sync::mpsc;
 
+use super::batcher::{BatchPolicy, Batcher, Next};
 use super::pool::{panic_message, torch_error_summary};
 use super::{EngineError, InferenceModule, WorkerSpec};
 use crate::config::GenerationConfig;
@@ -50,7 +50,8 @@ struct Sequence {
 }
 
 struct Queue {
-    waiting: VecDeque<Pending>,
+    /// Sequences waiting to join, at most `batching.queue_capacity`.
+    waiting: Batcher<Pending>,
     closed: bool,
 }
 
@@ -88,7 +89,7 @@ impl GenerationEngine {
         generation: GenerationMetrics,
     ) -> Result<GenerationEngine, EngineError> {
         let shared = Arc::new(Shared {
-            queue: Mutex::new(Queue { waiting: VecDeque::new(), closed: false }),
+            queue: Mutex::new(Queue { waiting: Batcher::new(spec.batching.queue_capacity), closed: false }),
             wake: Condvar::new(),
             spec,
             limits,
@@ -114,11 +115,12 @@ impl GenerationEngine {
     }
 
     /// Queues a sequence; its events arrive on the returned receiver. Dropping the receiver cancels the sequence
-    /// at its next step. A full queue is refused at once.
+    /// at its next step. A full queue is refused at once; a sequence that has not joined by `deadline` gets
+    /// `DeadlineExceeded`.
     pub fn submit(
         &self,
         request: GenerationRequest,
-        timeout: Duration,
+        deadline: Instant,
     ) -> Result<mpsc::UnboundedReceiver<GenerationEvent>, EngineError> {
         let (events, receiver) = mpsc::unbounded_channel();
         let now = Instant::now();
@@ -126,25 +128,14 @@ impl GenerationEngine {
         if queue.closed {
             return Err(self.shared.error(|model| EngineError::Stopped { model }));
         }
-        self.check_capacity(&queue)?;
-        queue.waiting.push_back(Pending { request, events, enqueued_at: now, deadline: now + timeout });
+        let pending = Pending { request, events, enqueued_at: now, deadline };
+        if queue.waiting.push(pending, now).is_err() {
+            return Err(EngineError::queue_full(&self.shared.spec.model, queue.waiting.capacity()));
+        }
         self.shared.metrics.queue_depth.set(queue.waiting.len() as i64);
         drop(queue);
         self.shared.wake.notify_one();
         Ok(receiver)
-    }
-
-    /// Fails with `QueueFull` when no sequence could be queued now.
-    pub fn check_room(&self) -> Result<(), EngineError> {
-        self.check_capacity(&self.shared.lock())
-    }
-
-    fn check_capacity(&self, queue: &Queue) -> Result<(), EngineError> {
-        let capacity = self.shared.spec.batching.queue_capacity;
-        if queue.waiting.len() >= capacity {
-            return Err(self.shared.error(|model| EngineError::QueueFull { model, capacity, retry_after_secs: 1 }));
-        }
-        Ok(())
     }
 
     /// Stops taking sequences, finishes the active and queued ones, and joins the thread.
@@ -154,10 +145,6 @@ impl GenerationEngine {
         if let Some(thread) = self.thread.lock().unwrap_or_else(PoisonError::into_inner).take() {
             let _ = thread.join();
         }
-    }
-
-    pub fn spec(&self) -> &WorkerSpec {
-        &self.shared.spec
     }
 
     /// What a request may ask for (model.toml `[generation]`).
@@ -231,26 +218,27 @@ fn guarded_step(shared: &Shared, model: &InferenceModule, active: &mut [Sequence
 /// Waits for work: returns the sequences that may join now (none if sequences are active and nobody is waiting),
 /// or `None` once closed with nothing left to do.
 fn next_admissions(shared: &Shared, active: usize) -> Option<Vec<Pending>> {
-    let room = shared.spec.batching.max_batch_size.saturating_sub(active);
+    // Joining never waits for company: whoever is queued joins at the next step, up to max_batch_size in all.
+    let policy =
+        BatchPolicy { max_size: shared.spec.batching.max_batch_size.saturating_sub(active), max_delay: Duration::ZERO };
     let mut queue = shared.lock();
     loop {
         let now = Instant::now();
         // Callers that gave up or timed out before joining are dropped before they cost a forward pass.
-        queue.waiting.retain(|pending| {
-            if pending.events.is_closed() {
-                return false;
-            }
-            if pending.deadline <= now {
-                let timeout = pending.deadline.saturating_duration_since(pending.enqueued_at);
-                let error = shared.error(|model| EngineError::DeadlineExceeded { model, timeout });
-                let _ = pending.events.send(GenerationEvent::Error(error));
-                return false;
-            }
-            true
-        });
-        let take = room.min(queue.waiting.len());
-        if take > 0 || active > 0 {
-            let admitted: Vec<Pending> = queue.waiting.drain(..take).collect();
+        for pending in queue.waiting.remove_where(|p| p.events.is_closed() || p.deadline <= now) {
+            let timeout = pending.deadline.saturating_duration_since(pending.enqueued_at);
+            let _ = pending
+                .events
+                .send(GenerationEvent::Error(shared.error(|model| EngineError::DeadlineExceeded { model, timeout })));
+        }
+        let admitted = match policy.max_size {
+            0 => Vec::new(), // every slot taken: the queued wait for a sequence to finish
+            _ => match queue.waiting.next_batch(policy, now) {
+                Next::Run(admitted) => admitted,
+                Next::Empty | Next::WaitUntil(_) => Vec::new(),
+            },
+        };
+        if !admitted.is_empty() || active > 0 {
             shared.metrics.queue_depth.set(queue.waiting.len() as i64);
             for pending in &admitted {
                 shared.metrics.queue_duration.observe(now.duration_since(pending.enqueued_at).as_secs_f64());
@@ -260,12 +248,8 @@ fn next_admissions(shared: &Shared, active: usize) -> Option<Vec<Pending>> {
         if queue.closed {
             return None;
         }
-        // Idle: sleep until a request arrives, waking in time to expire the oldest waiting one.
-        let timeout = queue.waiting.iter().map(|p| p.deadline.saturating_duration_since(now)).min();
-        queue = match timeout {
-            None => shared.wake.wait(queue).unwrap_or_else(PoisonError::into_inner),
-            Some(t) => shared.wake.wait_timeout(queue, t).unwrap_or_else(PoisonError::into_inner).0,
-        };
+        // Idle with nothing queued (anything queued would have joined): sleep until a request arrives.
+        queue = shared.wake.wait(queue).unwrap_or_else(PoisonError::into_inner);
     }
 }
 
@@ -372,12 +356,11 @@ fn advance(shared: &Shared, sequence: &mut Sequence, logits: &[f32]) {
 fn load_and_warm_up(shared: &Shared) -> Result<InferenceModule, String> {
     let spec = &shared.spec;
     let started = Instant::now();
-    let model = InferenceModule::load(&spec.path, spec.device, spec.optimize)
-        .map_err(|e| format!("cannot load {}: {}", spec.path.display(), torch_error_summary(&e)))?;
+    let model = spec.load_module()?;
     // A prefill and a step at every batch size, which also proves the model keeps the interface.
     let empty = Tensor::zeros([0], (Kind::Float, spec.device));
+    let prompt = Tensor::from_slice(b"Warm up.".map(i64::from).as_slice()).view([1, -1]).to_device(spec.device);
     for _ in 0..spec.batching.warmup_runs.max(1) {
-        let prompt = Tensor::from_slice(b"Warm up.".map(i64::from).as_slice()).view([1, -1]).to_device(spec.device);
         let (_, state) = run_model(&model, &prompt, &empty, 1).map_err(|e| format!("warm-up prefill: {e}"))?;
         for batch in 1..=spec.batching.max_batch_size.min(64) {
             let ids = Tensor::zeros([batch as i64, 1], (Kind::Int64, spec.device));

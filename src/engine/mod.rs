@@ -34,6 +34,22 @@ pub enum EngineError {
     Load { model: String, message: String },
 }
 
+impl EngineError {
+    /// A full queue. Retry-After: a second is several batches (or many generation steps) of any model this
+    /// engine is meant for.
+    pub fn queue_full(model: &str, capacity: usize) -> EngineError {
+        EngineError::QueueFull { model: model.to_string(), capacity, retry_after_secs: 1 }
+    }
+}
+
+impl WorkerSpec {
+    /// Loads this worker's copy of the module; the error names the file and libtorch's one-line reason.
+    fn load_module(&self) -> Result<InferenceModule, String> {
+        InferenceModule::load(&self.path, self.device, self.optimize)
+            .map_err(|e| format!("cannot load {}: {}", self.path.display(), pool::torch_error_summary(&e)))
+    }
+}
+
 /// Runs a worker thread's `load`, tells the thread that started it how it went (on `ready`), and gives back the
 /// module to serve with, or `None` if the worker should exit.
 fn load_reporting(

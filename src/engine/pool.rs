@@ -114,8 +114,7 @@ impl<T: BatchTask> Shared<T> {
     }
 
     fn queue_full(&self, capacity: usize) -> EngineError {
-        // Retry-After: a second is several batches at any batch size this engine is meant for.
-        self.error(|model| EngineError::QueueFull { model, capacity, retry_after_secs: 1 })
+        EngineError::queue_full(&self.spec.model, capacity)
     }
 
     fn close(&self) {
@@ -205,15 +204,14 @@ impl<T: BatchTask> WorkerPool<T> {
             if state.closed {
                 return Err(self.shared.error(|model| EngineError::Stopped { model }));
             }
-            if state.batcher.len() + inputs.len() > state.batcher.capacity() {
+            if !state.batcher.has_room_for(inputs.len()) {
                 return Err(self.shared.queue_full(state.batcher.capacity()));
             }
             for input in inputs {
                 let (reply, answer) = oneshot::channel();
                 answers.push(answer);
-                if state.batcher.push(Job { input, deadline, enqueued_at: now, reply }, now).is_err() {
-                    return Err(self.shared.queue_full(state.batcher.capacity()));
-                }
+                // Cannot fail: the room for every input was checked under this same lock.
+                let _ = state.batcher.push(Job { input, deadline, enqueued_at: now, reply }, now);
             }
             self.shared.metrics.queue_depth.set(state.batcher.len() as i64);
             let wake = answers.len().min(state.idle.len());
@@ -241,7 +239,7 @@ impl<T: BatchTask> WorkerPool<T> {
     /// on decoding a request that `infer` would refuse anyway (`infer` still checks, so a race costs only that decoding).
     pub fn check_room(&self) -> Result<(), EngineError> {
         let state = self.shared.lock();
-        if state.batcher.is_full() {
+        if !state.batcher.has_room_for(1) {
             Err(self.shared.queue_full(state.batcher.capacity()))
         } else {
             Ok(())
@@ -304,8 +302,7 @@ fn thread_counts(batching: &BatchingConfig) -> (i32, i32) {
 fn load_and_warm_up<T: BatchTask>(shared: &Shared<T>) -> Result<InferenceModule, String> {
     let spec = &shared.spec;
     let started = Instant::now();
-    let model = InferenceModule::load(&spec.path, spec.device, spec.optimize)
-        .map_err(|e| format!("cannot load {}: {}", spec.path.display(), torch_error_summary(&e)))?;
+    let model = spec.load_module()?;
     // Every batch size the batcher can produce gets a pass, so that no request pays for first-use setup
     // (allocations, oneDNN primitive creation) of its shape.
     let sizes = 1..=spec.batching.max_batch_size.min(16);

@@ -49,7 +49,7 @@ pub fn parse_params<P: DeserializeOwned>(params: Map<String, Value>) -> Result<P
 pub async fn read_image_upload(request: Request, max_body_bytes: usize) -> Result<ImageUpload, ApiError> {
     let (parts, body) = request.into_parts();
     let mut params = query_params(parts.uri.query())?;
-    let content_type = content_type(&parts.headers)?;
+    let content_type = content_type(&parts.headers, ACCEPTED_IMAGE_BODIES)?;
     let body = read_limited(body, &parts.headers, max_body_bytes).await?;
     let image = match (content_type.type_(), content_type.subtype()) {
         (mime::IMAGE, _) => body,
@@ -74,25 +74,20 @@ pub async fn read_json_body<P: DeserializeOwned>(
     shape: &str,
 ) -> Result<P, ApiError> {
     let (parts, body) = request.into_parts();
-    let is_json = parts
-        .headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<mime::Mime>().ok())
-        .is_some_and(|m| m.type_() == mime::APPLICATION && m.subtype() == mime::JSON);
-    if !is_json {
-        return Err(ApiError::UnsupportedMediaType(format!(
-            "this route takes Content-Type application/json with a body like {shape}"
-        )));
+    let accepted = format!("this route takes Content-Type application/json with a body like {shape}");
+    let content_type = content_type(&parts.headers, &accepted)?;
+    if (content_type.type_(), content_type.subtype()) != (mime::APPLICATION, mime::JSON) {
+        return Err(ApiError::UnsupportedMediaType(format!("Content-Type `{content_type}`: {accepted}")));
     }
     let body = read_limited(body, &parts.headers, max_body_bytes).await?;
     parse_params(parse_json_object(&body)?)
 }
 
-fn content_type(headers: &HeaderMap) -> Result<mime::Mime, ApiError> {
-    let value = headers.get(header::CONTENT_TYPE).ok_or_else(|| {
-        ApiError::UnsupportedMediaType(format!("the request has no Content-Type: {ACCEPTED_IMAGE_BODIES}"))
-    })?;
+/// The request's Content-Type; a missing one is a 415 that says what the route `accepted`.
+fn content_type(headers: &HeaderMap, accepted: &str) -> Result<mime::Mime, ApiError> {
+    let value = headers
+        .get(header::CONTENT_TYPE)
+        .ok_or_else(|| ApiError::UnsupportedMediaType(format!("the request has no Content-Type: {accepted}")))?;
     value
         .to_str()
         .ok()

@@ -3,7 +3,7 @@
 
 use std::convert::Infallible;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use axum::extract::{Path, Request, State};
 use axum::response::sse::{Event, Sse};
@@ -74,12 +74,14 @@ async fn generate(state: &AppState, name: &str, request: Request) -> Result<Resp
     let stream = body.stream;
     let request = body.validate(engine.limits(), fresh_seed())?;
     let origin = Origin { model: name.to_string(), version: loaded.version, seed: request.sampling.seed };
+    // One deadline for all of it: waiting to join, and the whole answer (or a stream's first token).
     let timeout = state.limits.request_timeout;
-    let events = engine.submit(request, timeout)?;
+    let deadline = Deadline { at: Instant::now() + timeout, timeout };
+    let events = engine.submit(request, deadline.at)?;
     if stream {
-        stream_events(events, origin, timeout).await
+        stream_events(events, origin, deadline).await
     } else {
-        collect_events(events, origin, timeout).await
+        collect_events(events, origin, deadline).await
     }
 }
 
@@ -95,14 +97,23 @@ fn lost(model: &str) -> ApiError {
     ApiError::from(EngineError::WorkerLost { model: model.to_string() })
 }
 
-fn deadline(model: &str, timeout: Duration) -> ApiError {
-    ApiError::from(EngineError::DeadlineExceeded { model: model.to_string(), timeout })
+/// When the request must be answered, and the timeout it came from (for the error message).
+#[derive(Clone, Copy)]
+struct Deadline {
+    at: Instant,
+    timeout: Duration,
+}
+
+impl Deadline {
+    fn exceeded(self, model: &str) -> ApiError {
+        ApiError::from(EngineError::DeadlineExceeded { model: model.to_string(), timeout: self.timeout })
+    }
 }
 
 async fn collect_events(
     mut events: UnboundedReceiver<GenerationEvent>,
     origin: Origin,
-    timeout: Duration,
+    deadline: Deadline,
 ) -> Result<Response, ApiError> {
     let collect = async {
         let mut text = String::new();
@@ -119,9 +130,9 @@ async fn collect_events(
         Err(lost(&origin.model))
     };
     // Dropping `events` on timeout cancels the sequence at its next step.
-    match tokio::time::timeout(timeout, collect).await {
+    match tokio::time::timeout_at(deadline.at.into(), collect).await {
         Ok(result) => Ok(Json(result?).into_response()),
-        Err(_) => Err(deadline(&origin.model, timeout)),
+        Err(_) => Err(deadline.exceeded(&origin.model)),
     }
 }
 
@@ -131,10 +142,10 @@ async fn collect_events(
 async fn stream_events(
     mut events: UnboundedReceiver<GenerationEvent>,
     origin: Origin,
-    timeout: Duration,
+    deadline: Deadline,
 ) -> Result<Response, ApiError> {
-    let first = match tokio::time::timeout(timeout, events.recv()).await {
-        Err(_) => return Err(deadline(&origin.model, timeout)),
+    let first = match tokio::time::timeout_at(deadline.at.into(), events.recv()).await {
+        Err(_) => return Err(deadline.exceeded(&origin.model)),
         Ok(None) => return Err(lost(&origin.model)),
         Ok(Some(GenerationEvent::Error(e))) => return Err(ApiError::from(e)),
         Ok(Some(first)) => first,

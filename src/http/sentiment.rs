@@ -10,7 +10,7 @@ use super::body::read_json_body;
 use super::v1::on_default_model;
 use super::{wrong_backend, AppState};
 use crate::error::ApiError;
-use crate::tasks::sentiment::{Classification, TextClassifier, TokenizedText};
+use crate::tasks::sentiment::{Classification, TokenizedText};
 use crate::tasks::{Backend, TaskKind};
 
 /// Most texts in one request.
@@ -50,8 +50,7 @@ async fn sentiment(state: &AppState, name: &str, request: Request) -> Result<Jso
     let texts = validate(read_json_body(request, state.limits.max_body_bytes, shape).await?)?;
 
     pool.check_room()?;
-    let classifier = pool.task().clone();
-    let tokenizer = classifier.clone();
+    let tokenizer = pool.task().clone();
     // Tokenising up to MAX_TEXTS long texts takes milliseconds: keep it off the async workers.
     let inputs = tokio::task::spawn_blocking(move || {
         texts.iter().map(|text| tokenizer.tokenize(text)).collect::<Result<Vec<TokenizedText>, ApiError>>()
@@ -63,7 +62,7 @@ async fn sentiment(state: &AppState, name: &str, request: Request) -> Result<Jso
     Ok(Json(SentimentResponse {
         model: name.to_string(),
         version: loaded.version,
-        results: probabilities.iter().map(|p| TextClassifier::classification(&classifier, p)).collect(),
+        results: probabilities.iter().map(|p| pool.task().classification(p)).collect(),
     }))
 }
 
