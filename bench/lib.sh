@@ -1,9 +1,22 @@
-# Shared by the benchmark scripts: a temporary model repository, starting and stopping ember, one hey run.
-# Expects $workdir, $port and $ember to be set by the script that sources it.
+# Shared by the benchmark scripts (and docs/make_gallery.sh): a temporary work folder, a temporary model
+# repository, starting and stopping ember, one hey run. Expects $port to be set by the script that sources it.
 
+ember=target/release/ember
+workdir=$(mktemp -d)
 server_pid=""
 cleanup() { [ -n "$server_pid" ] && kill "$server_pid" 2>/dev/null; wait 2>/dev/null; rm -rf "$workdir"; }
 trap cleanup EXIT
+
+# require MAKE-TARGET [FILE...]: stops with a hint when ember or one of the files has not been built.
+require() {
+  local target=$1; shift
+  for file in "$ember" "$@"; do
+    [ -e "$file" ] || { echo "$file is missing: run 'make $target' first" >&2; exit 1; }
+  done
+}
+
+# hey drives the HTTP load; it is installed from Debian when missing.
+need_hey() { command -v hey >/dev/null || { apt-get update -qq && apt-get install -y -qq hey; }; }
 
 # A repository with default model $1 only, its model.toml edited by sed expression $2; $3 names the copy.
 make_repo() {

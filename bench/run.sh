@@ -11,13 +11,9 @@ cd "$(dirname "$0")/.."
 seconds=${1:-20}
 port=18080
 image=tests/data/images/china.jpg
-ember=target/release/ember
-
-command -v hey >/dev/null || { apt-get update -qq && apt-get install -y -qq hey; }
-[ -x "$ember" ] && [ -x target/release/examples/raw_forward ] && [ -f "$image" ] || { echo "run 'make bench'" >&2; exit 1; }
-
-workdir=$(mktemp -d)
 source bench/lib.sh
+require bench target/release/examples/raw_forward "$image"
+need_hey
 
 load() { hey_row "$1" "http://127.0.0.1:$port/v1/classify?top_k=1" image/jpeg "$image"; }
 

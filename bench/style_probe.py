@@ -1,70 +1,76 @@
-"""Probe for issue 4 (style transfer): does optimisation-based style transfer work on MobileNetV2 features, and
-does smoothing the activations (Wang et al., CVPR 2021) help? Not part of the setup or the tests.
+"""Probe for issue 4: does optimisation-based style transfer work on MobileNetV2 features with plain Gram
+matrices, or does it need the soft-max transformation of the activations that Wang et al. (CVPR 2021,
+"Rethinking and Improving the Robustness of Image Style Transfer") propose for networks other than VGG?
+Not part of the setup or the tests; results are in bench/RESULTS.md.
 
-  .venv/bin/python bench/style_probe.py CONTENT STYLE
-  (starry_night.jpg: `apt-get download opencv-doc`, then dpkg-deb -x; it is in usr/share/doc/opencv-doc/examples/data/)
+  .venv/bin/python bench/style_probe.py CONTENT STYLE [STEPS]
 
-Optimises the pixels (Adam, 150 steps, 256 px, starting from the content photo) against a content loss on
-features[7] and a Gram style loss on features[2, 4, 7, 11], with no smoothing, a softmax over each map's
-positions, or a softmax over channels; reports the style distance under plain Grams (relative to the unstyled
-photo's), the correlation of 32x32 luminance with the photo, and the time per step. Writes /tmp/style_*.png.
-
-First run (2026-11-27, 2 threads, chelsea.png + starry_night.jpg): unstyled distance 3.74; plain Gram sw=10/100:
-0.01 of unstyled, luminance corr 0.97, 68-86 ms/step, visibly Van Gogh colours and strokes with some
-high-frequency noise (a total-variation term is the next thing to try); softmax over channels: 0.20/0.12, corr
-0.98, similar look; softmax over positions: 0.75/2.21, noisy orange texture (does not work).
+Uses the exported feature network's definition and losses (models/export/style.py) and the server's defaults
+(Adam lr 0.03 on the pixels from the content photo, content weight 1, style weight 10, total variation 1,
+256 px). The style loss's Grams are taken of the maps as they are, after a soft-max over each map's positions
+(Wang et al.'s transformation), or after a soft-max over the channels at each position. Every result is
+judged by the same measure, the plain-Gram style distance relative to the unstyled photo's, and by the
+correlation of 32x32 luminance with the photo. Writes /tmp/style_probe_<smoothing>.png.
 """
-import sys, time, torch, torch.nn.functional as F, torchvision
-from PIL import Image
-sys.path.insert(0, str(__import__("pathlib").Path(__file__).resolve().parents[1] / "models" / "export"))
-from mobilenet_v2 import build_model
-torch.set_num_threads(2); torch.manual_seed(0)
-MEAN = torch.tensor([0.485, 0.456, 0.406]).view(1,3,1,1); STD = torch.tensor([0.229, 0.224, 0.225]).view(1,3,1,1)
-feats = build_model().features.eval()
-for p in feats.parameters(): p.requires_grad_(False)
-STYLE_LAYERS = [2, 4, 7, 11]; CONTENT_LAYER = 7
-def load(path, size):
-    img = Image.open(path).convert("RGB"); w, h = img.size; s = size / max(w, h)
-    img = img.resize((max(1,int(w*s)), max(1,int(h*s))), Image.BICUBIC)
-    return torchvision.transforms.functional.to_tensor(img).unsqueeze(0)
-def maps(x):
-    out = {}; y = (x - MEAN) / STD
-    for i, layer in enumerate(feats):
-        y = layer(y); 
-        if i in STYLE_LAYERS or i == CONTENT_LAYER: out[i] = y
-        if i >= max(STYLE_LAYERS + [CONTENT_LAYER]): break
-    return out
-def gram(f, smooth):
-    b, c, h, w = f.shape; f = f.view(b, c, h*w)
-    if smooth == "softmax_spatial": f = F.softmax(f, dim=-1) * (h*w) ** 0.5
-    elif smooth == "softmax_channel": f = F.softmax(f, dim=1) * c ** 0.5
-    return f @ f.transpose(1, 2) / (h * w)
-def style_distance(x, s):  # the metric: raw Grams
-    fx, fs = maps(x), maps(s)
-    return sum(((gram(fx[l], None) - gram(fs[l], None)) ** 2).sum().item() / (gram(fs[l], None) ** 2).sum().item() for l in STYLE_LAYERS)
-def lum_corr(a, b):
-    la = F.adaptive_avg_pool2d(a.mean(1, keepdim=True), 32).flatten(); lb = F.adaptive_avg_pool2d(b.mean(1, keepdim=True), 32).flatten()
-    la, lb = la - la.mean(), lb - lb.mean(); return (la @ lb / (la.norm() * lb.norm())).item()
-def transfer(c, s, smooth, style_weight, steps=150, lr=0.03):
-    x = c.clone().requires_grad_(True); opt = torch.optim.Adam([x], lr=lr)
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+import torchvision
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "models" / "export"))
+from style import FeatureNetwork, gram, load_photo, luminance_correlation, style_loss, total_variation  # noqa: E402
+
+
+def smoothed(features: torch.Tensor, smoothing: str) -> torch.Tensor:
+    n, c, h, w = features.shape
+    if smoothing == "softmax-positions":
+        return F.softmax(features.reshape(n, c, h * w), dim=-1).reshape(n, c, h, w) * (h * w) ** 0.5
+    if smoothing == "softmax-channels":
+        return F.softmax(features, dim=1) * c ** 0.5
+    return features
+
+
+def transfer(features, content, style, smoothing, steps, lr=0.03, style_weight=10.0, tv_weight=1.0):
     with torch.no_grad():
-        fs = maps(s); fc = maps(c); gs = {l: gram(fs[l], smooth) for l in STYLE_LAYERS}
-    t = time.time()
+        content_target = features(content)[0]
+        targets = [gram(smoothed(m, smoothing)) for m in features(style)[1:]]
+    image = content.clone().requires_grad_(True)
+    optimizer = torch.optim.Adam([image], lr=lr)
+    started = time.time()
     for _ in range(steps):
-        fx = maps(x)
-        cl = F.mse_loss(fx[CONTENT_LAYER], fc[CONTENT_LAYER])
-        sl = sum(((gram(fx[l], smooth) - gs[l]) ** 2).sum() / (gs[l] ** 2).sum() for l in STYLE_LAYERS)
-        loss = cl + style_weight * sl
-        opt.zero_grad(); loss.backward(); opt.step()
-        with torch.no_grad(): x.clamp_(0, 1)
-    return x.detach(), (time.time() - t) / steps
-content = load(sys.argv[1], 256)
-style = load(sys.argv[2], 256)
-base = style_distance(content, style)
-print(f"unstyled: style distance {base:.3f}")
-for smooth in [None, "softmax_spatial", "softmax_channel"]:
-    for sw in [10, 100]:
-        out, per_step = transfer(content, style, smooth, sw)
-        d = style_distance(out, style)
-        print(f"{str(smooth):16s} sw={sw:4d}: style distance {d:.3f} ({d/base:.2f} of unstyled), luminance corr {lum_corr(out, content):.2f}, {per_step*1000:.0f} ms/step", flush=True)
-        torchvision.utils.save_image(out, f"/tmp/style_{smooth}_{sw}.png")
+        maps = features(image)
+        loss = (F.mse_loss(maps[0], content_target)
+                + style_weight * style_loss([smoothed(m, smoothing) for m in maps[1:]], targets).sum()
+                + tv_weight * total_variation(image))
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        with torch.no_grad():
+            image.clamp_(0, 1)
+    return image.detach(), (time.time() - started) / steps
+
+
+def main() -> None:
+    torch.set_num_threads(2)
+    torch.manual_seed(0)
+    steps = int(sys.argv[3]) if len(sys.argv) > 3 else 100
+    features = FeatureNetwork()
+    content, style = load_photo(Path(sys.argv[1]), 256), load_photo(Path(sys.argv[2]), 256)
+    with torch.no_grad():
+        plain_targets = [gram(m) for m in features(style)[1:]]
+        unstyled = float(style_loss(list(features(content)[1:]), plain_targets))
+    print(f"unstyled photo: style distance {unstyled:.3f}")
+    for smoothing in ["none", "softmax-positions", "softmax-channels"]:
+        image, per_step = transfer(features, content, style, smoothing, steps)
+        with torch.no_grad():
+            distance = float(style_loss(list(features(image)[1:]), plain_targets))
+        print(f"{smoothing:18s}: style distance {distance / unstyled:.3f} of the unstyled photo's, luminance "
+              f"correlation {luminance_correlation(image, content):.3f}, {per_step * 1000:.0f} ms/step", flush=True)
+        torchvision.utils.save_image(image, f"/tmp/style_probe_{smoothing}.png")
+
+
+if __name__ == "__main__":
+    main()

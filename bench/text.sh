@@ -12,15 +12,9 @@ cd "$(dirname "$0")/.."
 seconds=${1:-20}
 tokens=${2:-500}
 port=18081
-ember=target/release/ember
-
-command -v hey >/dev/null || { apt-get update -qq && apt-get install -y -qq hey; }
-for binary in "$ember" target/release/examples/raw_text target/release/examples/gen_load; do
-  [ -x "$binary" ] || { echo "run 'make bench-text'" >&2; exit 1; }
-done
-
-workdir=$(mktemp -d)
 source bench/lib.sh
+require bench-text target/release/examples/raw_text target/release/examples/gen_load
+need_hey
 
 sentence='A gripping, beautifully acted film that I would happily watch again.'
 printf '{"text": "%s"}' "$sentence" > "$workdir/sentence.json"

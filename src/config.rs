@@ -143,6 +143,12 @@ pub struct ModelToml {
     /// Decoding limits, for text generation.
     #[serde(default)]
     pub generation: GenerationConfig,
+    /// Output sizes, for style-transfer (fast style) models.
+    #[serde(default)]
+    pub stylize: StylizeConfig,
+    /// The optimisation method's defaults and caps, for the style-features model.
+    #[serde(default)]
+    pub optimization: OptimizationConfig,
 }
 
 fn default_true() -> bool {
@@ -228,6 +234,58 @@ impl Default for GenerationConfig {
     }
 }
 
+/// What a stylize request may ask for. Cost grows with the pixels, so the size is capped.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StylizeConfig {
+    /// The longer side of the output when a request names no `max_size` (larger images are scaled down).
+    pub default_max_size: u32,
+    /// The largest `max_size` a request may ask for.
+    pub max_size_limit: u32,
+}
+
+impl Default for StylizeConfig {
+    fn default() -> Self {
+        StylizeConfig { default_max_size: 512, max_size_limit: 1024 }
+    }
+}
+
+/// `POST /v1/style-transfer`: the defaults and caps of the optimisation, which costs seconds per image.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct OptimizationConfig {
+    pub default_steps: usize,
+    pub max_steps: usize,
+    /// The longer side of the content image (and of the style image) the optimisation works at.
+    pub default_size: u32,
+    pub max_size: u32,
+    pub default_style_weight: f64,
+    pub default_content_weight: f64,
+    /// Weight of the total-variation term, which keeps the optimised pixels from high-frequency noise.
+    pub tv_weight: f64,
+    /// Adam's step size on pixels in 0..1.
+    pub learning_rate: f64,
+    /// Time one request may spend queued and optimising, in milliseconds (the server's --request-timeout-ms is
+    /// for one-pass requests and would cut most optimisations short).
+    pub timeout_ms: u64,
+}
+
+impl Default for OptimizationConfig {
+    fn default() -> Self {
+        OptimizationConfig {
+            default_steps: 100,
+            max_steps: 500,
+            default_size: 256,
+            max_size: 512,
+            default_style_weight: 10.0,
+            default_content_weight: 1.0,
+            tv_weight: 1.0,
+            learning_rate: 0.03,
+            timeout_ms: 120_000,
+        }
+    }
+}
+
 impl ModelToml {
     /// Checks values serde cannot: ranges and relations between keys. Errors name the key and the value.
     pub fn validate(&self) -> Result<(), String> {
@@ -262,6 +320,31 @@ impl ModelToml {
         check_range("generation.max_tokens_limit", g.max_tokens_limit, 1, 1_000_000)?;
         check_range("generation.default_max_tokens", g.default_max_tokens, 1, g.max_tokens_limit)?;
         check_range("generation.max_prompt_tokens", g.max_prompt_tokens, 1, 1_000_000)?;
+        let st = &self.stylize;
+        check_range("stylize.max_size_limit", st.max_size_limit as usize, 16, 8192)?;
+        check_range("stylize.default_max_size", st.default_max_size as usize, 16, st.max_size_limit as usize)?;
+        let o = &self.optimization;
+        check_range("optimization.max_steps", o.max_steps, 1, 100_000)?;
+        check_range("optimization.default_steps", o.default_steps, 1, o.max_steps)?;
+        check_range("optimization.max_size", o.max_size as usize, 32, 4096)?;
+        check_range("optimization.default_size", o.default_size as usize, 32, o.max_size as usize)?;
+        check_range("optimization.timeout_ms", o.timeout_ms as usize, 1, 86_400_000)?;
+        for (key, value) in [
+            ("optimization.default_style_weight", o.default_style_weight),
+            ("optimization.default_content_weight", o.default_content_weight),
+            ("optimization.tv_weight", o.tv_weight),
+            ("optimization.learning_rate", o.learning_rate),
+        ] {
+            if !(value.is_finite() && value >= 0.0) {
+                return Err(format!("{key} must be a finite number >= 0, got {value}"));
+            }
+        }
+        if self.task == TaskKind::StyleFeatures && b.max_batch_size != 1 {
+            return Err(format!(
+                "batching.max_batch_size must be 1 for a style-features model (each optimisation runs alone), got {}",
+                b.max_batch_size
+            ));
+        }
         if self.task == TaskKind::TextGeneration && b.workers != 1 {
             return Err(format!(
                 "batching.workers must be 1 for a text-generation model (one thread advances all its sequences \

@@ -80,6 +80,25 @@ impl ApiError {
         }
     }
 
+    /// The same error with its message rewritten, e.g. prefixed with the field it concerns.
+    pub fn map_message(self, rewrite: impl FnOnce(String) -> String) -> ApiError {
+        match self {
+            ApiError::Validation(m) => ApiError::Validation(rewrite(m)),
+            ApiError::BadRequest(m) => ApiError::BadRequest(rewrite(m)),
+            ApiError::UnsupportedMediaType(m) => ApiError::UnsupportedMediaType(rewrite(m)),
+            ApiError::PayloadTooLarge(m) => ApiError::PayloadTooLarge(rewrite(m)),
+            ApiError::NotFound(m) => ApiError::NotFound(rewrite(m)),
+            ApiError::MethodNotAllowed(m) => ApiError::MethodNotAllowed(rewrite(m)),
+            ApiError::Unauthorized(m) => ApiError::Unauthorized(rewrite(m)),
+            ApiError::Overloaded { message, retry_after_secs } => {
+                ApiError::Overloaded { message: rewrite(message), retry_after_secs }
+            }
+            ApiError::Unavailable(m) => ApiError::Unavailable(rewrite(m)),
+            ApiError::Timeout(m) => ApiError::Timeout(rewrite(m)),
+            ApiError::Internal(m) => ApiError::Internal(rewrite(m)),
+        }
+    }
+
     pub fn body(&self) -> ErrorBody {
         ErrorBody { error: self.to_string(), error_type: self.error_type() }
     }

@@ -211,6 +211,16 @@ mod tests {
         write_model(root.path(), "pets", &format!("device = \"tpu\"\n{CLASSIFIER}"), &["1"]);
         let err = Repository::scan(root.path()).unwrap_err().to_string();
         assert!(err.contains("unknown device `tpu`"), "{err}");
+
+        let features = "task = \"style-features\"\n[batching]\nmax_batch_size = 2\n";
+        write_model(root.path(), "pets", features, &["1"]);
+        let err = Repository::scan(root.path()).unwrap_err().to_string();
+        assert!(err.contains("batching.max_batch_size must be 1 for a style-features model"), "{err}");
+
+        let features = "task = \"style-features\"\n[optimization]\ndefault_steps = 900\n";
+        write_model(root.path(), "pets", features, &["1"]);
+        let err = Repository::scan(root.path()).unwrap_err().to_string();
+        assert!(err.contains("optimization.default_steps must be between 1 and 500, got 900"), "{err}");
     }
 
     #[test]

@@ -53,7 +53,11 @@ pub async fn read_image_upload(request: Request, max_body_bytes: usize) -> Resul
     let body = read_limited(body, &parts.headers, max_body_bytes).await?;
     let image = match (content_type.type_(), content_type.subtype()) {
         (mime::IMAGE, _) => body,
-        (mime::MULTIPART, mime::FORM_DATA) => read_multipart(body, &content_type, &mut params).await?,
+        (mime::MULTIPART, mime::FORM_DATA) => {
+            let mut files =
+                read_multipart(body, &content_type, &[IMAGE_FIELD], ACCEPTED_IMAGE_BODIES, &mut params).await?;
+            files.swap_remove(0)
+        }
         (mime::APPLICATION, mime::JSON) => read_json_image(&body, &mut params)?,
         _ => {
             return Err(ApiError::UnsupportedMediaType(format!(
@@ -125,31 +129,64 @@ fn text_value(text: String) -> Value {
     serde_json::from_str::<Value>(&text).ok().filter(|v| v.is_number() || v.is_boolean()).unwrap_or(Value::String(text))
 }
 
+/// Reads a multipart body: the parts named in `files` as bytes, in that order (each one required; `accepted`
+/// says what the route takes when one is missing), and every other part as a text parameter.
 async fn read_multipart(
     body: Bytes,
     content_type: &mime::Mime,
+    files: &[&str],
+    accepted: &str,
     params: &mut Map<String, Value>,
-) -> Result<Bytes, ApiError> {
+) -> Result<Vec<Bytes>, ApiError> {
     let boundary = multer::parse_boundary(content_type.as_ref())
         .map_err(|e| ApiError::BadRequest(format!("multipart body without a usable boundary: {e}")))?;
     let stream = futures_util::stream::once(async move { Ok::<Bytes, std::convert::Infallible>(body) });
     let mut multipart = multer::Multipart::new(stream, boundary);
     let malformed = |e: multer::Error| ApiError::BadRequest(format!("malformed multipart body: {e}"));
-    let mut image = None;
+    let mut found: Vec<Option<Bytes>> = vec![None; files.len()];
     while let Some(field) = multipart.next_field().await.map_err(malformed)? {
         let name = field.name().unwrap_or_default().to_string();
         let data = field.bytes().await.map_err(malformed)?;
-        if name == IMAGE_FIELD {
-            image = Some(data);
+        if let Some(slot) = files.iter().position(|file| *file == name) {
+            found[slot] = Some(data);
         } else {
             let text = String::from_utf8(data.to_vec())
                 .map_err(|_| ApiError::Validation(format!("multipart field `{name}` must be UTF-8 text")))?;
             params.insert(name, text_value(text));
         }
     }
-    image.ok_or_else(|| {
-        ApiError::BadRequest(format!("the multipart body has no field `{IMAGE_FIELD}`: {ACCEPTED_IMAGE_BODIES}"))
-    })
+    files
+        .iter()
+        .zip(found)
+        .map(|(name, data)| {
+            let data = data
+                .ok_or_else(|| ApiError::BadRequest(format!("the multipart body has no field `{name}`: {accepted}")))?;
+            if data.is_empty() {
+                return Err(ApiError::BadRequest(format!("the image `{name}` is empty (0 bytes)")));
+            }
+            Ok(data)
+        })
+        .collect()
+}
+
+/// Images uploaded as the multipart/form-data file fields `files` (all required), with the request's other
+/// parameters (query string and text fields; fields override the query).
+pub async fn read_multipart_images(
+    request: Request,
+    max_body_bytes: usize,
+    files: &[&str],
+) -> Result<(Vec<Bytes>, Map<String, Value>), ApiError> {
+    let (parts, body) = request.into_parts();
+    let names = files.iter().map(|f| format!("`{f}`")).collect::<Vec<_>>().join(" and ");
+    let accepted = format!("send multipart/form-data with the image files {names}");
+    let mut params = query_params(parts.uri.query())?;
+    let content_type = content_type(&parts.headers, &accepted)?;
+    if (content_type.type_(), content_type.subtype()) != (mime::MULTIPART, mime::FORM_DATA) {
+        return Err(ApiError::UnsupportedMediaType(format!("Content-Type `{content_type}`: {accepted}")));
+    }
+    let body = read_limited(body, &parts.headers, max_body_bytes).await?;
+    let images = read_multipart(body, &content_type, files, &accepted, &mut params).await?;
+    Ok((images, params))
 }
 
 fn read_json_image(body: &[u8], params: &mut Map<String, Value>) -> Result<Bytes, ApiError> {

@@ -5,6 +5,8 @@ mod classify;
 mod generate;
 mod ops;
 mod sentiment;
+mod style_transfer;
+mod stylize;
 pub use ops::OPENAPI_YAML;
 mod v1;
 

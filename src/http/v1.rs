@@ -8,7 +8,7 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::Serialize;
 
-use super::{classify, generate, sentiment, AppState};
+use super::{classify, generate, sentiment, style_transfer, stylize, AppState};
 use crate::config::BatchingConfig;
 use crate::engine::{device, ModelEntry, ModelState};
 use crate::tasks::TaskKind;
@@ -23,6 +23,9 @@ pub fn routes() -> Router<AppState> {
         .route("/v1/sentiment", post(sentiment::default))
         .route("/v1/models/{name}/generate", post(generate::named))
         .route("/v1/generate", post(generate::default))
+        .route("/v1/models/{name}/stylize", post(stylize::named))
+        .route("/v1/stylize", post(stylize::default))
+        .route("/v1/style-transfer", post(style_transfer::handle))
 }
 
 /// Answers a task's short route with the task's default model, or a 404 saying there is none.

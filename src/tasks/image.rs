@@ -7,6 +7,7 @@ use fast_image_resize as fir;
 use image::{DynamicImage, ImageFormat, ImageReader, Limits, RgbImage};
 use tch::{Device, Kind, Tensor};
 
+use super::style::OutputFormat;
 use crate::config::ImagePreprocessing;
 use crate::error::ApiError;
 
@@ -126,6 +127,74 @@ fn resize_bilinear(rgb: RgbImage, width: u32, height: u32) -> Result<RgbImage, A
     RgbImage::from_raw(width, height, target.into_vec()).ok_or_else(|| internal(&"wrong buffer size"))
 }
 
+/// Scales an image down so that its longer side is at most `max_side` (aspect kept; never scaled up).
+pub fn fit_within(image: DynamicImage, max_side: u32) -> Result<RgbImage, ApiError> {
+    let rgb = image.into_rgb8();
+    let (width, height) = rgb.dimensions();
+    let longer = width.max(height);
+    if longer <= max_side {
+        return Ok(rgb);
+    }
+    let scale =
+        |side: u32| ((u64::from(side) * u64::from(max_side) + u64::from(longer) / 2) / u64::from(longer)).max(1) as u32;
+    resize_bilinear(rgb, scale(width), scale(height))
+}
+
+/// `[3, H, W]` float in 0..1 (torchvision `ToTensor`).
+pub fn to_unit_tensor(rgb: &RgbImage) -> Tensor {
+    let (width, height) = rgb.dimensions();
+    Tensor::from_slice(rgb.as_raw())
+        .view([i64::from(height), i64::from(width), 3])
+        .permute([2, 0, 1])
+        .to_kind(Kind::Float)
+        / 255.0
+}
+
+/// The reverse of `to_unit_tensor`: values are clamped to 0..1 and rounded to 8 bits.
+pub fn from_unit_tensor(tensor: &Tensor) -> Result<RgbImage, ApiError> {
+    let internal = |e: &dyn std::fmt::Display| ApiError::Internal(format!("converting the output image failed: {e}"));
+    let size = tensor.size();
+    let [3, height, width] = size[..] else {
+        return Err(internal(&format!("expected a [3, H, W] image, got shape {size:?}")));
+    };
+    let bytes = (tensor.f_clamp(0.0, 1.0).map_err(|e| internal(&e))? * 255.0)
+        .round()
+        .to_kind(Kind::Uint8)
+        .permute([1, 2, 0])
+        .contiguous();
+    let raw = Vec::<u8>::try_from(bytes.view([-1])).map_err(|e| internal(&e))?;
+    RgbImage::from_raw(width as u32, height as u32, raw).ok_or_else(|| internal(&"wrong buffer size"))
+}
+
+/// PNG (fast compression: the network's output has little to gain from more) or JPEG at quality 90.
+pub fn encode(rgb: &RgbImage, format: OutputFormat) -> Result<Vec<u8>, ApiError> {
+    let internal = |e: &dyn std::fmt::Display| ApiError::Internal(format!("encoding the {format:?} image failed: {e}"));
+    match format {
+        OutputFormat::Png => {
+            let mut png = Vec::new();
+            let encoder = image::codecs::png::PngEncoder::new_with_quality(
+                &mut png,
+                image::codecs::png::CompressionType::Fast,
+                image::codecs::png::FilterType::Adaptive,
+            );
+            rgb.write_with_encoder(encoder).map_err(|e| internal(&e))?;
+            Ok(png)
+        }
+        OutputFormat::Jpeg => {
+            let (width, height) = rgb.dimensions();
+            let image = turbojpeg::Image {
+                pixels: rgb.as_raw().as_slice(),
+                width: width as usize,
+                pitch: width as usize * 3,
+                height: height as usize,
+                format: turbojpeg::PixelFormat::RGB,
+            };
+            let jpeg = turbojpeg::compress(image, 90, turbojpeg::Subsamp::Sub2x2).map_err(|e| internal(&e))?;
+            Ok(jpeg.to_vec())
+        }
+    }
+}
+
 /// A blank normalised image of the model's input size, for warm-up.
 pub fn blank_input(prep: &ImagePreprocessing) -> Tensor {
     let crop = i64::from(prep.crop);
@@ -149,6 +218,25 @@ mod tests {
         assert_eq!(center_crop_offset(225, 224), 0); // round(0.5) == 0
         assert_eq!(center_crop_offset(227, 224), 2); // round(1.5) == 2
         assert_eq!(center_crop_offset(383, 224), 80); // round(79.5) == 80
+    }
+
+    #[test]
+    fn fit_within_keeps_the_aspect_and_never_scales_up() {
+        let image = |w, h| DynamicImage::ImageRgb8(RgbImage::new(w, h));
+        assert_eq!(fit_within(image(451, 300), 100).unwrap().dimensions(), (100, 67));
+        assert_eq!(fit_within(image(300, 451), 100).unwrap().dimensions(), (67, 100));
+        assert_eq!(fit_within(image(451, 300), 512).unwrap().dimensions(), (451, 300));
+    }
+
+    #[test]
+    fn unit_tensors_round_trip_to_the_same_pixels() {
+        let rgb = RgbImage::from_fn(5, 3, |x, y| image::Rgb([x as u8 * 50, y as u8 * 100, 255]));
+        let tensor = to_unit_tensor(&rgb);
+        assert_eq!(tensor.size(), [3, 3, 5]);
+        assert!((tensor.double_value(&[1, 2, 0]) - 200.0 / 255.0).abs() < 1e-6);
+        assert_eq!(from_unit_tensor(&tensor).unwrap(), rgb);
+        let png = encode(&rgb, OutputFormat::Png).unwrap();
+        assert_eq!(image::load_from_memory(&png).unwrap().into_rgb8(), rgb);
     }
 
     #[test]

@@ -4,6 +4,8 @@ pub mod classify;
 pub mod generate;
 pub mod image;
 pub mod sentiment;
+pub mod style;
+pub mod style_transfer;
 
 use std::fmt;
 
@@ -68,6 +70,8 @@ pub enum Backend {
     ImageClassification(WorkerPool<classify::ImageClassifier>),
     TextClassification(WorkerPool<sentiment::TextClassifier>),
     TextGeneration(GenerationEngine),
+    StyleTransfer(WorkerPool<style::Stylizer>),
+    StyleFeatures(WorkerPool<style_transfer::StyleOptimizer>),
 }
 
 impl Backend {
@@ -100,6 +104,16 @@ impl Backend {
                 model_metrics,
                 metrics.for_generation(&spec.name),
             )?)),
+            TaskKind::StyleTransfer => Ok(Backend::StyleTransfer(WorkerPool::start(
+                worker,
+                style::Stylizer { config: spec.config.stylize.clone() },
+                model_metrics,
+            )?)),
+            TaskKind::StyleFeatures => Ok(Backend::StyleFeatures(WorkerPool::start(
+                worker,
+                style_transfer::StyleOptimizer { config: spec.config.optimization.clone() },
+                model_metrics,
+            )?)),
             other => Err(unsupported(format!("task `{other}` is not served by this version of ember"))),
         }
     }
@@ -110,6 +124,8 @@ impl Backend {
             Backend::ImageClassification(pool) => pool.shutdown(),
             Backend::TextClassification(pool) => pool.shutdown(),
             Backend::TextGeneration(engine) => engine.shutdown(),
+            Backend::StyleTransfer(pool) => pool.shutdown(),
+            Backend::StyleFeatures(pool) => pool.shutdown(),
         }
     }
 }

@@ -1,0 +1,74 @@
+//! `POST /v1/style-transfer`: multipart `content` and `style` images in; out, the content image optimised
+//! against the feature network until it carries the style (tasks/style_transfer.rs). Each request costs seconds
+//! of CPU, so it runs on the style-features model's own bounded pool, with its own timeout.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::{Request, State};
+use axum::http::HeaderValue;
+use axum::response::{IntoResponse, Response};
+
+use super::body::{parse_params, read_multipart_images};
+use super::stylize::{blocking, image_response};
+use super::{wrong_backend, AppState};
+use crate::error::ApiError;
+use crate::tasks::image;
+use crate::tasks::style_transfer::{OptimizationJob, OptimizationParams};
+use crate::tasks::{Backend, TaskKind};
+
+const CONTENT: &str = "content";
+const STYLE: &str = "style";
+
+pub async fn handle(State(state): State<AppState>, request: Request) -> Response {
+    match state.default_model(TaskKind::StyleFeatures) {
+        Ok(name) => {
+            let result = style_transfer(&state, &name, request).await;
+            state.with_model_label(&name, result)
+        }
+        Err(e) => e.into_response(),
+    }
+}
+
+async fn style_transfer(state: &AppState, name: &str, request: Request) -> Result<Response, ApiError> {
+    let loaded = state.ready_model(name, TaskKind::StyleFeatures)?;
+    let Backend::StyleFeatures(pool) = &loaded.backend else {
+        return Err(wrong_backend(name, TaskKind::StyleFeatures));
+    };
+    let (mut images, params) = read_multipart_images(request, state.limits.max_body_bytes, &[CONTENT, STYLE]).await?;
+    let params: OptimizationParams = parse_params(params)?;
+    let config = &pool.task().config;
+    let settings = params.validate(config)?;
+    let format = params.format.unwrap_or_default();
+
+    pool.check_room()?;
+    let (style_bytes, content_bytes) = (images.pop(), images.pop());
+    let max_pixels = state.limits.max_image_pixels;
+    let (content, style) = blocking(move || {
+        let prepare = |bytes: Option<bytes::Bytes>, field: &str| {
+            let bytes = bytes.ok_or_else(|| ApiError::Internal(format!("the `{field}` image went missing")))?;
+            let decoded = image::decode(&bytes, max_pixels)
+                .map_err(|e| e.map_message(|message| format!("{field}: {message}")))?;
+            Ok::<_, ApiError>(image::to_unit_tensor(&image::fit_within(decoded, settings.size)?))
+        };
+        Ok((prepare(content_bytes, CONTENT)?, prepare(style_bytes, STYLE)?))
+    })
+    .await?;
+
+    // The job watches this: when the handler is dropped (client gone) or returns (timed out), it stops.
+    // It lives until this function returns.
+    let caller = Arc::new(());
+    let job = OptimizationJob { content, style, settings, caller: Some(Arc::downgrade(&caller)) };
+    let timeout = Duration::from_millis(config.timeout_ms);
+    let result = pool.infer(job, timeout).await?;
+    let steps = result.steps;
+    let seconds = result.seconds;
+    let encoded = blocking(move || image::encode(&image::from_unit_tensor(&result.image)?, format)).await?;
+    let mut response = image_response(encoded, format, name, loaded.version);
+    let headers = response.headers_mut();
+    headers.insert("ember-steps", HeaderValue::from(steps));
+    if let Ok(value) = HeaderValue::from_str(&format!("{seconds:.3}")) {
+        headers.insert("ember-seconds", value);
+    }
+    Ok(response)
+}
