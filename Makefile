@@ -67,7 +67,7 @@ models/shakespeare/1/model.pt: $(VENV_STAMP) $(SOURCES_STAMP) models/export/shak
 # The feature network and every style network, rebuilt from the committed fp16 weights, then verified
 # (style distance and luminance correlation on held-out photos).
 $(STYLE_MODELS) &: $(VENV_STAMP) $(MEDIA_STAMP) models/export/style.py models/export/common.py \
-		models/export/mobilenet_v2.py $(wildcard models/export/weights/style_*)
+		models/export/mobilenet_v2.py models/export/samples.py $(wildcard models/export/weights/style_*.fp16.pt)
 	$(PYTHON) models/export/style.py .
 
 ## system-tools: cmake and nasm, which build the bundled libjpeg-turbo (installed from Debian when missing)

@@ -31,6 +31,7 @@ import hashlib
 import json
 import random
 import shutil
+import signal
 import sys
 import sysconfig
 import time
@@ -264,10 +265,14 @@ def train(args: argparse.Namespace) -> None:
     if args.resume:
         network.load_state_dict({k: v.float() for k, v in torch.load(partial if partial.exists() else weights).items()})
     deadline = started + args.minutes * 60
+    # Ctrl-C or SIGTERM ends the run after the current step, still checked, saved and recorded like a timed end.
+    interrupted = []
+    for signal_number in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signal_number, lambda number, _frame: interrupted.append(signal.Signals(number).name))
     print(f"training style_{args.style}: {sum(p.numel() for p in network.parameters())} parameters, "
           f"{len(photos)} photos, style {path.name}", flush=True)
     window = []
-    while step < args.steps and time.time() < deadline:
+    while step < args.steps and time.time() < deadline and not interrupted:
         batch = random_crops(photos, args.batch, args.size, rng)
         out = network(batch)
         maps = features(out)
@@ -302,7 +307,7 @@ def train(args: argparse.Namespace) -> None:
     previous["runs"].append({
         "command": "python models/export/style.py train " + " ".join(sys.argv[2:]),
         "finished_at": now(), "steps": step, "seconds": round(time.time() - started), "history": history,
-        "held_out": results,
+        "held_out": results, **({"stopped": f"by {interrupted[0]}"} if interrupted else {}),
     })
     previous.update({"style_image": path.name, "style_image_sha256": sha256(path),
                      "architecture": {"width": args.width, "blocks": args.blocks}})
