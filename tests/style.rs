@@ -62,10 +62,9 @@ impl Judge {
     }
 }
 
-/// `[3, H, W]` in 0..1.
+/// `[3, H, W]` in 0..1, as ember feeds its networks.
 fn pixels(image: &image::RgbImage) -> Tensor {
-    let (w, h) = image.dimensions();
-    Tensor::from_slice(image.as_raw()).view([h as i64, w as i64, 3]).permute([2, 0, 1]).to_kind(Kind::Float) / 255.0
+    ember::tasks::image::to_unit_tensor(image)
 }
 
 fn decode(bytes: &[u8]) -> image::RgbImage {

@@ -187,6 +187,23 @@ class StyleNetwork(nn.Module):
         return out[:, :, :height, :width]
 
 
+def weights_file(style: str) -> Path:
+    return WEIGHTS_DIR / f"style_{style}.fp16.pt"
+
+
+def training_log(weights: Path) -> Path:
+    """weights/style_<name>.json beside weights/style_<name>.fp16.pt: every run's command, losses and checks."""
+    return weights.with_suffix("").with_suffix(".json")
+
+
+def save_half(network: nn.Module, path: Path) -> None:
+    torch.save({k: v.half() for k, v in network.state_dict().items()}, path)
+
+
+def load_half(network: nn.Module, path: Path) -> None:
+    network.load_state_dict({k: v.float() for k, v in torch.load(path).items()})
+
+
 def load_photo(path: Path, longer_side: int) -> torch.Tensor:
     """[1, 3, H, W] in 0..1, the longer side resized to `longer_side`, aspect kept."""
     image = Image.open(path).convert("RGB")
@@ -259,11 +276,11 @@ def train(args: argparse.Namespace) -> None:
     photos = [Image.open(p).convert("RGB") for p in TRAINING_PHOTOS]
     network = StyleNetwork(args.width, args.blocks)
     optimizer = torch.optim.Adam(network.parameters(), lr=args.lr)
-    weights = Path(args.output) if args.output else WEIGHTS_DIR / f"style_{args.style}.fp16.pt"
+    weights = Path(args.output) if args.output else weights_file(args.style)
     partial = weights.with_name(weights.name + ".partial")  # gitignored checkpoint, for --resume
     history, step, started = [], 0, time.time()
     if args.resume:
-        network.load_state_dict({k: v.float() for k, v in torch.load(partial if partial.exists() else weights).items()})
+        load_half(network, partial if partial.exists() else weights)
     deadline = started + args.minutes * 60
     # Ctrl-C or SIGTERM ends the run after the current step, still checked, saved and recorded like a timed end.
     interrupted = []
@@ -297,13 +314,13 @@ def train(args: argparse.Namespace) -> None:
                             "seconds": round(elapsed)})
             print(f"step {step}: content {c:.4f} style {s:.4f} loss {total:.4f} "
                   f"({elapsed / step:.2f} s/step)", flush=True)
-            torch.save({k: v.half() for k, v in network.state_dict().items()}, partial)
+            save_half(network, partial)
     network.eval()
     results = check_on_held_out(features, network, grams)
     for name, r in results.items():
         print(f"  {name}: distance ratio {r['distance_ratio']:.3f}, luminance corr {r['luminance_correlation']:.3f}")
-    torch.save({k: v.half() for k, v in network.state_dict().items()}, weights)
-    previous = json.loads(weights.with_suffix("").with_suffix(".json").read_text()) if args.resume else {"runs": []}
+    save_half(network, weights)
+    previous = json.loads(training_log(weights).read_text()) if args.resume else {"runs": []}
     previous["runs"].append({
         "command": "python models/export/style.py train " + " ".join(sys.argv[2:]),
         "finished_at": now(), "steps": step, "seconds": round(time.time() - started), "history": history,
@@ -311,7 +328,7 @@ def train(args: argparse.Namespace) -> None:
     })
     previous.update({"style_image": path.name, "style_image_sha256": sha256(path),
                      "architecture": {"width": args.width, "blocks": args.blocks}})
-    weights.with_suffix("").with_suffix(".json").write_text(json.dumps(previous, indent=2) + "\n")
+    training_log(weights).write_text(json.dumps(previous, indent=2) + "\n")
     partial.unlink(missing_ok=True)
     print(f"wrote {weights}")
 
@@ -342,11 +359,11 @@ def export_features(root: Path, features: FeatureNetwork) -> None:
 
 
 def export_style(root: Path, name: str, features: FeatureNetwork) -> None:
-    weights = WEIGHTS_DIR / f"style_{name}.fp16.pt"
-    log = json.loads(weights.with_suffix("").with_suffix(".json").read_text())
+    weights = weights_file(name)
+    log = json.loads(training_log(weights).read_text())
     path, style = style_image(name)
     network = StyleNetwork(**log["architecture"])
-    network.load_state_dict({k: v.float() for k, v in torch.load(weights).items()})
+    load_half(network, weights)
     network.eval()
     results = check_on_held_out(features, network, target_grams(features, style))
     for photo, r in results.items():

@@ -54,9 +54,9 @@ pub async fn read_image_upload(request: Request, max_body_bytes: usize) -> Resul
     let image = match (content_type.type_(), content_type.subtype()) {
         (mime::IMAGE, _) => body,
         (mime::MULTIPART, mime::FORM_DATA) => {
-            let mut files =
-                read_multipart(body, &content_type, &[IMAGE_FIELD], ACCEPTED_IMAGE_BODIES, &mut params).await?;
-            files.swap_remove(0)
+            let [image] =
+                read_multipart(body, &content_type, [IMAGE_FIELD], ACCEPTED_IMAGE_BODIES, &mut params).await?;
+            image
         }
         (mime::APPLICATION, mime::JSON) => read_json_image(&body, &mut params)?,
         _ => {
@@ -131,19 +131,19 @@ fn text_value(text: String) -> Value {
 
 /// Reads a multipart body: the parts named in `files` as bytes, in that order (each one required; `accepted`
 /// says what the route takes when one is missing), and every other part as a text parameter.
-async fn read_multipart(
+async fn read_multipart<const N: usize>(
     body: Bytes,
     content_type: &mime::Mime,
-    files: &[&str],
+    files: [&str; N],
     accepted: &str,
     params: &mut Map<String, Value>,
-) -> Result<Vec<Bytes>, ApiError> {
+) -> Result<[Bytes; N], ApiError> {
     let boundary = multer::parse_boundary(content_type.as_ref())
         .map_err(|e| ApiError::BadRequest(format!("multipart body without a usable boundary: {e}")))?;
     let stream = futures_util::stream::once(async move { Ok::<Bytes, std::convert::Infallible>(body) });
     let mut multipart = multer::Multipart::new(stream, boundary);
     let malformed = |e: multer::Error| ApiError::BadRequest(format!("malformed multipart body: {e}"));
-    let mut found: Vec<Option<Bytes>> = vec![None; files.len()];
+    let mut found: [Option<Bytes>; N] = std::array::from_fn(|_| None);
     while let Some(field) = multipart.next_field().await.map_err(malformed)? {
         let name = field.name().unwrap_or_default().to_string();
         let data = field.bytes().await.map_err(malformed)?;
@@ -155,27 +155,25 @@ async fn read_multipart(
             params.insert(name, text_value(text));
         }
     }
-    files
-        .iter()
-        .zip(found)
-        .map(|(name, data)| {
-            let data = data
-                .ok_or_else(|| ApiError::BadRequest(format!("the multipart body has no field `{name}`: {accepted}")))?;
-            if data.is_empty() {
-                return Err(ApiError::BadRequest(format!("the image `{name}` is empty (0 bytes)")));
+    for (name, data) in files.iter().zip(&found) {
+        match data {
+            None => return Err(ApiError::BadRequest(format!("the multipart body has no field `{name}`: {accepted}"))),
+            Some(data) if data.is_empty() => {
+                return Err(ApiError::BadRequest(format!("the image `{name}` is empty (0 bytes)")))
             }
-            Ok(data)
-        })
-        .collect()
+            Some(_) => {}
+        }
+    }
+    Ok(found.map(Option::unwrap_or_default)) // every one is Some: checked above
 }
 
 /// Images uploaded as the multipart/form-data file fields `files` (all required), with the request's other
 /// parameters (query string and text fields; fields override the query).
-pub async fn read_multipart_images(
+pub async fn read_multipart_images<const N: usize>(
     request: Request,
     max_body_bytes: usize,
-    files: &[&str],
-) -> Result<(Vec<Bytes>, Map<String, Value>), ApiError> {
+    files: [&str; N],
+) -> Result<([Bytes; N], Map<String, Value>), ApiError> {
     let (parts, body) = request.into_parts();
     let names = files.iter().map(|f| format!("`{f}`")).collect::<Vec<_>>().join(" and ");
     let accepted = format!("send multipart/form-data with the image files {names}");

@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 
 use super::body::read_image_upload;
 use super::v1::on_default_model;
-use super::{wrong_backend, AppState};
+use super::{off_runtime, wrong_backend, AppState};
 use crate::error::ApiError;
 use crate::tasks::classify::{Prediction, DEFAULT_TOP_K};
 use crate::tasks::{Backend, TaskKind};
@@ -49,9 +49,7 @@ async fn classify(state: &AppState, name: &str, request: Request) -> Result<Json
     // Decoding and resizing take milliseconds of CPU: keep them off the async workers.
     let max_pixels = state.limits.max_image_pixels;
     let preparer = classifier.clone();
-    let input = tokio::task::spawn_blocking(move || preparer.prepare(&upload.image, max_pixels))
-        .await
-        .map_err(|e| ApiError::Internal(format!("image preprocessing stopped: {e}")))??;
+    let input = off_runtime("image preprocessing", move || preparer.prepare(&upload.image, max_pixels)).await?;
 
     let probabilities = pool.infer(input, state.limits.request_timeout).await?;
     Ok(Json(ClassifyResponse {

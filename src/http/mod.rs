@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::extract::{MatchedPath, Request, State};
-use axum::http::{HeaderName, Method, Uri};
+use axum::http::{header, HeaderName, Method, Uri};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::Router;
@@ -30,6 +30,7 @@ use crate::engine::registry::Loaded;
 use crate::engine::{ModelEntry, ModelState, Registry};
 use crate::error::ApiError;
 use crate::metrics::Metrics;
+use crate::tasks::style::OutputFormat;
 use crate::tasks::TaskKind;
 
 const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
@@ -83,6 +84,28 @@ impl AppState {
             ApiError::NotFound(format!("no model serves {task}: set `default = true` in one such model's model.toml"))
         })
     }
+}
+
+/// Runs CPU work of a request (decoding, resizing, tokenising, encoding: milliseconds) on tokio's blocking pool,
+/// off the async workers; `what` names the work in the error if it panics.
+async fn off_runtime<T: Send + 'static>(
+    what: &'static str,
+    work: impl FnOnce() -> Result<T, ApiError> + Send + 'static,
+) -> Result<T, ApiError> {
+    tokio::task::spawn_blocking(work).await.map_err(|e| ApiError::Internal(format!("{what} stopped: {e}")))?
+}
+
+/// An image answer, with the model that made it in `ember-model` / `ember-model-version` headers.
+fn image_response(bytes: Vec<u8>, format: OutputFormat, model: &str, version: u64) -> Response {
+    (
+        [
+            (header::CONTENT_TYPE, format.content_type().to_string()),
+            (HeaderName::from_static("ember-model"), model.to_string()),
+            (HeaderName::from_static("ember-model-version"), version.to_string()),
+        ],
+        bytes,
+    )
+        .into_response()
 }
 
 /// A ready model whose backend is not its task's: `ready_model` checked the task, so this is a bug in ember.

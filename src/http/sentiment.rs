@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 
 use super::body::read_json_body;
 use super::v1::on_default_model;
-use super::{wrong_backend, AppState};
+use super::{off_runtime, wrong_backend, AppState};
 use crate::error::ApiError;
 use crate::tasks::sentiment::{Classification, TokenizedText};
 use crate::tasks::{Backend, TaskKind};
@@ -52,11 +52,10 @@ async fn sentiment(state: &AppState, name: &str, request: Request) -> Result<Jso
     pool.check_room()?;
     let tokenizer = pool.task().clone();
     // Tokenising up to MAX_TEXTS long texts takes milliseconds: keep it off the async workers.
-    let inputs = tokio::task::spawn_blocking(move || {
+    let inputs = off_runtime("tokenisation", move || {
         texts.iter().map(|text| tokenizer.tokenize(text)).collect::<Result<Vec<TokenizedText>, ApiError>>()
     })
-    .await
-    .map_err(|e| ApiError::Internal(format!("tokenisation stopped: {e}")))??;
+    .await?;
 
     let probabilities = pool.infer_all(inputs, state.limits.request_timeout).await?;
     Ok(Json(SentimentResponse {

@@ -8,10 +8,10 @@ use std::time::Duration;
 use axum::extract::{Request, State};
 use axum::http::HeaderValue;
 use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
 
 use super::body::{parse_params, read_multipart_images};
-use super::stylize::{blocking, image_response};
-use super::{wrong_backend, AppState};
+use super::{image_response, off_runtime, wrong_backend, AppState};
 use crate::error::ApiError;
 use crate::tasks::image;
 use crate::tasks::style_transfer::{OptimizationJob, OptimizationParams};
@@ -35,18 +35,17 @@ async fn style_transfer(state: &AppState, name: &str, request: Request) -> Resul
     let Backend::StyleFeatures(pool) = &loaded.backend else {
         return Err(wrong_backend(name, TaskKind::StyleFeatures));
     };
-    let (mut images, params) = read_multipart_images(request, state.limits.max_body_bytes, &[CONTENT, STYLE]).await?;
+    let ([content_bytes, style_bytes], params) =
+        read_multipart_images(request, state.limits.max_body_bytes, [CONTENT, STYLE]).await?;
     let params: OptimizationParams = parse_params(params)?;
     let config = &pool.task().config;
     let settings = params.validate(config)?;
     let format = params.format.unwrap_or_default();
 
     pool.check_room()?;
-    let (style_bytes, content_bytes) = (images.pop(), images.pop());
     let max_pixels = state.limits.max_image_pixels;
-    let (content, style) = blocking(move || {
-        let prepare = |bytes: Option<bytes::Bytes>, field: &str| {
-            let bytes = bytes.ok_or_else(|| ApiError::Internal(format!("the `{field}` image went missing")))?;
+    let (content, style) = off_runtime("image preprocessing", move || {
+        let prepare = |bytes: Bytes, field: &str| {
             let decoded = image::decode(&bytes, max_pixels)
                 .map_err(|e| e.map_message(|message| format!("{field}: {message}")))?;
             Ok::<_, ApiError>(image::to_unit_tensor(&image::fit_within(decoded, settings.size)?))
@@ -63,7 +62,8 @@ async fn style_transfer(state: &AppState, name: &str, request: Request) -> Resul
     let result = pool.infer(job, timeout).await?;
     let steps = result.steps;
     let seconds = result.seconds;
-    let encoded = blocking(move || image::encode(&image::from_unit_tensor(&result.image)?, format)).await?;
+    let encoded =
+        off_runtime("image encoding", move || image::encode(&image::from_unit_tensor(&result.image)?, format)).await?;
     let mut response = image_response(encoded, format, name, loaded.version);
     let headers = response.headers_mut();
     headers.insert("ember-steps", HeaderValue::from(steps));

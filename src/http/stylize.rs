@@ -2,12 +2,12 @@
 //! restyled by one pass of a fast style network out, as PNG or JPEG.
 
 use axum::extract::{Path, Request, State};
-use axum::http::header;
 use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
 use serde::Deserialize;
 
-use super::body::{parse_params, read_image_upload};
-use super::{wrong_backend, AppState};
+use super::body::read_image_upload;
+use super::{image_response, off_runtime, wrong_backend, AppState};
 use crate::error::ApiError;
 use crate::tasks::style::{OutputFormat, StylizeParams, Stylizer};
 use crate::tasks::{Backend, TaskKind};
@@ -21,34 +21,47 @@ struct StylizeRequest {
     strength: Option<f64>,
     max_size: Option<i64>,
     format: Option<OutputFormat>,
-    /// Only on the short route, where it picks the model.
+    /// Only on the short route, where it picks the model (query or body).
     style: Option<String>,
 }
 
 pub async fn named(State(state): State<AppState>, Path(name): Path<String>, request: Request) -> Response {
-    let result = stylize(&state, &name, request, false).await;
-    state.with_model_label(&name, result)
+    let result = async {
+        let (image, params) = read_stylize_request(&state, request).await?;
+        if params.style.is_some() {
+            return Err(ApiError::Validation(format!(
+                "style: only POST /v1/stylize takes it; this route already names the model `{name}`"
+            )));
+        }
+        stylize(&state, &name, image, params).await
+    };
+    state.with_model_label(&name, result.await)
 }
 
-/// The short route: the model named by `?style=`, else the default style-transfer model.
+/// The short route: the model named by `style` (query or body, like every other parameter), else the default
+/// style-transfer model.
 pub async fn default(State(state): State<AppState>, request: Request) -> Response {
-    let style = request.uri().query().and_then(|query| {
-        serde_urlencoded::from_str::<Vec<(String, String)>>(query)
-            .ok()?
-            .into_iter()
-            .find_map(|(key, value)| (key == "style").then_some(value))
-    });
-    let name = match style {
-        Some(style) => style_model(&state, &style),
+    let (image, params) = match read_stylize_request(&state, request).await {
+        Ok(read) => read,
+        Err(e) => return e.into_response(),
+    };
+    let name = match &params.style {
+        Some(style) => style_model(&state, style),
         None => state.default_model(TaskKind::StyleTransfer),
     };
     match name {
         Ok(name) => {
-            let result = stylize(&state, &name, request, true).await;
+            let result = stylize(&state, &name, image, params).await;
             state.with_model_label(&name, result)
         }
         Err(e) => e.into_response(),
     }
+}
+
+async fn read_stylize_request(state: &AppState, request: Request) -> Result<(Bytes, StylizeRequest), ApiError> {
+    let upload = read_image_upload(request, state.limits.max_body_bytes).await?;
+    let params = upload.params()?;
+    Ok((upload.image, params))
 }
 
 /// The model a `style` parameter names; a 404 lists the styles there are.
@@ -68,45 +81,19 @@ fn style_model(state: &AppState, style: &str) -> Result<String, ApiError> {
     })
 }
 
-async fn stylize(state: &AppState, name: &str, request: Request, short_route: bool) -> Result<Response, ApiError> {
+async fn stylize(state: &AppState, name: &str, image: Bytes, request: StylizeRequest) -> Result<Response, ApiError> {
     let loaded = state.ready_model(name, TaskKind::StyleTransfer)?;
     let Backend::StyleTransfer(pool) = &loaded.backend else {
         return Err(wrong_backend(name, TaskKind::StyleTransfer));
     };
-    let upload = read_image_upload(request, state.limits.max_body_bytes).await?;
-    let request: StylizeRequest = parse_params(upload.params.clone())?;
-    if request.style.is_some() && !short_route {
-        return Err(ApiError::Validation(format!(
-            "style: only POST /v1/stylize takes it; this route already names the model `{name}`"
-        )));
-    }
     let config = &pool.task().config;
     let params = StylizeParams::validate(request.strength, request.max_size, request.format, config)?;
 
     pool.check_room()?;
     let max_pixels = state.limits.max_image_pixels;
-    let original = blocking(move || Stylizer::prepare(&upload.image, max_pixels, params.max_size)).await?;
+    let original =
+        off_runtime("image preprocessing", move || Stylizer::prepare(&image, max_pixels, params.max_size)).await?;
     let styled = pool.infer(original.shallow_clone(), state.limits.request_timeout).await?;
-    let encoded = blocking(move || Stylizer::finish(&original, &styled, params)).await?;
+    let encoded = off_runtime("image encoding", move || Stylizer::finish(&original, &styled, params)).await?;
     Ok(image_response(encoded, params.format, name, loaded.version))
-}
-
-/// Runs CPU work (decoding, resizing, encoding: milliseconds) off the async workers.
-pub async fn blocking<T: Send + 'static>(
-    work: impl FnOnce() -> Result<T, ApiError> + Send + 'static,
-) -> Result<T, ApiError> {
-    tokio::task::spawn_blocking(work).await.map_err(|e| ApiError::Internal(format!("image processing stopped: {e}")))?
-}
-
-/// The image, with the model that made it in `ember-model` / `ember-model-version` headers.
-pub fn image_response(bytes: Vec<u8>, format: OutputFormat, model: &str, version: u64) -> Response {
-    (
-        [
-            (header::CONTENT_TYPE, format.content_type().to_string()),
-            (header::HeaderName::from_static("ember-model"), model.to_string()),
-            (header::HeaderName::from_static("ember-model-version"), version.to_string()),
-        ],
-        bytes,
-    )
-        .into_response()
 }

@@ -62,6 +62,7 @@ impl fmt::Display for TaskKind {
 use std::sync::Arc;
 
 use crate::engine::{EngineError, GenerationEngine, WorkerPool, WorkerSpec};
+use crate::error::ApiError;
 use crate::metrics::Metrics;
 use crate::repository::ModelSpec;
 
@@ -127,6 +128,32 @@ impl Backend {
             Backend::StyleTransfer(pool) => pool.shutdown(),
             Backend::StyleFeatures(pool) => pool.shutdown(),
         }
+    }
+}
+
+/// A request's integer parameter, or `default` when absent, if it lies in `min..=max`; else a 422 that names the
+/// parameter, the range and the value.
+pub fn integer_in_range(
+    name: &str,
+    value: Option<i64>,
+    default: usize,
+    min: usize,
+    max: usize,
+) -> Result<usize, ApiError> {
+    let value = value.unwrap_or(default as i64);
+    usize::try_from(value)
+        .ok()
+        .filter(|v| (min..=max).contains(v))
+        .ok_or_else(|| ApiError::Validation(format!("{name} must be between {min} and {max}, got {value}")))
+}
+
+/// A request's number parameter, or `default` when absent, if it lies in `min..=max`; else a 422 as above.
+pub fn number_in_range(name: &str, value: Option<f64>, default: f64, min: f64, max: f64) -> Result<f64, ApiError> {
+    let value = value.unwrap_or(default);
+    if (min..=max).contains(&value) {
+        Ok(value)
+    } else {
+        Err(ApiError::Validation(format!("{name} must be between {min} and {max}, got {value}")))
     }
 }
 

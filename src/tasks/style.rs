@@ -5,6 +5,7 @@ use serde::Deserialize;
 use tch::{Device, Kind, Tensor};
 
 use super::image as pixels;
+use super::{integer_in_range, number_in_range};
 use crate::config::StylizeConfig;
 use crate::engine::{BatchTask, InferenceModule};
 use crate::error::ApiError;
@@ -47,17 +48,15 @@ impl StylizeParams {
         format: Option<OutputFormat>,
         config: &StylizeConfig,
     ) -> Result<StylizeParams, ApiError> {
-        let strength = strength.unwrap_or(1.0);
-        if !(0.0..=1.0).contains(&strength) {
-            return Err(ApiError::Validation(format!("strength must be between 0 and 1, got {strength}")));
-        }
-        let limit = config.max_size_limit;
-        let max_size = max_size.unwrap_or(i64::from(config.default_max_size));
-        let max_size =
-            u32::try_from(max_size).ok().filter(|size| (MIN_SIDE..=limit).contains(size)).ok_or_else(|| {
-                ApiError::Validation(format!("max_size must be between {MIN_SIDE} and {limit}, got {max_size}"))
-            })?;
-        Ok(StylizeParams { strength, max_size, format: format.unwrap_or_default() })
+        let strength = number_in_range("strength", strength, 1.0, 0.0, 1.0)?;
+        let max_size = integer_in_range(
+            "max_size",
+            max_size,
+            config.default_max_size as usize,
+            MIN_SIDE as usize,
+            config.max_size_limit as usize,
+        )?;
+        Ok(StylizeParams { strength, max_size: max_size as u32, format: format.unwrap_or_default() })
     }
 }
 

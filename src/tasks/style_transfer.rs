@@ -16,6 +16,7 @@ use tch::nn::OptimizerConfig;
 use tch::{nn, Device, Kind, Reduction, Tensor};
 
 use super::style::OutputFormat;
+use super::{integer_in_range, number_in_range};
 use crate::config::OptimizationConfig;
 use crate::engine::{BatchTask, InferenceModule};
 use crate::error::ApiError;
@@ -23,6 +24,8 @@ use crate::error::ApiError;
 /// The smallest working size: below it the deepest style maps are a pixel or two.
 const MIN_SIZE: u32 = 32;
 const WARMUP_SIDE: i64 = 64;
+/// Largest style or content weight a request may give.
+const MAX_WEIGHT: f64 = 1e6;
 
 /// A style-transfer request's optimisation parameters, as sent.
 #[derive(Debug, Deserialize)]
@@ -49,24 +52,16 @@ pub struct OptimizationSettings {
 
 impl OptimizationParams {
     pub fn validate(&self, config: &OptimizationConfig) -> Result<OptimizationSettings, ApiError> {
-        let bounded = |name: &str, value: Option<i64>, default: usize, max: usize, min: usize| {
-            let value = value.unwrap_or(default as i64);
-            usize::try_from(value)
-                .ok()
-                .filter(|v| (min..=max).contains(v))
-                .ok_or_else(|| ApiError::Validation(format!("{name} must be between {min} and {max}, got {value}")))
-        };
-        let steps = bounded("steps", self.steps, config.default_steps, config.max_steps, 1)?;
-        let size =
-            bounded("size", self.size, config.default_size as usize, config.max_size as usize, MIN_SIZE as usize)?;
-        let weight = |name: &str, value: Option<f64>, default: f64| {
-            let value = value.unwrap_or(default);
-            if value.is_finite() && (0.0..=1e6).contains(&value) {
-                Ok(value)
-            } else {
-                Err(ApiError::Validation(format!("{name} must be between 0 and 1000000, got {value}")))
-            }
-        };
+        let steps = integer_in_range("steps", self.steps, config.default_steps, 1, config.max_steps)?;
+        let size = integer_in_range(
+            "size",
+            self.size,
+            config.default_size as usize,
+            MIN_SIZE as usize,
+            config.max_size as usize,
+        )?;
+        let weight =
+            |name: &str, value: Option<f64>, default: f64| number_in_range(name, value, default, 0.0, MAX_WEIGHT);
         let style_weight = weight("style_weight", self.style_weight, config.default_style_weight)?;
         let content_weight = weight("content_weight", self.content_weight, config.default_content_weight)?;
         if style_weight == 0.0 && content_weight == 0.0 {
