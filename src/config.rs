@@ -33,9 +33,45 @@ pub struct ServeConfig {
     /// Time a request may spend queued and running before it is answered 504, in milliseconds.
     #[arg(long, env = "EMBER_REQUEST_TIMEOUT_MS", default_value_t = 30_000)]
     pub request_timeout_ms: u64,
+    /// How often the model repository is checked for new versions, pins and models, in milliseconds; 0 = never
+    /// (POST /admin/models/{name}/reload still swaps).
+    #[arg(long, env = "EMBER_WATCH_INTERVAL_MS", default_value_t = 2_000)]
+    pub watch_interval_ms: u64,
+    /// Bearer token of the admin API (/admin/...); unset, the admin API is off. Never logged.
+    #[arg(long, env = "EMBER_ADMIN_TOKEN", hide_env_values = true)]
+    pub admin_token: Option<AdminToken>,
+    /// Largest fine-tuning upload (POST /admin/models/{name}/fine-tune), in bytes.
+    #[arg(long, env = "EMBER_MAX_UPLOAD_BYTES", default_value_t = 512 * 1024 * 1024)]
+    pub max_upload_bytes: usize,
+    /// Most bytes a fine-tuning archive may unpack to (against decompression bombs).
+    #[arg(long, env = "EMBER_MAX_FINE_TUNE_BYTES", default_value_t = 2 * 1024 * 1024 * 1024)]
+    pub max_fine_tune_bytes: u64,
+    /// Fine-tuning jobs that may wait behind the running one (429 beyond).
+    #[arg(long, env = "EMBER_FINE_TUNE_QUEUE", default_value_t = 4)]
+    pub fine_tune_queue: usize,
     /// Log format: text for people, json for log collectors.
     #[arg(long, env = "EMBER_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
+}
+
+/// The admin token: a string whose Debug never shows it, so that it cannot reach a log.
+#[derive(Clone)]
+pub struct AdminToken(pub String);
+
+impl fmt::Debug for AdminToken {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("AdminToken(<hidden>)")
+    }
+}
+
+impl FromStr for AdminToken {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        if s.len() < 8 {
+            return Err("the admin token must be at least 8 characters long".into());
+        }
+        Ok(AdminToken(s.to_string()))
+    }
 }
 
 /// Where the model repository is; shared by every subcommand.
@@ -196,7 +232,7 @@ impl Default for BatchingConfig {
 }
 
 /// torchvision-style preprocessing: resize the shorter side, centre crop, normalise.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct ImagePreprocessing {
     /// Length the shorter side is resized to (torchvision `Resize(n)`).

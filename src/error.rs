@@ -127,6 +127,7 @@ impl From<EngineError> for ApiError {
             EngineError::Stopped { .. } => ApiError::Unavailable(message),
             EngineError::Inference { .. } | EngineError::WorkerLost { .. } => ApiError::Internal(message),
             EngineError::Load { .. } => ApiError::Unavailable(message),
+            EngineError::NotFound { .. } => ApiError::NotFound(message),
         }
     }
 }

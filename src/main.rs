@@ -1,4 +1,4 @@
-//! The `ember` command line: serve | info | openapi.
+//! The `ember` command line: serve | train | eval | info | openapi.
 
 use clap::{Parser, Subcommand};
 
@@ -16,6 +16,10 @@ struct Cli {
 enum Command {
     /// Serve every model of the repository over HTTP.
     Serve(ServeConfig),
+    /// Fine-tune a model of the repository on your data and publish the result as a new version.
+    Train(ember::train::cli::TrainArgs),
+    /// Measure a model version on a dataset (accuracy and loss, or loss per byte for text generation).
+    Eval(ember::train::cli::EvalArgs),
     /// Print the libtorch version, the devices, the thread settings and the models found.
     Info(RepoArgs),
     /// Print the OpenAPI spec of the HTTP API.
@@ -26,6 +30,8 @@ fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Serve(config) => serve(config),
+        Command::Train(args) => ember::train::cli::run_train(args),
+        Command::Eval(args) => ember::train::cli::run_eval(args),
         Command::Info(repo) => {
             print!("{}", ember::info::report(&repo.model_repo));
             Ok(())

@@ -24,15 +24,17 @@ pub struct ModelSpec {
     pub versions: Vec<u64>,
     /// Class names in index order, for classification tasks.
     pub labels: Option<Vec<String>>,
+    /// Versions saved with `held = true` (fine-tunes not published).
+    pub held: Vec<u64>,
 }
 
 /// The Hugging Face tokenizers file of a text model, beside its model.toml.
 pub const TOKENIZER_FILE: &str = "tokenizer.json";
 
 impl ModelSpec {
-    /// The version to serve: the pinned one, else the highest.
+    /// The version to serve: the pinned one, else the highest that is not held.
     pub fn served_version(&self) -> Option<u64> {
-        self.config.version.or_else(|| self.versions.last().copied())
+        self.config.version.or_else(|| self.versions.iter().rev().find(|v| !self.held.contains(v)).copied())
     }
 
     pub fn model_file(&self, version: u64) -> PathBuf {
@@ -42,6 +44,57 @@ impl ModelSpec {
     pub fn tokenizer_file(&self) -> PathBuf {
         self.dir.join(TOKENIZER_FILE)
     }
+
+    /// This model as `version` sees it: a version folder may carry its own `labels.txt` (a fine-tune onto new
+    /// classes) and a `version.toml` whose `[image]` replaces the model's (a fine-tune at another image size).
+    pub fn at_version(&self, version: u64) -> Result<ModelSpec, RepoError> {
+        let dir = self.dir.join(version.to_string());
+        let mut spec = self.clone();
+        let labels_file = dir.join("labels.txt");
+        if self.labels.is_some() && labels_file.is_file() {
+            spec.labels = Some(read_labels(&labels_file)?);
+        }
+        let overrides_file = dir.join(VERSION_TOML);
+        if overrides_file.is_file() {
+            let text = std::fs::read_to_string(&overrides_file).map_err(|e| invalid(&overrides_file, e.to_string()))?;
+            let overrides: VersionToml =
+                toml::from_str(&text).map_err(|e| invalid(&overrides_file, e.message().to_string()))?;
+            if let Some(image) = overrides.image {
+                spec.config.image = Some(image);
+            }
+        }
+        Ok(spec)
+    }
+}
+
+/// `<version>/version.toml`: what a version changes of its model's model.toml.
+pub const VERSION_TOML: &str = "version.toml";
+
+#[derive(Debug, Clone, Default, serde::Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct VersionToml {
+    /// Image preprocessing this version was trained with.
+    pub image: Option<crate::config::ImagePreprocessing>,
+    /// Saved but not published: never served unless pinned (`version = N` in model.toml).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub held: bool,
+}
+
+/// Whether a version folder says `held = true` (an unreadable version.toml is reported when the version loads).
+fn is_held(version_dir: &Path) -> bool {
+    std::fs::read_to_string(version_dir.join(VERSION_TOML))
+        .ok()
+        .and_then(|text| toml::from_str::<VersionToml>(&text).ok())
+        .is_some_and(|v| v.held)
+}
+
+/// Model names become folder names and URL segments.
+pub fn check_model_name(name: &str) -> Result<(), String> {
+    let allowed = |c: char| c.is_ascii_alphanumeric() || c == '_' || c == '-' || c == '.';
+    if name.is_empty() || name.starts_with('.') || !name.chars().all(allowed) {
+        return Err(format!("model name `{name}`: use only letters, digits, '_', '-' and '.', not starting with '.'"));
+    }
+    Ok(())
 }
 
 /// Everything in the repository, plus which model answers each task's short route.
@@ -60,7 +113,9 @@ impl Repository {
         let mut models = Vec::new();
         for entry in std::fs::read_dir(root).map_err(io_error)? {
             let dir = entry.map_err(io_error)?.path();
-            if dir.join("model.toml").is_file() {
+            // Hidden folders are not models: `ember train --into` stages a new model in one until it is whole.
+            let hidden = dir.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with('.'));
+            if !hidden && dir.join("model.toml").is_file() {
                 models.push(read_model(&dir)?);
             }
         }
@@ -74,11 +129,10 @@ fn invalid(path: &Path, message: impl Into<String>) -> RepoError {
     RepoError::Invalid { path: path.to_path_buf(), message: message.into() }
 }
 
-fn read_model(dir: &Path) -> Result<ModelSpec, RepoError> {
+/// One model folder: model.toml validated, its versions, and its labels (those of the version it serves).
+pub fn read_model(dir: &Path) -> Result<ModelSpec, RepoError> {
     let name = dir.file_name().and_then(|n| n.to_str()).unwrap_or_default().to_string();
-    if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-' || c == '.') {
-        return Err(invalid(dir, "model folder names may use only letters, digits, '_', '-' and '.'"));
-    }
+    check_model_name(&name).map_err(|message| invalid(dir, message))?;
     let toml_path = dir.join("model.toml");
     let text = std::fs::read_to_string(&toml_path).map_err(|e| invalid(&toml_path, e.to_string()))?;
     let config: ModelToml = toml::from_str(&text).map_err(|e| invalid(&toml_path, e.message().to_string()))?;
@@ -100,7 +154,12 @@ fn read_model(dir: &Path) -> Result<ModelSpec, RepoError> {
         ));
     }
     let labels = if config.task.needs_labels() { Some(read_labels(&dir.join("labels.txt"))?) } else { None };
-    Ok(ModelSpec { name, dir: dir.to_path_buf(), config, versions, labels })
+    let held = versions.iter().copied().filter(|v| is_held(&dir.join(v.to_string()))).collect();
+    let spec = ModelSpec { name, dir: dir.to_path_buf(), config, versions, labels, held };
+    match spec.served_version() {
+        Some(version) => spec.at_version(version),
+        None => Ok(spec),
+    }
 }
 
 /// Version folders are positive integers holding a model.pt; anything else (a `.partial` folder being

@@ -10,9 +10,12 @@ use tokio::net::TcpListener;
 
 use crate::config::ServeConfig;
 use crate::engine::Registry;
+use crate::http::admin::Admin;
 use crate::http::{router, AppState, Limits};
+use crate::jobs::Jobs;
 use crate::metrics::Metrics;
 use crate::repository::Repository;
+use crate::train::upload::UnpackLimits;
 
 /// A server bound to its port, with its models loading in the background.
 pub struct Server {
@@ -33,12 +36,24 @@ impl Server {
         let address = format!("{}:{}", config.host, config.port);
         let listener = TcpListener::bind(&address).await.with_context(|| format!("cannot listen on {address}"))?;
         registry.load_all();
+        if config.watch_interval_ms > 0 {
+            registry.watch_repository(std::time::Duration::from_millis(config.watch_interval_ms));
+        }
         let limits = Limits {
             max_body_bytes: config.max_body_bytes,
             max_image_pixels: config.max_image_pixels,
             request_timeout: config.request_timeout(),
         };
-        Ok(Server { listener, state: AppState { registry, metrics, limits } })
+        let admin = config.admin_token.as_ref().map(|token| Admin {
+            token: token.0.clone(),
+            jobs: Jobs::start(Arc::clone(&registry), Arc::clone(&metrics), config.fine_tune_queue),
+            max_upload_bytes: config.max_upload_bytes,
+            unpack: UnpackLimits { max_bytes: config.max_fine_tune_bytes, max_entries: 1_000_000 },
+        });
+        if admin.is_some() {
+            tracing::info!("admin API on (/admin/...)");
+        }
+        Ok(Server { listener, state: AppState { registry, metrics, limits, admin } })
     }
 
     pub fn local_addr(&self) -> SocketAddr {

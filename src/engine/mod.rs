@@ -32,6 +32,8 @@ pub enum EngineError {
     WorkerLost { model: String },
     #[error("model `{model}` failed to load: {message}")]
     Load { model: String, message: String },
+    #[error("{message}")]
+    NotFound { model: String, message: String },
 }
 
 impl EngineError {

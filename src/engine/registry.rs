@@ -1,7 +1,15 @@
-//! The models the server knows, their load state, and which model answers each task's short route.
+//! The models the server knows, their load state, which version each serves, and hot swaps between versions.
+//!
+//! A swap loads and warms the new version beside the old one, then replaces the `Arc<Loaded>` under one lock.
+//! Requests hold the `Arc` of the version they started on, so they finish there; the old version's workers drain
+//! their queue and stop when its last request lets go. A version that fails to load is reported and the old one
+//! keeps serving.
 
-use std::collections::BTreeMap;
-use std::sync::{Arc, RwLock};
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, RwLock, Weak};
+use std::time::Duration;
 use std::time::Instant;
 
 use tch::Device;
@@ -9,7 +17,7 @@ use tch::Device;
 use super::{device, EngineError, WorkerSpec};
 use crate::config::DeviceChoice;
 use crate::metrics::Metrics;
-use crate::repository::{ModelSpec, Repository};
+use crate::repository::{self, ModelSpec, Repository};
 use crate::tasks::{Backend, TaskKind};
 
 /// A model version that is loaded, warmed up and taking requests.
@@ -24,6 +32,8 @@ pub enum ModelState {
     Loading,
     Ready(Arc<Loaded>),
     Failed(String),
+    /// Taken out of service by `POST /admin/models/{name}/unload`.
+    Unloaded,
 }
 
 impl ModelState {
@@ -32,86 +42,203 @@ impl ModelState {
             ModelState::Loading => "loading",
             ModelState::Ready(_) => "ready",
             ModelState::Failed(_) => "failed",
+            ModelState::Unloaded => "unloaded",
         }
     }
 }
 
+/// What the server holds of one model, replaced whole on every change.
+#[derive(Clone)]
+pub struct Current {
+    /// model.toml, the versions on disk, and the labels of the version served.
+    pub spec: Arc<ModelSpec>,
+    pub state: ModelState,
+    /// Why the last load of another version (or the last re-read of model.toml) failed while this state stayed.
+    pub last_error: Option<String>,
+    /// The version that failed to load: the repository watcher does not retry it (an admin reload does).
+    failed_version: Option<u64>,
+}
+
 pub struct ModelEntry {
-    pub spec: ModelSpec,
-    state: RwLock<ModelState>,
+    pub name: String,
+    pub dir: PathBuf,
+    current: RwLock<Current>,
+    /// Held while this model loads, swaps or unloads, so that those never interleave.
+    changing: Mutex<()>,
 }
 
 impl ModelEntry {
-    pub fn state(&self) -> ModelState {
-        self.state.read().unwrap_or_else(|e| e.into_inner()).clone()
+    fn new(spec: ModelSpec) -> ModelEntry {
+        let current = Current {
+            spec: Arc::new(spec.clone()),
+            state: ModelState::Loading,
+            last_error: None,
+            failed_version: None,
+        };
+        ModelEntry { name: spec.name, dir: spec.dir, current: RwLock::new(current), changing: Mutex::new(()) }
     }
 
-    fn set_state(&self, state: ModelState) {
-        *self.state.write().unwrap_or_else(|e| e.into_inner()) = state;
+    pub fn current(&self) -> Current {
+        self.current.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    pub fn state(&self) -> ModelState {
+        self.current().state
+    }
+
+    pub fn spec(&self) -> Arc<ModelSpec> {
+        self.current().spec
+    }
+
+    fn update(&self, change: impl FnOnce(&mut Current)) {
+        change(&mut self.current.write().unwrap_or_else(|e| e.into_inner()))
     }
 }
 
+/// What a reload did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Reloaded {
+    /// Now serving `version` (`previous` before it, if any).
+    Swapped { version: u64, previous: Option<u64> },
+    /// Already serving the version the repository names.
+    Unchanged { version: u64 },
+}
+
 pub struct Registry {
-    repository: Repository,
-    entries: BTreeMap<String, Arc<ModelEntry>>,
+    root: PathBuf,
+    defaults: HashMap<TaskKind, String>,
+    entries: RwLock<BTreeMap<String, Arc<ModelEntry>>>,
     server_device: DeviceChoice,
     metrics: Arc<Metrics>,
+    /// Set by `shutdown`: the repository watcher stops loading things.
+    stopping: AtomicBool,
 }
 
 impl Registry {
     /// Every model of the repository, all in state `Loading` until `load_all` finishes them.
     pub fn new(repository: Repository, server_device: DeviceChoice, metrics: Arc<Metrics>) -> Registry {
-        let entries = repository
-            .models
-            .iter()
-            .map(|spec| {
-                (
-                    spec.name.clone(),
-                    Arc::new(ModelEntry { spec: spec.clone(), state: RwLock::new(ModelState::Loading) }),
-                )
-            })
-            .collect();
-        Registry { repository, entries, server_device, metrics }
+        let entries =
+            repository.models.into_iter().map(|spec| (spec.name.clone(), Arc::new(ModelEntry::new(spec)))).collect();
+        Registry {
+            root: repository.root,
+            defaults: repository.defaults,
+            entries: RwLock::new(entries),
+            server_device,
+            metrics,
+            stopping: AtomicBool::new(false),
+        }
+    }
+
+    /// Polls the repository every `interval` on a thread of its own, until the registry shuts down or is dropped.
+    pub fn watch_repository(self: &Arc<Self>, interval: Duration) {
+        let registry: Weak<Registry> = Arc::downgrade(self);
+        let spawned = std::thread::Builder::new().name("ember-watch".into()).spawn(move || loop {
+            std::thread::sleep(interval);
+            match registry.upgrade() {
+                Some(registry) if !registry.stopping.load(Ordering::SeqCst) => registry.poll_repository(),
+                _ => break,
+            }
+        });
+        if let Err(e) = spawned {
+            tracing::error!(error = %e, "cannot start the repository watcher: new versions need POST /admin/models/{{name}}/reload");
+        }
     }
 
     /// Loads every model on its own thread; returns at once. Readiness follows the states.
     pub fn load_all(self: &Arc<Self>) {
-        for entry in self.entries.values() {
+        for entry in self.entries() {
             let registry = Arc::clone(self);
-            let entry = Arc::clone(entry);
-            let name = format!("ember-load-{}", entry.spec.name);
-            let spawned = std::thread::Builder::new().name(name).spawn(move || registry.load(&entry));
+            let name = format!("ember-load-{}", entry.name);
+            let spawned = std::thread::Builder::new().name(name).spawn(move || {
+                let _ = registry.reload_entry(&entry, true);
+            });
             if let Err(e) = spawned {
                 tracing::error!(error = %e, "cannot start a model-loading thread");
             }
         }
     }
 
-    fn load(&self, entry: &ModelEntry) {
-        let spec = &entry.spec;
+    /// Re-reads the model's folder and serves the version it names (pinned, else the highest), loading it beside
+    /// the one serving and swapping when warm. Without `force`, a version already served or one that already
+    /// failed is left alone. Blocks for the load: call it off the async runtime.
+    pub fn reload(&self, name: &str, force: bool) -> Result<Reloaded, EngineError> {
+        let entry = match self.get(name) {
+            Some(entry) => entry,
+            None => self.add_from_disk(name)?,
+        };
+        self.reload_entry(&entry, force)
+    }
+
+    fn reload_entry(&self, entry: &ModelEntry, force: bool) -> Result<Reloaded, EngineError> {
+        let _changing = entry.changing.lock().unwrap_or_else(|e| e.into_inner());
+        let load_error = |message: String| EngineError::Load { model: entry.name.clone(), message };
+        let before = entry.current();
+        let spec = match repository::read_model(&entry.dir) {
+            Ok(spec) => spec,
+            Err(e) => return Err(self.keep_serving(entry, &before, None, load_error(e.to_string()))),
+        };
+        let Some(version) = spec.served_version() else {
+            let message =
+                format!("{} has no version folder with a model.pt (run the setup: make models)", entry.dir.display());
+            return Err(self.keep_serving(entry, &before, None, load_error(message)));
+        };
+        let serving = match &before.state {
+            ModelState::Ready(loaded) => Some(loaded.version),
+            _ => None,
+        };
+        if !force && (serving == Some(version) || before.failed_version == Some(version)) {
+            return Ok(Reloaded::Unchanged { version: serving.unwrap_or(version) });
+        }
         let started = Instant::now();
-        match self.start_backend(spec) {
+        match self.start_backend(&spec, version) {
             Ok(loaded) => {
                 let device = device::name(loaded.device);
-                self.metrics.model_info.with_label_values(&[&spec.name, &loaded.version.to_string(), &device]).set(1);
-                tracing::info!(model = %spec.name, version = loaded.version, %device, seconds = started.elapsed().as_secs_f64(), "model ready");
-                entry.set_state(ModelState::Ready(Arc::new(loaded)));
+                if let ModelState::Ready(old) = &before.state {
+                    let old_labels = [entry.name.as_str(), &old.version.to_string(), &device::name(old.device)];
+                    let _ = self.metrics.model_info.remove_label_values(&old_labels);
+                }
+                self.metrics.model_info.with_label_values(&[&entry.name, &version.to_string(), &device]).set(1);
+                tracing::info!(model = %entry.name, version, previous = ?serving, %device, seconds = started.elapsed().as_secs_f64(), "model ready");
+                entry.update(|current| {
+                    *current = Current {
+                        spec: Arc::new(spec),
+                        state: ModelState::Ready(Arc::new(loaded)),
+                        last_error: None,
+                        failed_version: None,
+                    }
+                });
+                Ok(Reloaded::Swapped { version, previous: serving })
             }
-            Err(e) => {
-                tracing::error!(model = %spec.name, error = %e, "model failed to load");
-                entry.set_state(ModelState::Failed(e.to_string()));
-            }
+            Err(e) => Err(self.keep_serving(entry, &before, Some(version), e)),
         }
     }
 
-    fn start_backend(&self, spec: &ModelSpec) -> Result<Loaded, EngineError> {
+    /// Records a failed load: a model still serving an older version keeps it (the error is reported beside it);
+    /// one that was not serving is `Failed`.
+    fn keep_serving(
+        &self,
+        entry: &ModelEntry,
+        before: &Current,
+        version: Option<u64>,
+        error: EngineError,
+    ) -> EngineError {
+        let message = error.to_string();
+        if before.last_error.as_deref() != Some(message.as_str()) {
+            tracing::error!(model = %entry.name, error = %message, "model failed to load");
+        }
+        entry.update(|current| {
+            current.last_error = Some(message.clone());
+            current.failed_version = version.or(current.failed_version);
+            if !matches!(current.state, ModelState::Ready(_)) {
+                current.state = ModelState::Failed(message.clone());
+            }
+        });
+        error
+    }
+
+    fn start_backend(&self, spec: &ModelSpec, version: u64) -> Result<Loaded, EngineError> {
         let load_error = |message: String| EngineError::Load { model: spec.name.clone(), message };
-        let version = spec.served_version().ok_or_else(|| {
-            load_error(format!(
-                "{} has no version folder with a model.pt (run the setup: make models)",
-                spec.dir.display()
-            ))
-        })?;
+        let spec = spec.at_version(version).map_err(|e| load_error(e.to_string()))?;
         let device = device::resolve(spec.config.device, self.server_device).map_err(load_error)?;
         let worker = WorkerSpec {
             model: spec.name.clone(),
@@ -120,39 +247,97 @@ impl Registry {
             optimize: spec.config.optimize,
             batching: spec.config.batching.clone(),
         };
-        let backend = Backend::start(spec, worker, &self.metrics)?;
+        let backend = Backend::start(&spec, worker, &self.metrics)?;
         Ok(Loaded { version, device, backend })
     }
 
-    pub fn get(&self, name: &str) -> Option<&Arc<ModelEntry>> {
-        self.entries.get(name)
+    /// A model folder that appeared after startup (or was named to the admin API) joins the registry.
+    fn add_from_disk(&self, name: &str) -> Result<Arc<ModelEntry>, EngineError> {
+        let not_found = |message: String| EngineError::NotFound { model: name.to_string(), message };
+        repository::check_model_name(name).map_err(not_found)?;
+        let dir = self.root.join(name);
+        if !dir.join("model.toml").is_file() {
+            return Err(not_found(format!("{} holds no model.toml", dir.display())));
+        }
+        let spec = repository::read_model(&dir)
+            .map_err(|e| EngineError::Load { model: name.to_string(), message: e.to_string() })?;
+        let mut entries = self.entries.write().unwrap_or_else(|e| e.into_inner());
+        Ok(Arc::clone(entries.entry(name.to_string()).or_insert_with(|| Arc::new(ModelEntry::new(spec)))))
     }
 
-    pub fn entries(&self) -> impl Iterator<Item = &Arc<ModelEntry>> {
-        self.entries.values()
+    /// Takes a model out of service; its in-flight requests finish first.
+    pub fn unload(&self, name: &str) -> Result<(), EngineError> {
+        let entry = self.get(name).ok_or_else(|| EngineError::NotFound {
+            model: name.to_string(),
+            message: format!("model `{name}` is not loaded"),
+        })?;
+        let _changing = entry.changing.lock().unwrap_or_else(|e| e.into_inner());
+        if let ModelState::Ready(old) = entry.state() {
+            let _ = self.metrics.model_info.remove_label_values(&[
+                name,
+                &old.version.to_string(),
+                &device::name(old.device),
+            ]);
+        }
+        entry.update(|current| current.state = ModelState::Unloaded);
+        tracing::info!(model = %name, "model unloaded");
+        Ok(())
     }
 
-    pub fn names(&self) -> Vec<&str> {
-        self.entries.keys().map(String::as_str).collect()
+    /// Looks at the repository once: a model whose folder now names another version (a new one, or a pin in
+    /// model.toml) swaps to it, and a new model folder is loaded. Models busy loading are skipped this time.
+    pub fn poll_repository(&self) {
+        for entry in self.entries() {
+            if matches!(entry.state(), ModelState::Unloaded) || entry.changing.try_lock().is_err() {
+                continue;
+            }
+            let _ = self.reload_entry(&entry, false);
+        }
+        let Ok(dirs) = std::fs::read_dir(&self.root) else { return };
+        for dir in dirs.filter_map(|d| d.ok().map(|d| d.path())) {
+            let name = dir.file_name().and_then(|n| n.to_str()).unwrap_or_default().to_string();
+            if !name.starts_with('.') && dir.join("model.toml").is_file() && self.get(&name).is_none() {
+                tracing::info!(model = %name, "new model folder found");
+                let _ = self.reload(&name, true);
+            }
+        }
     }
 
-    /// The model that answers a task's short route.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    pub fn get(&self, name: &str) -> Option<Arc<ModelEntry>> {
+        self.entries.read().unwrap_or_else(|e| e.into_inner()).get(name).cloned()
+    }
+
+    pub fn entries(&self) -> Vec<Arc<ModelEntry>> {
+        self.entries.read().unwrap_or_else(|e| e.into_inner()).values().cloned().collect()
+    }
+
+    pub fn names(&self) -> Vec<String> {
+        self.entries.read().unwrap_or_else(|e| e.into_inner()).keys().cloned().collect()
+    }
+
+    /// The model that answers a task's short route (as chosen at startup).
     pub fn default_for(&self, task: TaskKind) -> Option<&str> {
-        self.repository.defaults.get(&task).map(String::as_str)
+        self.defaults.get(&task).map(String::as_str)
     }
 
-    /// Models that are not ready yet, with their state; empty when the server is ready.
+    /// Models that should serve but are not ready yet, with their state; empty when the server is ready.
+    /// An unloaded model was taken out on purpose and does not hold readiness back.
     pub fn not_ready(&self) -> Vec<(String, ModelState)> {
-        self.entries
-            .values()
-            .map(|entry| (entry.spec.name.clone(), entry.state()))
-            .filter(|(_, state)| !matches!(state, ModelState::Ready(_)))
+        self.entries()
+            .into_iter()
+            .map(|entry| (entry.name.clone(), entry.state()))
+            .filter(|(_, state)| !matches!(state, ModelState::Ready(_) | ModelState::Unloaded))
             .collect()
     }
 
     /// Finishes every queued request and stops every worker. Blocks.
     pub fn shutdown(&self) {
-        for entry in self.entries.values() {
+        self.stopping.store(true, Ordering::SeqCst);
+        for entry in self.entries() {
             if let ModelState::Ready(loaded) = entry.state() {
                 loaded.backend.shutdown();
             }

@@ -159,7 +159,7 @@ async fn read_multipart<const N: usize>(
         match data {
             None => return Err(ApiError::BadRequest(format!("the multipart body has no field `{name}`: {accepted}"))),
             Some(data) if data.is_empty() => {
-                return Err(ApiError::BadRequest(format!("the image `{name}` is empty (0 bytes)")))
+                return Err(ApiError::BadRequest(format!("the file `{name}` is empty (0 bytes)")))
             }
             Some(_) => {}
         }

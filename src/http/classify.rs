@@ -9,7 +9,7 @@ use super::body::read_image_upload;
 use super::v1::on_default_model;
 use super::{off_runtime, wrong_backend, AppState};
 use crate::error::ApiError;
-use crate::tasks::classify::{Prediction, DEFAULT_TOP_K};
+use crate::tasks::classify::Prediction;
 use crate::tasks::{Backend, TaskKind};
 
 #[derive(Deserialize)]
@@ -43,7 +43,7 @@ async fn classify(state: &AppState, name: &str, request: Request) -> Result<Json
     let upload = read_image_upload(request, state.limits.max_body_bytes).await?;
     let params: ClassifyParams = upload.params()?;
     let classifier = pool.task().clone();
-    let top_k = classifier.validate_top_k(params.top_k.unwrap_or(DEFAULT_TOP_K))?;
+    let top_k = classifier.validate_top_k(params.top_k)?;
 
     pool.check_room()?;
     // Decoding and resizing take milliseconds of CPU: keep them off the async workers.

@@ -1,5 +1,6 @@
 //! The HTTP surface: `router(state)` joins the route families and the middleware every route shares.
 
+pub mod admin;
 mod body;
 mod classify;
 mod generate;
@@ -48,11 +49,13 @@ pub struct AppState {
     pub registry: Arc<Registry>,
     pub metrics: Arc<Metrics>,
     pub limits: Limits,
+    /// Present only when an admin token is set.
+    pub admin: Option<admin::Admin>,
 }
 
 impl AppState {
     /// The named model, or a 404 that lists the models there are.
-    fn model(&self, name: &str) -> Result<&Arc<ModelEntry>, ApiError> {
+    fn model(&self, name: &str) -> Result<Arc<ModelEntry>, ApiError> {
         self.registry.get(name).ok_or_else(|| {
             ApiError::NotFound(format!("model `{name}` does not exist; models: {}", self.registry.names().join(", ")))
         })
@@ -61,7 +64,7 @@ impl AppState {
     /// The named model's loaded version, if the model exists, does `task` and is ready.
     fn ready_model(&self, name: &str, task: TaskKind) -> Result<Arc<Loaded>, ApiError> {
         let entry = self.model(name)?;
-        let actual = entry.spec.config.task;
+        let actual = entry.spec().config.task;
         if actual != task {
             return Err(ApiError::BadRequest(format!(
                 "model `{name}` is a {actual} model; this route needs a {task} model"
@@ -75,6 +78,9 @@ impl AppState {
             ModelState::Failed(message) => {
                 Err(ApiError::Unavailable(format!("model `{name}` is not available: {message}")))
             }
+            ModelState::Unloaded => Err(ApiError::Unavailable(format!(
+                "model `{name}` is unloaded; an operator can serve it again with POST /admin/models/{name}/load"
+            ))),
         }
     }
 
@@ -133,6 +139,7 @@ pub fn router(state: AppState) -> Router {
     let metrics = Arc::clone(&state.metrics);
     Router::new()
         .merge(v1::routes())
+        .merge(admin::routes(state.clone()))
         .merge(ops::routes())
         .fallback(no_route)
         .method_not_allowed_fallback(method_not_allowed)

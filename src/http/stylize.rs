@@ -67,15 +67,16 @@ async fn read_stylize_request(state: &AppState, request: Request) -> Result<(Byt
 /// The model a `style` parameter names; a 404 lists the styles there are.
 fn style_model(state: &AppState, style: &str) -> Result<String, ApiError> {
     let is_style_model =
-        |name: &str| state.registry.get(name).is_some_and(|entry| entry.spec.config.task == TaskKind::StyleTransfer);
+        |name: &str| state.registry.get(name).is_some_and(|entry| entry.spec().config.task == TaskKind::StyleTransfer);
     let prefixed = format!("{STYLE_MODEL_PREFIX}{style}");
     let found = [style, prefixed.as_str()].into_iter().find(|name| is_style_model(name)).map(str::to_string);
     found.ok_or_else(|| {
-        let styles: Vec<&str> = state
+        let styles: Vec<String> = state
             .registry
             .entries()
-            .filter(|entry| entry.spec.config.task == TaskKind::StyleTransfer)
-            .map(|entry| entry.spec.name.as_str())
+            .into_iter()
+            .filter(|entry| entry.spec().config.task == TaskKind::StyleTransfer)
+            .map(|entry| entry.name.clone())
             .collect();
         ApiError::NotFound(format!("style `{style}` does not exist; styles: {}", styles.join(", ")))
     })

@@ -49,8 +49,9 @@ struct ModelInfo {
     versions: Vec<u64>,
     /// The version answering requests (null until loaded).
     served_version: Option<u64>,
-    /// loading | ready | failed
+    /// loading | ready | failed | unloaded
     state: &'static str,
+    /// Why the model failed, or why a newer version could not replace the one serving.
     #[serde(skip_serializing_if = "Option::is_none")]
     error: Option<String>,
     device: Option<String>,
@@ -82,12 +83,15 @@ impl From<&BatchingConfig> for BatchingInfo {
 }
 
 fn model_info(state: &AppState, entry: &ModelEntry) -> ModelInfo {
-    let spec = &entry.spec;
-    let model_state = entry.state();
-    let (served_version, device, error) = match &model_state {
-        ModelState::Ready(loaded) => (Some(loaded.version), Some(device::name(loaded.device)), None),
-        ModelState::Failed(message) => (None, None, Some(message.clone())),
-        ModelState::Loading => (None, None, None),
+    let current = entry.current();
+    let spec = &current.spec;
+    let (served_version, device) = match &current.state {
+        ModelState::Ready(loaded) => (Some(loaded.version), Some(device::name(loaded.device))),
+        _ => (None, None),
+    };
+    let error = match &current.state {
+        ModelState::Failed(message) => Some(message.clone()),
+        _ => current.last_error.clone(),
     };
     ModelInfo {
         name: spec.name.clone(),
@@ -95,7 +99,7 @@ fn model_info(state: &AppState, entry: &ModelEntry) -> ModelInfo {
         description: spec.config.description.clone(),
         versions: spec.versions.clone(),
         served_version,
-        state: model_state.name(),
+        state: current.state.name(),
         error,
         device,
         default: state.registry.default_for(spec.config.task) == Some(spec.name.as_str()),
@@ -109,10 +113,10 @@ struct ModelList {
 }
 
 async fn list_models(State(state): State<AppState>) -> Json<ModelList> {
-    Json(ModelList { models: state.registry.entries().map(|entry| model_info(&state, entry)).collect() })
+    Json(ModelList { models: state.registry.entries().iter().map(|entry| model_info(&state, entry)).collect() })
 }
 
 async fn describe_model(State(state): State<AppState>, Path(name): Path<String>) -> Response {
-    let result = state.model(&name).map(|entry| Json(model_info(&state, entry)));
+    let result = state.model(&name).map(|entry| Json(model_info(&state, &entry)));
     state.with_model_label(&name, result)
 }

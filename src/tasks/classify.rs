@@ -32,9 +32,11 @@ impl ImageClassifier {
         image::to_normalized_tensor(decoded, &self.preprocessing)
     }
 
-    /// `top_k` must lie in 1..=number of labels.
-    pub fn validate_top_k(&self, top_k: i64) -> Result<usize, ApiError> {
+    /// `top_k` must lie in 1..=number of labels; absent, it is 5 or the number of labels if fewer (a model
+    /// fine-tuned onto two classes answers with both).
+    pub fn validate_top_k(&self, top_k: Option<i64>) -> Result<usize, ApiError> {
         let classes = self.labels.len();
+        let top_k = top_k.unwrap_or(DEFAULT_TOP_K.min(classes as i64));
         usize::try_from(top_k)
             .ok()
             .filter(|k| (1..=classes).contains(k))

@@ -91,27 +91,33 @@ pub fn center_crop_offset(size: u32, crop: u32) -> u32 {
 
 /// Resize (bilinear with antialiasing, as PIL does), centre crop and normalise into a `[3, crop, crop]` tensor.
 pub fn to_normalized_tensor(image: DynamicImage, prep: &ImagePreprocessing) -> Result<Tensor, ApiError> {
+    let cropped = resize_and_crop(image, prep)?;
+    let plane = (prep.crop * prep.crop) as usize;
+    let mut chw = vec![0f32; 3 * plane];
+    let scale: [f32; 3] = std::array::from_fn(|c| 1.0 / (255.0 * prep.std[c]));
+    let shift: [f32; 3] = std::array::from_fn(|c| prep.mean[c] / prep.std[c]);
+    for (i, pixel) in cropped.as_raw().chunks_exact(3).enumerate() {
+        for c in 0..3 {
+            chw[c * plane + i] = f32::from(pixel[c]) * scale[c] - shift[c];
+        }
+    }
+    let crop = i64::from(prep.crop);
+    Ok(Tensor::from_slice(&chw).view([3, crop, crop]))
+}
+
+/// torchvision's `Resize(prep.resize)` then `CenterCrop(prep.crop)`, as 8-bit RGB (training keeps its images so,
+/// a quarter of the memory of normalised floats).
+pub fn resize_and_crop(image: DynamicImage, prep: &ImagePreprocessing) -> Result<RgbImage, ApiError> {
     let rgb: RgbImage = image.into_rgb8(); // no copy when it already is 8-bit RGB
     let (width, height) = rgb.dimensions();
     let (new_width, new_height) = resized_dimensions(width, height, prep.resize);
     let resized =
         if (new_width, new_height) == (width, height) { rgb } else { resize_bilinear(rgb, new_width, new_height)? };
-    let crop = prep.crop as usize;
-    let (left, top) =
-        (center_crop_offset(new_width, prep.crop) as usize, center_crop_offset(new_height, prep.crop) as usize);
-    let plane = crop * crop;
-    let mut chw = vec![0f32; 3 * plane];
-    let scale: [f32; 3] = std::array::from_fn(|c| 1.0 / (255.0 * prep.std[c]));
-    let shift: [f32; 3] = std::array::from_fn(|c| prep.mean[c] / prep.std[c]);
-    let row_bytes = new_width as usize * 3;
-    for (y, row) in resized.as_raw().chunks_exact(row_bytes).skip(top).take(crop).enumerate() {
-        for (x, pixel) in row[left * 3..(left + crop) * 3].chunks_exact(3).enumerate() {
-            for c in 0..3 {
-                chw[c * plane + y * crop + x] = f32::from(pixel[c]) * scale[c] - shift[c];
-            }
-        }
+    if (new_width, new_height) == (prep.crop, prep.crop) {
+        return Ok(resized);
     }
-    Ok(Tensor::from_slice(&chw).view([3, crop as i64, crop as i64]))
+    let (left, top) = (center_crop_offset(new_width, prep.crop), center_crop_offset(new_height, prep.crop));
+    Ok(image::imageops::crop_imm(&resized, left, top, prep.crop, prep.crop).to_image())
 }
 
 /// PIL's BILINEAR resize: a triangle kernel widened by the scale factor when shrinking (antialiasing), in

@@ -25,6 +25,7 @@ pub struct TextClassifier {
 }
 
 /// One text's token ids, special tokens included, truncated to the model's maximum.
+#[derive(Clone)]
 pub struct TokenizedText(Vec<i64>);
 
 #[derive(Debug, Serialize)]
@@ -71,7 +72,7 @@ impl TextClassifier {
 }
 
 /// Stacks token id rows into `[batch, longest]` ids and a mask with 0 over the padding.
-fn pad_batch(inputs: &[TokenizedText]) -> (Tensor, Tensor) {
+pub(crate) fn pad_batch(inputs: &[TokenizedText]) -> (Tensor, Tensor) {
     let longest = inputs.iter().map(|t| t.0.len()).max().unwrap_or(0);
     let mut ids = vec![0i64; inputs.len() * longest];
     let mut mask = vec![0i64; inputs.len() * longest];

@@ -1,0 +1,195 @@
+//! The admin API (only with `--admin-token` / `EMBER_ADMIN_TOKEN`): load, unload and reload models, and fine-tuning
+//! jobs. Every route needs `Authorization: Bearer <token>`, compared in constant time.
+
+use axum::extract::{Path, Query, Request, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::Deserialize;
+use serde_json::json;
+
+use super::body::read_multipart_images;
+use super::{off_runtime, AppState};
+use crate::engine::registry::Reloaded;
+use crate::error::ApiError;
+use crate::jobs::{JobData, Jobs};
+use crate::tasks::TaskKind;
+use crate::train::upload::{self, UnpackLimits};
+use crate::train::{DataSource, TrainSettings};
+
+/// What the admin routes need beyond the rest of the server.
+#[derive(Clone)]
+pub struct Admin {
+    pub token: String,
+    pub jobs: Jobs,
+    pub max_upload_bytes: usize,
+    pub unpack: UnpackLimits,
+}
+
+pub fn routes(state: AppState) -> Router<AppState> {
+    Router::new()
+        .route("/admin/models/{name}/load", post(load))
+        .route("/admin/models/{name}/unload", post(unload))
+        .route("/admin/models/{name}/reload", post(reload))
+        .route("/admin/models/{name}/fine-tune", post(fine_tune))
+        .route("/admin/jobs", get(list_jobs))
+        .route("/admin/jobs/{id}", get(job).delete(cancel_job))
+        .route_layer(middleware::from_fn_with_state(state, require_token))
+}
+
+fn admin(state: &AppState) -> Result<&Admin, ApiError> {
+    state.admin.as_ref().ok_or_else(|| {
+        ApiError::NotFound("the admin API is off: start ember with --admin-token or EMBER_ADMIN_TOKEN".into())
+    })
+}
+
+async fn require_token(State(state): State<AppState>, headers: HeaderMap, request: Request, next: Next) -> Response {
+    let admin = match admin(&state) {
+        Ok(admin) => admin,
+        Err(e) => return e.into_response(),
+    };
+    let presented =
+        headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer "));
+    match presented {
+        Some(token) if constant_time_eq(token.as_bytes(), admin.token.as_bytes()) => next.run(request).await,
+        Some(_) => unauthorized("the bearer token is wrong"),
+        None => unauthorized("send the admin token as `Authorization: Bearer <token>`"),
+    }
+}
+
+fn unauthorized(message: &str) -> Response {
+    let mut response = ApiError::Unauthorized(message.to_string()).into_response();
+    response.headers_mut().insert(header::WWW_AUTHENTICATE, header::HeaderValue::from_static("Bearer"));
+    response
+}
+
+/// Equal-length inputs take the same time whatever they hold; the length of the token is not secret.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// Loads (or swaps to) what the repository names for `name`, and says what is served now.
+async fn change(state: AppState, name: String, force: bool) -> Result<Json<serde_json::Value>, ApiError> {
+    let registry = std::sync::Arc::clone(&state.registry);
+    let model = name.clone();
+    let reloaded =
+        off_runtime("loading the model", move || registry.reload(&model, force).map_err(ApiError::from)).await?;
+    Ok(Json(match reloaded {
+        Reloaded::Swapped { version, previous } => {
+            json!({"model": name, "version": version, "previous_version": previous, "changed": true})
+        }
+        Reloaded::Unchanged { version } => json!({"model": name, "version": version, "changed": false}),
+    }))
+}
+
+async fn load(State(state): State<AppState>, Path(name): Path<String>) -> Result<Json<serde_json::Value>, ApiError> {
+    change(state, name, false).await
+}
+
+async fn reload(State(state): State<AppState>, Path(name): Path<String>) -> Result<Json<serde_json::Value>, ApiError> {
+    change(state, name, true).await
+}
+
+async fn unload(State(state): State<AppState>, Path(name): Path<String>) -> Result<Json<serde_json::Value>, ApiError> {
+    state.registry.unload(&name)?;
+    Ok(Json(json!({"model": name, "state": "unloaded"})))
+}
+
+#[derive(Deserialize)]
+struct FineTuneQuery {
+    /// false: save the new version without serving it.
+    #[serde(default = "yes")]
+    publish: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// multipart: `data` (zip or tar.gz of an image folder or text files, or one CSV / JSONL / text file) and an
+/// optional `settings` JSON object with the settings of `ember train`. Answers 202 with the job.
+async fn fine_tune(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+    Query(query): Query<FineTuneQuery>,
+    request: Request,
+) -> Result<Response, ApiError> {
+    let admin = admin(&state)?.clone();
+    let entry = state.model(&name)?;
+    let task = entry.spec().config.task;
+    let single_file = match task {
+        TaskKind::ImageClassification => None,
+        TaskKind::TextClassification => Some("data.csv"),
+        TaskKind::TextGeneration => Some("data.txt"),
+        other => {
+            return Err(ApiError::Validation(format!(
+                "model `{name}` is a {other} model: ember cannot fine-tune those yet"
+            )))
+        }
+    };
+    let ([data], mut params) = read_multipart_images(request, admin.max_upload_bytes, ["data"]).await?;
+    let settings: TrainSettings = match params.remove("settings") {
+        None => TrainSettings::default(),
+        Some(serde_json::Value::String(text)) => {
+            let mut deserializer = serde_json::Deserializer::from_str(&text);
+            serde_path_to_error::deserialize(&mut deserializer)
+                .map_err(|e| ApiError::Validation(format!("settings: {e}")))?
+        }
+        Some(other) => return Err(ApiError::Validation(format!("settings must be a JSON object, got {other}"))),
+    };
+    if let Some(field) = params.keys().next() {
+        return Err(ApiError::Validation(format!("unknown multipart field `{field}`: send `data` and `settings`")));
+    }
+    settings.validate().map_err(|e| ApiError::Validation(format!("settings: {e}")))?;
+    let limits = admin.unpack;
+    let model = name.clone();
+    let job_data = off_runtime("unpacking the upload", move || {
+        let folder = tempfile::Builder::new()
+            .prefix("ember-fine-tune-")
+            .tempdir()
+            .map_err(|e| ApiError::Internal(format!("cannot create a folder for the upload: {e}")))?;
+        let name = match single_file {
+            Some(name) if data.trim_ascii_start().starts_with(b"{") && name == "data.csv" => "data.jsonl",
+            Some(name) => name,
+            None => "data.bin",
+        };
+        let unpacked =
+            upload::unpack(&data, name, folder.path(), limits).map_err(|e| ApiError::BadRequest(e.to_string()))?;
+        if single_file.is_none() && matches!(unpacked, upload::Unpacked::File(_)) {
+            return Err(ApiError::BadRequest(format!(
+                "model `{model}` learns from images: upload a zip or tar.gz of a folder with one subfolder per label"
+            )));
+        }
+        Ok(JobData { source: DataSource { path: unpacked.path().to_path_buf(), class_names: None }, folder })
+    })
+    .await?;
+    let status = admin.jobs.submit(&name, job_data, settings, query.publish)?;
+    let location = format!("/admin/jobs/{}", status.id);
+    Ok((StatusCode::ACCEPTED, [(header::LOCATION, location)], Json(status)).into_response())
+}
+
+async fn list_jobs(State(state): State<AppState>) -> Result<Json<serde_json::Value>, ApiError> {
+    Ok(Json(json!({"jobs": admin(&state)?.jobs.list()})))
+}
+
+async fn job(State(state): State<AppState>, Path(id): Path<u64>) -> Result<Response, ApiError> {
+    Ok(Json(admin(&state)?.jobs.get(id)?).into_response())
+}
+
+async fn cancel_job(State(state): State<AppState>, Path(id): Path<u64>) -> Result<Response, ApiError> {
+    Ok(Json(admin(&state)?.jobs.cancel(id)?).into_response())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::constant_time_eq;
+
+    #[test]
+    fn tokens_compare_by_content_and_length() {
+        assert!(constant_time_eq(b"secret", b"secret"));
+        assert!(!constant_time_eq(b"secret", b"secreT"));
+        assert!(!constant_time_eq(b"secret", b"secret2"));
+    }
+}

@@ -1,0 +1,301 @@
+//! Fine-tuning jobs of the admin API. One job trains at a time, on a thread of its own at the lowest CPU priority
+//! (nice 19) with bounded intra-op threads, so serving goes on; later jobs wait in a short queue, and beyond it
+//! a submission is refused (429). A finished job publishes its version (the registry swaps to it) unless it was
+//! asked only to save it.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use serde::Serialize;
+
+use crate::engine::Registry;
+use crate::error::ApiError;
+use crate::metrics::Metrics;
+use crate::train::{self, Cancel, DataSource, Progress, Snapshot, TrainError, TrainJob, TrainSettings};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum JobState {
+    Queued,
+    Running,
+    Succeeded,
+    Failed,
+    Cancelled,
+}
+
+impl JobState {
+    const ALL: [JobState; 5] =
+        [JobState::Queued, JobState::Running, JobState::Succeeded, JobState::Failed, JobState::Cancelled];
+
+    fn name(self) -> &'static str {
+        match self {
+            JobState::Queued => "queued",
+            JobState::Running => "running",
+            JobState::Succeeded => "succeeded",
+            JobState::Failed => "failed",
+            JobState::Cancelled => "cancelled",
+        }
+    }
+}
+
+/// What `GET /admin/jobs/{id}` answers.
+#[derive(Debug, Clone, Serialize)]
+pub struct JobStatus {
+    pub id: u64,
+    pub model: String,
+    pub state: JobState,
+    /// Epoch, step, loss, throughput, ETA, and the validation measure of every finished epoch.
+    pub progress: Snapshot,
+    /// Why it failed.
+    pub error: Option<String>,
+    /// The version written, once succeeded.
+    pub version: Option<u64>,
+    /// Whether the version is served (false when the job was asked only to save it).
+    pub publish: bool,
+    pub settings: TrainSettings,
+    /// Unix seconds.
+    pub created_at: f64,
+    pub started_at: Option<f64>,
+    pub finished_at: Option<f64>,
+}
+
+/// A job's data, unpacked into a folder of its own that goes away with the job.
+pub struct JobData {
+    pub source: DataSource,
+    pub folder: tempfile::TempDir,
+}
+
+struct Job {
+    status: Mutex<JobStatus>,
+    cancel: Cancel,
+    data: Mutex<Option<JobData>>,
+}
+
+impl Job {
+    fn status(&self) -> MutexGuard<'_, JobStatus> {
+        self.status.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+impl Progress for Job {
+    fn step(&self, snapshot: &Snapshot) {
+        self.status().progress = snapshot.clone();
+    }
+
+    fn epoch(&self, snapshot: &Snapshot) {
+        self.step(snapshot)
+    }
+
+    fn note(&self, message: &str) {
+        tracing::info!(job = self.status().id, "{message}");
+    }
+}
+
+#[derive(Default)]
+struct Queue {
+    jobs: BTreeMap<u64, Arc<Job>>,
+    waiting: VecDeque<Arc<Job>>,
+    next_id: u64,
+}
+
+struct Shared {
+    queue: Mutex<Queue>,
+    wake: Condvar,
+    registry: Arc<Registry>,
+    metrics: Arc<Metrics>,
+    max_waiting: usize,
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, Queue> {
+        self.queue.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// `ember_fine_tune_jobs{state}`: how many jobs are in each state.
+    fn count_states(&self, queue: &Queue) {
+        for state in JobState::ALL {
+            let n = queue.jobs.values().filter(|job| job.status().state == state).count();
+            self.metrics.fine_tune_jobs.with_label_values(&[state.name()]).set(n as i64);
+        }
+    }
+}
+
+#[derive(Clone)]
+pub struct Jobs {
+    shared: Arc<Shared>,
+}
+
+fn now() -> f64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs_f64()).unwrap_or(0.0)
+}
+
+impl Jobs {
+    /// Starts the runner thread. `max_waiting` jobs may queue behind the running one.
+    pub fn start(registry: Arc<Registry>, metrics: Arc<Metrics>, max_waiting: usize) -> Jobs {
+        let shared = Arc::new(Shared { queue: Mutex::default(), wake: Condvar::new(), registry, metrics, max_waiting });
+        let runner = Arc::clone(&shared);
+        let spawned = std::thread::Builder::new().name("ember-fine-tune".into()).spawn(move || run_jobs(&runner));
+        if let Err(e) = spawned {
+            tracing::error!(error = %e, "cannot start the fine-tuning thread: jobs will stay queued");
+        }
+        Jobs { shared }
+    }
+
+    /// Queues a job; refused with 429 when `max_waiting` jobs wait already.
+    pub fn submit(
+        &self,
+        model: &str,
+        data: JobData,
+        settings: TrainSettings,
+        publish: bool,
+    ) -> Result<JobStatus, ApiError> {
+        let mut queue = self.shared.lock();
+        if queue.waiting.len() >= self.shared.max_waiting {
+            return Err(ApiError::Overloaded {
+                message: format!(
+                    "{} fine-tuning job(s) already wait behind the running one; retry when one finishes (GET /admin/jobs)",
+                    queue.waiting.len()
+                ),
+                retry_after_secs: 60,
+            });
+        }
+        queue.next_id += 1;
+        let status = JobStatus {
+            id: queue.next_id,
+            model: model.to_string(),
+            state: JobState::Queued,
+            progress: Snapshot { epochs: settings.epochs, ..Snapshot::default() },
+            error: None,
+            version: None,
+            publish,
+            settings,
+            created_at: now(),
+            started_at: None,
+            finished_at: None,
+        };
+        let job = Arc::new(Job {
+            status: Mutex::new(status.clone()),
+            cancel: Cancel::default(),
+            data: Mutex::new(Some(data)),
+        });
+        queue.jobs.insert(status.id, Arc::clone(&job));
+        queue.waiting.push_back(job);
+        self.shared.count_states(&queue);
+        drop(queue);
+        self.shared.wake.notify_one();
+        Ok(status)
+    }
+
+    pub fn list(&self) -> Vec<JobStatus> {
+        self.shared.lock().jobs.values().map(|job| job.status().clone()).collect()
+    }
+
+    pub fn get(&self, id: u64) -> Result<JobStatus, ApiError> {
+        let queue = self.shared.lock();
+        let job = queue.jobs.get(&id).ok_or_else(|| ApiError::NotFound(format!("no fine-tuning job {id}")))?;
+        let status = job.status().clone();
+        Ok(status)
+    }
+
+    /// A waiting job is cancelled at once; a running one stops at its next step and leaves no version.
+    pub fn cancel(&self, id: u64) -> Result<JobStatus, ApiError> {
+        let mut queue = self.shared.lock();
+        let job =
+            Arc::clone(queue.jobs.get(&id).ok_or_else(|| ApiError::NotFound(format!("no fine-tuning job {id}")))?);
+        job.cancel.cancel();
+        if let Some(position) = queue.waiting.iter().position(|waiting| Arc::ptr_eq(waiting, &job)) {
+            queue.waiting.remove(position);
+            finish(&job, JobState::Cancelled, None);
+            self.shared.count_states(&queue);
+        }
+        let status = job.status().clone();
+        Ok(status)
+    }
+}
+
+fn finish(job: &Job, state: JobState, error: Option<String>) {
+    job.data.lock().unwrap_or_else(PoisonError::into_inner).take(); // removes the unpacked upload
+    let mut status = job.status();
+    status.state = state;
+    status.error = error;
+    status.finished_at = Some(now());
+}
+
+fn run_jobs(shared: &Shared) {
+    lower_priority();
+    loop {
+        let job = {
+            let mut queue = shared.lock();
+            loop {
+                if let Some(job) = queue.waiting.pop_front() {
+                    break job;
+                }
+                queue = shared.wake.wait(queue).unwrap_or_else(PoisonError::into_inner);
+            }
+        };
+        {
+            let mut status = job.status();
+            status.state = JobState::Running;
+            status.started_at = Some(now());
+        }
+        shared.count_states(&shared.lock());
+        let outcome = run_one(shared, &job);
+        match outcome {
+            Ok(version) => {
+                job.status().version = Some(version);
+                finish(&job, JobState::Succeeded, None);
+            }
+            Err(TrainError::Cancelled) => finish(&job, JobState::Cancelled, None),
+            Err(e) => finish(&job, JobState::Failed, Some(e.to_string())),
+        }
+        shared.count_states(&shared.lock());
+    }
+}
+
+fn run_one(shared: &Shared, job: &Job) -> Result<u64, TrainError> {
+    let (model, mut settings, publish, id) = {
+        let status = job.status();
+        (status.model.clone(), status.settings.clone(), status.publish, status.id)
+    };
+    // Bounded: a job never takes more than one core unless asked to.
+    if settings.threads == 0 {
+        settings.threads = 1;
+    }
+    let source = match job.data.lock().unwrap_or_else(PoisonError::into_inner).as_ref() {
+        Some(data) => data.source.clone(),
+        None => return Err(TrainError::Cancelled),
+    };
+    let train_job = TrainJob {
+        repo: shared.registry.root().to_path_buf(),
+        model: model.clone(),
+        version: None,
+        into: None,
+        hold: !publish,
+        data: source,
+        settings,
+        device: tch::Device::Cpu,
+    };
+    tracing::info!(job = id, model = %model, "fine-tuning job started");
+    let trained = train::train(&train_job, job, &job.cancel)?;
+    if publish {
+        // The watcher may have swapped already; this makes it happen now when it is off.
+        if let Err(e) = shared.registry.reload(&model, false) {
+            tracing::error!(job = id, model = %model, error = %e, "the new version was saved but could not be served");
+        }
+    }
+    tracing::info!(job = id, model = %model, version = trained.version, publish, "fine-tuning job succeeded");
+    Ok(trained.version)
+}
+
+/// nice 19 for this thread and the threads it starts (libtorch's), so serving threads always win the CPU.
+fn lower_priority() {
+    #[cfg(target_os = "linux")]
+    // SAFETY: setpriority on the calling thread's id only changes its scheduling priority.
+    unsafe {
+        let thread = libc::syscall(libc::SYS_gettid) as libc::id_t;
+        if libc::setpriority(libc::PRIO_PROCESS, thread, 19) != 0 {
+            tracing::warn!("cannot lower the fine-tuning thread's priority; serving may slow down during jobs");
+        }
+    }
+}

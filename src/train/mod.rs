@@ -1,0 +1,374 @@
+//! Fine-tuning the served TorchScript models in Rust (`ember train`, `ember eval`, and the admin API's jobs):
+//! datasets, the shared training loop, each task's objective, and publishing the result as a new version.
+
+pub mod cli;
+pub mod data;
+pub mod driver;
+pub mod model;
+pub mod objectives;
+pub mod progress;
+pub mod publish;
+pub mod settings;
+pub mod upload;
+
+use std::path::{Path, PathBuf};
+
+use serde_json::json;
+use tch::Device;
+
+use crate::config::ImagePreprocessing;
+use crate::repository::{ModelSpec, Repository, VersionToml};
+use crate::tasks::sentiment::TextClassifier;
+use crate::tasks::TaskKind;
+use data::{Images, Labelled};
+pub use driver::{Cancel, Fitted};
+use model::TrainableModel;
+use objectives::{Classification, ClassifierInputs, ImageInputs, NextByte, TextInputs};
+pub use progress::{ConsoleProgress, Evaluation, Progress, Snapshot};
+use publish::Staging;
+pub use settings::TrainSettings;
+
+#[derive(Debug, thiserror::Error)]
+pub enum TrainError {
+    /// The data cannot be trained on: missing, empty, one class, unreadable, a label missing.
+    #[error("{0}")]
+    Dataset(String),
+    #[error("{0}")]
+    Settings(String),
+    /// The model cannot be opened or trained (not found, wrong interface).
+    #[error("{0}")]
+    Model(String),
+    #[error("{0}")]
+    Diverged(String),
+    #[error("the run was cancelled")]
+    Cancelled,
+    #[error("{context}: {source}")]
+    Io { context: String, source: std::io::Error },
+    #[error("libtorch: {}", crate::engine::pool::torch_error_summary(&.0.to_string()))]
+    Torch(#[from] tch::TchError),
+}
+
+/// Where the data is: an image folder, an IDX images file, a CSV/JSONL file, or text files.
+#[derive(Debug, Clone)]
+pub struct DataSource {
+    pub path: PathBuf,
+    /// Names of the label values 0, 1, ... of an IDX file (which holds only numbers).
+    pub class_names: Option<Vec<String>>,
+}
+
+/// One fine-tuning run: which model and version it starts from, where the result goes, the data, the settings.
+pub struct TrainJob {
+    pub repo: PathBuf,
+    pub model: String,
+    /// The version to start from; the served one when absent.
+    pub version: Option<u64>,
+    /// Publish as version 1 of this new model instead of the next version of `model`.
+    pub into: Option<String>,
+    /// Save the version but mark it held: it is not served until pinned in model.toml.
+    pub hold: bool,
+    pub data: DataSource,
+    pub settings: TrainSettings,
+    pub device: Device,
+}
+
+#[derive(Debug, Clone)]
+pub struct Trained {
+    pub model: String,
+    pub version: u64,
+    pub dir: PathBuf,
+    pub metrics: serde_json::Value,
+}
+
+/// A model at one version, with that version's labels and preprocessing.
+fn open(repo: &Path, name: &str, version: Option<u64>) -> Result<(ModelSpec, u64), TrainError> {
+    let repository = Repository::scan(repo).map_err(|e| TrainError::Model(e.to_string()))?;
+    let spec = repository
+        .models
+        .into_iter()
+        .find(|m| m.name == name)
+        .ok_or_else(|| TrainError::Model(format!("no model `{name}` in {}", repo.display())))?;
+    let version = match version.or(spec.served_version()) {
+        Some(v) if spec.versions.contains(&v) => v,
+        Some(v) => return Err(TrainError::Model(format!("model `{name}` has no version {v}"))),
+        None => return Err(TrainError::Model(format!("model `{name}` has no version yet (run the setup)"))),
+    };
+    let spec = spec.at_version(version).map_err(|e| TrainError::Model(e.to_string()))?;
+    Ok((spec, version))
+}
+
+fn image_preprocessing(spec: &ModelSpec, image_size: Option<u32>) -> Result<ImagePreprocessing, TrainError> {
+    let prep = spec.config.image.clone().ok_or_else(|| TrainError::Model("the model has no [image] table".into()))?;
+    Ok(match image_size {
+        Some(side) => ImagePreprocessing { resize: side, crop: side, ..prep },
+        None => prep,
+    })
+}
+
+fn load_images(data: &DataSource, prep: &ImagePreprocessing) -> Result<Labelled<Images>, TrainError> {
+    let path = &data.path;
+    if path.is_dir() {
+        data::image_folder(path, prep)
+    } else if path.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.contains("images-idx3")) {
+        data::idx_images(path, data.class_names.clone(), prep)
+    } else if path.exists() {
+        Err(TrainError::Dataset(format!(
+            "{}: expected an image folder (<dir>/<label>/*.jpg|png) or an IDX file (*-images-idx3-ubyte[.gz])",
+            path.display()
+        )))
+    } else {
+        Err(TrainError::Dataset(format!("{} does not exist", path.display())))
+    }
+}
+
+fn load_texts(spec: &ModelSpec, data: &DataSource) -> Result<(Labelled<TextInputs>, usize), TrainError> {
+    let text = spec.config.text.as_ref().ok_or_else(|| TrainError::Model("the model has no [text] table".into()))?;
+    let labels = spec.labels.clone().unwrap_or_default();
+    let tokenizer = TextClassifier::load(&spec.tokenizer_file(), labels, text.max_tokens).map_err(TrainError::Model)?;
+    let texts = data::labelled_texts(&data.path)?;
+    let inputs = TextInputs::new(&texts.examples, &tokenizer)?;
+    Ok((Labelled { examples: inputs, labels: texts.labels, classes: texts.classes }, text.max_tokens))
+}
+
+/// Trains and publishes. The repository is untouched unless the run succeeds.
+pub fn train(job: &TrainJob, progress: &dyn Progress, cancel: &Cancel) -> Result<Trained, TrainError> {
+    job.settings.validate().map_err(TrainError::Settings)?;
+    if job.settings.threads > 0 {
+        tch::set_num_threads(job.settings.threads as i32);
+    }
+    let (spec, base_version) = open(&job.repo, &job.model, job.version)?;
+    let path = spec.model_file(base_version);
+    let mut model = TrainableModel::load(&path, job.device)?;
+    let settings = &job.settings;
+    let mut outputs = Outputs { labels: None, version: VersionToml { image: None, held: job.hold } };
+    let (staging, fitted, data_summary) = match spec.config.task {
+        TaskKind::ImageClassification => {
+            let prep = image_preprocessing(&spec, settings.image_size)?;
+            let images = load_images(&job.data, &prep)?;
+            if settings.image_size.is_some() {
+                outputs.version.image = Some(prep.clone());
+            }
+            let inputs = ImageInputs::new(images.examples, &prep);
+            let data = Labelled { examples: inputs, labels: images.labels, classes: images.classes };
+            classify(job, &spec, &mut model, data, progress, cancel, &mut outputs)?
+        }
+        TaskKind::TextClassification => {
+            let (data, _) = load_texts(&spec, &job.data)?;
+            classify(job, &spec, &mut model, data, progress, cancel, &mut outputs)?
+        }
+        TaskKind::TextGeneration => {
+            let text = data::corpus(&job.data.path)?;
+            let cut = text.len() - ((text.len() as f64 * settings.validation_split) as usize).max(2);
+            if cut < settings.sequence_length + 1 {
+                return Err(TrainError::Dataset(format!(
+                    "{} holds {} bytes: too little for training sequences of {} bytes plus a validation part",
+                    job.data.path.display(),
+                    text.len(),
+                    settings.sequence_length
+                )));
+            }
+            let mut objective = NextByte {
+                train_text: text[..cut].to_vec(),
+                validation_text: text[cut..].to_vec(),
+                sequence_length: settings.sequence_length,
+                device: job.device,
+                seed: settings.seed,
+                draws: 0,
+            };
+            let summary = json!({"training_bytes": cut, "validation_bytes": text.len() - cut});
+            let staging = stage(job, &spec, &outputs)?;
+            let mut optimizer = model.optimizer(settings, None)?;
+            note_start(progress, &job.data, &summary, &model);
+            let fitted = driver::fit(
+                &mut model,
+                &mut optimizer,
+                &mut objective,
+                settings,
+                progress,
+                cancel,
+                &staging.path("model.pt"),
+            )?;
+            (staging, fitted, summary)
+        }
+        other => {
+            return Err(TrainError::Settings(format!("ember train does not train `{other}` models yet")));
+        }
+    };
+    let target = job.into.clone().unwrap_or_else(|| job.model.clone());
+    let metrics = json!({
+        "task": spec.config.task,
+        "trained_by": "ember train",
+        "base": {"model": spec.name, "version": base_version},
+        "data": {"path": job.data.path.display().to_string(), "details": data_summary},
+        "device": crate::engine::device::name(job.device),
+        "trainable_parameters": model.trainable_count(),
+        "before": fitted.before,
+        "history": fitted.history,
+        "best_epoch": fitted.best_epoch,
+        "validation": fitted.best,
+        "stopped": fitted.stopped,
+        "steps": fitted.steps,
+        "training_seconds": fitted.training_seconds,
+        "settings": settings,
+    });
+    staging.write("metrics.json", serde_json::to_string_pretty(&metrics).expect("serialisable").as_bytes())?;
+    staging.write("settings.json", serde_json::to_string_pretty(settings).expect("serialisable").as_bytes())?;
+    if cancel.is_cancelled() {
+        return Err(TrainError::Cancelled);
+    }
+    let (version, dir) = staging.publish()?;
+    progress.note(&format!("published {target} version {version} ({})", dir.display()));
+    Ok(Trained { model: target, version, dir, metrics })
+}
+
+/// Version files beside model.pt that differ from the model-level ones.
+struct Outputs {
+    labels: Option<Vec<String>>,
+    version: VersionToml,
+}
+
+/// Opens the staging folder and writes the version's labels and overrides into it.
+fn stage(job: &TrainJob, spec: &ModelSpec, outputs: &Outputs) -> Result<Staging, TrainError> {
+    let staging = match &job.into {
+        None => Staging::next_version(&spec.dir)?,
+        Some(name) => Staging::new_model(&job.repo.join(name), &new_model_files(spec, name, outputs)?)?,
+    };
+    if let Some(labels) = &outputs.labels {
+        staging.write("labels.txt", (labels.join("\n") + "\n").as_bytes())?;
+    }
+    if outputs.version.image.is_some() || outputs.version.held {
+        staging.write(
+            crate::repository::VERSION_TOML,
+            toml::to_string(&outputs.version).expect("serialisable").as_bytes(),
+        )?;
+    }
+    Ok(staging)
+}
+
+/// model.toml (the base's, neither default nor pinned), labels.txt and tokenizer.json for a new model.
+fn new_model_files(
+    spec: &ModelSpec,
+    name: &str,
+    outputs: &Outputs,
+) -> Result<Vec<(&'static str, Vec<u8>)>, TrainError> {
+    crate::repository::check_model_name(name).map_err(TrainError::Settings)?;
+    let read = |path: PathBuf| {
+        std::fs::read(&path)
+            .map_err(|source| TrainError::Io { context: format!("cannot read {}", path.display()), source })
+    };
+    let text = String::from_utf8(read(spec.dir.join("model.toml"))?).unwrap_or_default();
+    let mut table: toml::Table = toml::from_str(&text).map_err(|e| TrainError::Model(e.to_string()))?;
+    table.remove("default");
+    table.remove("version");
+    table.insert("description".into(), format!("fine-tuned from {} by ember train", spec.name).into());
+    let mut files = vec![("model.toml", toml::to_string(&table).expect("serialisable").into_bytes())];
+    let labels = outputs.labels.clone().or_else(|| spec.labels.clone());
+    if let Some(labels) = labels {
+        files.push(("labels.txt", (labels.join("\n") + "\n").into_bytes()));
+    }
+    if spec.config.task.needs_tokenizer() {
+        files.push(("tokenizer.json", read(spec.tokenizer_file())?));
+    }
+    Ok(files)
+}
+
+fn note_start(progress: &dyn Progress, data: &DataSource, summary: &serde_json::Value, model: &TrainableModel) {
+    progress.note(&format!(
+        "training on {} ({summary}); {} parameters train",
+        data.path.display(),
+        model.trainable_count()
+    ));
+}
+
+/// Shared by image and text classification: fit the labels (keeping the head when the data's label set is the
+/// model's, else a new head), split, train.
+fn classify<I: ClassifierInputs>(
+    job: &TrainJob,
+    spec: &ModelSpec,
+    model: &mut TrainableModel,
+    mut data: Labelled<I>,
+    progress: &dyn Progress,
+    cancel: &Cancel,
+    outputs: &mut Outputs,
+) -> Result<(Staging, Fitted, serde_json::Value), TrainError> {
+    let settings = &job.settings;
+    data.check_trainable(&job.data.path.display().to_string())?;
+    let old_labels = spec.labels.clone().unwrap_or_default();
+    let same_label_set = {
+        let (mut a, mut b) = (data.classes.clone(), old_labels.clone());
+        a.sort();
+        b.sort();
+        a == b
+    };
+    if same_label_set {
+        data.relabel(&old_labels)?;
+    } else {
+        model.resize_head(old_labels.len(), data.classes.len(), settings.seed)?;
+        outputs.labels = Some(data.classes.clone());
+    }
+    let (train, validation) = data::split(data.labels.len(), settings.validation_split, settings.seed)?;
+    let summary = json!({
+        "classes": data.classes,
+        "new_head": !same_label_set,
+        "training_examples": train.len(),
+        "validation_examples": validation.len(),
+    });
+    let staging = stage(job, spec, outputs)?;
+    let mut optimizer = model.optimizer(settings, Some(data.classes.len()))?;
+    note_start(progress, &job.data, &summary, model);
+    let mut objective = Classification { data, train, validation, device: job.device, batch_size: settings.batch_size };
+    let fitted =
+        driver::fit(model, &mut optimizer, &mut objective, settings, progress, cancel, &staging.path("model.pt"))?;
+    Ok((staging, fitted, summary))
+}
+
+/// `ember eval`: the same measure as validation, over a whole dataset, for any version.
+pub fn evaluate(
+    repo: &Path,
+    name: &str,
+    version: Option<u64>,
+    data: &DataSource,
+    settings: &TrainSettings,
+    device: Device,
+) -> Result<(u64, Evaluation), TrainError> {
+    if settings.threads > 0 {
+        tch::set_num_threads(settings.threads as i32);
+    }
+    let (spec, version) = open(repo, name, version)?;
+    let mut model = TrainableModel::load(&spec.model_file(version), device)?;
+    model.set_train(false);
+    let labels = spec.labels.clone().unwrap_or_default();
+    let all = |n: usize| (0..n).collect::<Vec<_>>();
+    let evaluation = tch::no_grad(|| match spec.config.task {
+        TaskKind::ImageClassification => {
+            let prep = image_preprocessing(&spec, None)?;
+            let images = load_images(data, &prep)?;
+            let inputs = ImageInputs::new(images.examples, &prep);
+            let mut data = Labelled { examples: inputs, labels: images.labels, classes: images.classes };
+            data.relabel(&labels)?;
+            let n = data.labels.len();
+            Classification { data, train: vec![], validation: vec![], device, batch_size: settings.batch_size }
+                .evaluate(&model, &all(n))
+        }
+        TaskKind::TextClassification => {
+            let (mut data, _) = load_texts(&spec, data)?;
+            data.relabel(&labels)?;
+            let n = data.labels.len();
+            Classification { data, train: vec![], validation: vec![], device, batch_size: settings.batch_size }
+                .evaluate(&model, &all(n))
+        }
+        TaskKind::TextGeneration => {
+            let text = data::corpus(&data.path)?;
+            let objective = NextByte {
+                train_text: vec![],
+                validation_text: vec![],
+                sequence_length: settings.sequence_length,
+                device,
+                seed: 0,
+                draws: 0,
+            };
+            objective.evaluate(&model, &text)
+        }
+        other => Err(TrainError::Settings(format!("ember eval does not measure `{other}` models yet"))),
+    })?;
+    Ok((version, evaluation))
+}
