@@ -261,6 +261,8 @@ async fn openapi_spec_is_served_and_matches_the_routes() {
         let response =
             request.header("content-type", content_type_of("x.png")).body(photo("chelsea.png")).send().await.unwrap();
         let status = response.status().as_u16();
-        assert!(status != 404 && status != 405, "{method} {path} is documented but answers {status}");
+        let body = response.text().await.unwrap();
+        // A routed path may still answer 404 (the admin API off, an unknown job); the fallback says "no route".
+        assert!(status != 405 && !body.contains("no route for"), "{method} {path} is documented but answers {status}");
     }
 }

@@ -338,6 +338,10 @@ async fn job_until(server: &TestServer, id: u64, done: impl Fn(&Value) -> bool) 
     }
 }
 
+async fn admin_post(client: &reqwest::Client, server: &TestServer, path: &str) -> reqwest::Response {
+    client.post(server.url(path)).bearer_auth(TOKEN).send().await.unwrap()
+}
+
 const SMALL_JOB: &str = r#"{"image_size": 64, "epochs": 3, "batch_size": 4, "freeze_backbone": true, "learning_rate": 0.01, "validation_split": 0.25}"#;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -396,11 +400,23 @@ async fn the_admin_api_fine_tunes_in_the_background_behind_its_token() {
     let metrics = reqwest::get(server.url("/metrics")).await.unwrap().text().await.unwrap();
     assert!(metrics.contains("ember_fine_tune_jobs{state=\"succeeded\"} 1"), "{metrics}");
 
+    // publish=false saves version 3 as held: on disk and listed, not served.
+    let form = reqwest::multipart::Form::new()
+        .part("data", reqwest::multipart::Part::bytes(tar_gz(&data, &[])).file_name("pets.tar.gz"))
+        .text("settings", SMALL_JOB.replace("\"epochs\": 3", "\"epochs\": 1"));
+    let url = server.url("/admin/models/mobilenet_v2/fine-tune?publish=false");
+    let response = client.post(url).bearer_auth(TOKEN).multipart(form).send().await.unwrap();
+    let id = response.json::<Value>().await.unwrap()["id"].as_u64().unwrap();
+    let saved = job_until(&server, id, |job| job["state"] == "succeeded").await;
+    assert_eq!((saved["version"].clone(), saved["publish"].clone()), (3.into(), false.into()));
+    assert_eq!(admin_post(&client, &server, "/admin/models/mobilenet_v2/reload").await.status(), 200);
+    let info: Value = reqwest::get(server.url("/v1/models/mobilenet_v2")).await.unwrap().json().await.unwrap();
+    assert_eq!((info["versions"].clone(), info["served_version"].clone()), (serde_json::json!([1, 2, 3]), 2.into()));
+
     // Unload takes the model out of service; load brings it back.
-    let admin = |path: &str| client.post(server.url(path)).bearer_auth(TOKEN).send();
-    assert_eq!(admin("/admin/models/mobilenet_v2/unload").await.unwrap().status(), 200);
+    assert_eq!(admin_post(&client, &server, "/admin/models/mobilenet_v2/unload").await.status(), 200);
     assert_eq!(classify(&server, &client, "chelsea.png").await.0, 503);
-    assert_eq!(admin("/admin/models/mobilenet_v2/load").await.unwrap().status(), 200);
+    assert_eq!(admin_post(&client, &server, "/admin/models/mobilenet_v2/load").await.status(), 200);
     assert_eq!(classify(&server, &client, "chelsea.png").await, (200, answer.clone()));
 }
 
@@ -411,4 +427,53 @@ async fn without_a_token_the_admin_api_is_off() {
     let response = reqwest::Client::new().get(server.url("/admin/jobs")).bearer_auth(TOKEN).send().await.unwrap();
     assert_eq!(response.status(), 404);
     assert!(response.text().await.unwrap().contains("the admin API is off"));
+}
+
+#[test]
+fn a_new_style_trains_from_a_painting_and_photos_and_eval_measures_it() {
+    let repo = TempRepo::of("style_starry_night", &[]);
+    repo.add("style_features", &[]);
+    let scratch = tempfile::tempdir().unwrap();
+    let data = scratch.path().join("graffiti");
+    std::fs::create_dir_all(data.join("content")).unwrap();
+    let repo_arg = repo.path().to_str().unwrap();
+    let train = |data: &Path| {
+        ember(&[
+            "train",
+            "--model-repo",
+            repo_arg,
+            "--model",
+            "style_starry_night",
+            "--data",
+            data.to_str().unwrap(),
+            "--epochs",
+            "1",
+            "--batch-size",
+            "2",
+            "--image-size",
+            "64",
+            "--validation-split",
+            "0.34",
+        ])
+    };
+    let output = train(&data);
+    assert!(String::from_utf8_lossy(&output.stderr).contains("has no style image"), "{output:?}");
+
+    std::fs::copy(common::root().join("tests/data/styles/graffiti.png"), data.join("style.png")).unwrap();
+    for file in ["chelsea.png", "coffee.png", "rocket.jpg"] {
+        std::fs::write(data.join("content").join(file), photo(file)).unwrap();
+    }
+    let output = train(&data);
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let metrics: Value =
+        serde_json::from_slice(&std::fs::read(repo.path().join("style_starry_night/2/metrics.json")).unwrap()).unwrap();
+    let validation = &metrics["validation"];
+    assert!(validation["loss"].as_f64().unwrap() < 1.0, "styled photos are nearer the painting than photos: {metrics}");
+    assert!(validation["luminance_correlation"].as_f64().unwrap() > 0.5, "the photo is kept: {metrics}");
+
+    let output =
+        ember(&["eval", "--model-repo", repo_arg, "--model", "style_starry_night", "--data", data.to_str().unwrap()]);
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let report: Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!((report["version"].clone(), report["evaluation"]["examples"].clone()), (2.into(), 3.into()));
 }

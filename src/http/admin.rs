@@ -1,13 +1,12 @@
 //! The admin API (only with `--admin-token` / `EMBER_ADMIN_TOKEN`): load, unload and reload models, and fine-tuning
 //! jobs. Every route needs `Authorization: Bearer <token>`, compared in constant time.
 
-use axum::extract::{Path, Query, Request, State};
+use axum::extract::{Path, Request, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use serde::Deserialize;
 use serde_json::json;
 
 use super::body::read_multipart_images;
@@ -97,30 +96,19 @@ async fn unload(State(state): State<AppState>, Path(name): Path<String>) -> Resu
     Ok(Json(json!({"model": name, "state": "unloaded"})))
 }
 
-#[derive(Deserialize)]
-struct FineTuneQuery {
-    /// false: save the new version without serving it.
-    #[serde(default = "yes")]
-    publish: bool,
-}
-
-fn yes() -> bool {
-    true
-}
-
 /// multipart: `data` (zip or tar.gz of an image folder or text files, or one CSV / JSONL / text file) and an
-/// optional `settings` JSON object with the settings of `ember train`. Answers 202 with the job.
+/// optional `settings` JSON object with the settings of `ember train`; `publish=false` (query or field) saves the
+/// version without serving it. Answers 202 with the job.
 async fn fine_tune(
     State(state): State<AppState>,
     Path(name): Path<String>,
-    Query(query): Query<FineTuneQuery>,
     request: Request,
 ) -> Result<Response, ApiError> {
     let admin = admin(&state)?.clone();
     let entry = state.model(&name)?;
     let task = entry.spec().config.task;
     let single_file = match task {
-        TaskKind::ImageClassification => None,
+        TaskKind::ImageClassification | TaskKind::StyleTransfer => None,
         TaskKind::TextClassification => Some("data.csv"),
         TaskKind::TextGeneration => Some("data.txt"),
         other => {
@@ -139,8 +127,15 @@ async fn fine_tune(
         }
         Some(other) => return Err(ApiError::Validation(format!("settings must be a JSON object, got {other}"))),
     };
+    let publish = match params.remove("publish") {
+        None => true,
+        Some(serde_json::Value::Bool(publish)) => publish,
+        Some(other) => return Err(ApiError::Validation(format!("publish must be true or false, got {other}"))),
+    };
     if let Some(field) = params.keys().next() {
-        return Err(ApiError::Validation(format!("unknown multipart field `{field}`: send `data` and `settings`")));
+        return Err(ApiError::Validation(format!(
+            "unknown parameter `{field}`: send `data`, `settings` and `publish`"
+        )));
     }
     settings.validate().map_err(|e| ApiError::Validation(format!("settings: {e}")))?;
     let limits = admin.unpack;
@@ -159,13 +154,14 @@ async fn fine_tune(
             upload::unpack(&data, name, folder.path(), limits).map_err(|e| ApiError::BadRequest(e.to_string()))?;
         if single_file.is_none() && matches!(unpacked, upload::Unpacked::File(_)) {
             return Err(ApiError::BadRequest(format!(
-                "model `{model}` learns from images: upload a zip or tar.gz of a folder with one subfolder per label"
+                "model `{model}` learns from images: upload a zip or tar.gz of a folder (one subfolder per label for a \
+                 classifier; style.jpg and content/ for a style)"
             )));
         }
         Ok(JobData { source: DataSource { path: unpacked.path().to_path_buf(), class_names: None }, folder })
     })
     .await?;
-    let status = admin.jobs.submit(&name, job_data, settings, query.publish)?;
+    let status = admin.jobs.submit(&name, job_data, settings, publish)?;
     let location = format!("/admin/jobs/{}", status.id);
     Ok((StatusCode::ACCEPTED, [(header::LOCATION, location)], Json(status)).into_response())
 }

@@ -103,7 +103,8 @@ fn content_type(headers: &HeaderMap, accepted: &str) -> Result<mime::Mime, ApiEr
 pub async fn read_limited(body: Body, headers: &HeaderMap, limit: usize) -> Result<Bytes, ApiError> {
     let too_large = || {
         ApiError::PayloadTooLarge(format!(
-            "the request body is larger than the limit of {limit} bytes (--max-body-bytes)"
+            "the request body is larger than the limit of {limit} bytes (--max-body-bytes; for fine-tuning uploads \
+             --max-upload-bytes)"
         ))
     };
     let announced =

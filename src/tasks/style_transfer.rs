@@ -158,18 +158,18 @@ fn features(model: &InferenceModule, image: &Tensor) -> anyhow::Result<Vec<Tenso
 }
 
 /// Channel correlations averaged over positions: `[N, C, C]`.
-fn gram(features: &Tensor) -> Result<Tensor, tch::TchError> {
+pub(crate) fn gram(features: &Tensor) -> Result<Tensor, tch::TchError> {
     let (n, c, h, w) = features.size4()?;
     let flat = features.f_reshape([n, c, h * w])?;
     Ok(flat.f_matmul(&flat.f_transpose(1, 2)?)? / (h * w) as f64)
 }
 
-fn relative_gram_distance(features: &Tensor, target: &Tensor) -> Result<Tensor, tch::TchError> {
+pub(crate) fn relative_gram_distance(features: &Tensor, target: &Tensor) -> Result<Tensor, tch::TchError> {
     let difference = gram(features)?.f_sub(target)?;
     Ok(difference.f_square()?.f_sum(Kind::Float)? / target.f_square()?.f_sum(Kind::Float)?)
 }
 
-fn total_variation(image: &Tensor) -> Result<Tensor, tch::TchError> {
+pub(crate) fn total_variation(image: &Tensor) -> Result<Tensor, tch::TchError> {
     let (_, _, h, w) = image.size4()?;
     let vertical = (image.f_narrow(2, 1, h - 1)? - image.f_narrow(2, 0, h - 1)?).f_abs()?.f_mean(Kind::Float)?;
     let horizontal = (image.f_narrow(3, 1, w - 1)? - image.f_narrow(3, 0, w - 1)?).f_abs()?.f_mean(Kind::Float)?;

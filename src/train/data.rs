@@ -113,9 +113,7 @@ pub fn image_folder(dir: &Path, prep: &ImagePreprocessing) -> Result<Labelled<Im
             return Err(bad(format!("the class folder {} holds no images (.jpg, .png, ...)", class_dir.display())));
         }
         for file in files {
-            let decoded = image::decode(&read(&file)?, MAX_IMAGE_PIXELS)
-                .map_err(|e| bad(format!("{}: {}", file.display(), e)))?;
-            push_image(&mut pixels, decoded, prep, &file)?;
+            push_image(&mut pixels, decode_file(&file)?, prep, &file)?;
             names.push(class.clone());
         }
     }
@@ -126,13 +124,18 @@ pub fn image_folder(dir: &Path, prep: &ImagePreprocessing) -> Result<Labelled<Im
     Ok(Labelled { examples: Images { pixels, side: prep.crop }, labels, classes })
 }
 
+/// An image file decoded, or an error naming the file and what is wrong with it.
+pub(crate) fn decode_file(file: &Path) -> Result<DynamicImage, TrainError> {
+    image::decode(&read(file)?, MAX_IMAGE_PIXELS).map_err(|e| bad(format!("{}: {e}", file.display())))
+}
+
 fn has_image_extension(path: &Path) -> bool {
     path.extension()
         .and_then(|e| e.to_str())
         .is_some_and(|e| IMAGE_EXTENSIONS.contains(&e.to_ascii_lowercase().as_str()))
 }
 
-fn image_files(dir: &Path) -> Result<Vec<PathBuf>, TrainError> {
+pub(crate) fn image_files(dir: &Path) -> Result<Vec<PathBuf>, TrainError> {
     let mut files = Vec::new();
     for entry in std::fs::read_dir(dir).map_err(|e| bad(format!("cannot read {}: {e}", dir.display())))? {
         let path = entry.map_err(|e| bad(format!("cannot read {}: {e}", dir.display())))?.path();

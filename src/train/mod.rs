@@ -9,6 +9,7 @@ pub mod objectives;
 pub mod progress;
 pub mod publish;
 pub mod settings;
+pub mod style;
 pub mod upload;
 
 use std::path::{Path, PathBuf};
@@ -120,13 +121,13 @@ fn load_images(data: &DataSource, prep: &ImagePreprocessing) -> Result<Labelled<
     }
 }
 
-fn load_texts(spec: &ModelSpec, data: &DataSource) -> Result<(Labelled<TextInputs>, usize), TrainError> {
+fn load_texts(spec: &ModelSpec, data: &DataSource) -> Result<Labelled<TextInputs>, TrainError> {
     let text = spec.config.text.as_ref().ok_or_else(|| TrainError::Model("the model has no [text] table".into()))?;
     let labels = spec.labels.clone().unwrap_or_default();
     let tokenizer = TextClassifier::load(&spec.tokenizer_file(), labels, text.max_tokens).map_err(TrainError::Model)?;
     let texts = data::labelled_texts(&data.path)?;
     let inputs = TextInputs::new(&texts.examples, &tokenizer)?;
-    Ok((Labelled { examples: inputs, labels: texts.labels, classes: texts.classes }, text.max_tokens))
+    Ok(Labelled { examples: inputs, labels: texts.labels, classes: texts.classes })
 }
 
 /// Trains and publishes. The repository is untouched unless the run succeeds.
@@ -140,6 +141,7 @@ pub fn train(job: &TrainJob, progress: &dyn Progress, cancel: &Cancel) -> Result
     let mut model = TrainableModel::load(&path, job.device)?;
     let settings = &job.settings;
     let mut outputs = Outputs { labels: None, version: VersionToml { image: None, held: job.hold } };
+    let run = Run { job, spec: &spec, progress, cancel };
     let (staging, fitted, data_summary) = match spec.config.task {
         TaskKind::ImageClassification => {
             let prep = image_preprocessing(&spec, settings.image_size)?;
@@ -149,11 +151,11 @@ pub fn train(job: &TrainJob, progress: &dyn Progress, cancel: &Cancel) -> Result
             }
             let inputs = ImageInputs::new(images.examples, &prep);
             let data = Labelled { examples: inputs, labels: images.labels, classes: images.classes };
-            classify(job, &spec, &mut model, data, progress, cancel, &mut outputs)?
+            classify(&run, &mut model, data, &mut outputs)?
         }
         TaskKind::TextClassification => {
-            let (data, _) = load_texts(&spec, &job.data)?;
-            classify(job, &spec, &mut model, data, progress, cancel, &mut outputs)?
+            let data = load_texts(&spec, &job.data)?;
+            classify(&run, &mut model, data, &mut outputs)?
         }
         TaskKind::TextGeneration => {
             let text = data::corpus(&job.data.path)?;
@@ -175,22 +177,17 @@ pub fn train(job: &TrainJob, progress: &dyn Progress, cancel: &Cancel) -> Result
                 draws: 0,
             };
             let summary = json!({"training_bytes": cut, "validation_bytes": text.len() - cut});
-            let staging = stage(job, &spec, &outputs)?;
-            let mut optimizer = model.optimizer(settings, None)?;
-            note_start(progress, &job.data, &summary, &model);
-            let fitted = driver::fit(
-                &mut model,
-                &mut optimizer,
-                &mut objective,
-                settings,
-                progress,
-                cancel,
-                &staging.path("model.pt"),
-            )?;
-            (staging, fitted, summary)
+            run.stage_and_fit(&mut model, &mut objective, &outputs, summary, None)?
+        }
+        TaskKind::StyleTransfer => {
+            let data = style::style_folder(&job.data.path)?;
+            let summary = json!({"content_photos": data.photos.len()});
+            let split = settings.validation_split;
+            let mut objective = style_objective(&job.repo, job.device, settings, data, split)?;
+            run.stage_and_fit(&mut model, &mut objective, &outputs, summary, None)?
         }
         other => {
-            return Err(TrainError::Settings(format!("ember train does not train `{other}` models yet")));
+            return Err(TrainError::Settings(format!("ember train does not train `{other}` models")));
         }
     };
     let target = job.into.clone().unwrap_or_else(|| job.model.clone());
@@ -271,25 +268,81 @@ fn new_model_files(
     Ok(files)
 }
 
-fn note_start(progress: &dyn Progress, data: &DataSource, summary: &serde_json::Value, model: &TrainableModel) {
-    progress.note(&format!(
-        "training on {} ({summary}); {} parameters train",
-        data.path.display(),
-        model.trainable_count()
-    ));
+/// One `train` call's context, for the steps every task shares.
+struct Run<'a> {
+    job: &'a TrainJob,
+    spec: &'a ModelSpec,
+    progress: &'a dyn Progress,
+    cancel: &'a Cancel,
+}
+
+impl Run<'_> {
+    /// Stages the version folder, builds the optimiser over what trains (the head only for a frozen backbone of
+    /// a `head_classes` classifier), and runs the training loop into the staged model.pt.
+    fn stage_and_fit(
+        &self,
+        model: &mut TrainableModel,
+        objective: &mut dyn driver::Objective,
+        outputs: &Outputs,
+        summary: serde_json::Value,
+        head_classes: Option<usize>,
+    ) -> Result<(Staging, Fitted, serde_json::Value), TrainError> {
+        let settings = &self.job.settings;
+        let staging = stage(self.job, self.spec, outputs)?;
+        let mut optimizer = model.optimizer(settings, head_classes)?;
+        self.progress.note(&format!(
+            "training on {} ({summary}); {} parameters train",
+            self.job.data.path.display(),
+            model.trainable_count()
+        ));
+        let best_path = staging.path("model.pt");
+        let fitted = driver::fit(model, &mut optimizer, objective, settings, self.progress, self.cancel, &best_path)?;
+        Ok((staging, fitted, summary))
+    }
+}
+
+/// Side of the square crops a style network trains on (as models/export/style.py), unless `image_size` says.
+const DEFAULT_STYLE_SIDE: u32 = 192;
+
+/// The repository's style-features model, which judges style networks.
+fn features_model(repo: &Path, device: Device) -> Result<TrainableModel, TrainError> {
+    let repository = Repository::scan(repo).map_err(|e| TrainError::Model(e.to_string()))?;
+    let spec = repository.models.iter().find(|m| m.config.task == TaskKind::StyleFeatures).ok_or_else(|| {
+        TrainError::Model(format!("training a style needs a style-features model in {}", repo.display()))
+    })?;
+    let version = spec.served_version().ok_or_else(|| TrainError::Model(format!("{} has no version", spec.name)))?;
+    let mut features = TrainableModel::load(&spec.model_file(version), device)?;
+    features.set_train(false); // batch norms on their running statistics; only the style network trains
+    Ok(features)
+}
+
+fn style_objective(
+    repo: &Path,
+    device: Device,
+    settings: &TrainSettings,
+    data: style::StyleData,
+    validation_split: f64,
+) -> Result<style::StyleObjective, TrainError> {
+    style::StyleObjective::new(
+        features_model(repo, device)?,
+        data,
+        settings.image_size.unwrap_or(DEFAULT_STYLE_SIDE),
+        settings.style_weight,
+        validation_split,
+        settings.seed,
+        device,
+    )
 }
 
 /// Shared by image and text classification: fit the labels (keeping the head when the data's label set is the
 /// model's, else a new head), split, train.
 fn classify<I: ClassifierInputs>(
-    job: &TrainJob,
-    spec: &ModelSpec,
+    run: &Run,
     model: &mut TrainableModel,
     mut data: Labelled<I>,
-    progress: &dyn Progress,
-    cancel: &Cancel,
     outputs: &mut Outputs,
 ) -> Result<(Staging, Fitted, serde_json::Value), TrainError> {
+    let (job, spec) = (run.job, run.spec);
     let settings = &job.settings;
     data.check_trainable(&job.data.path.display().to_string())?;
     let old_labels = spec.labels.clone().unwrap_or_default();
@@ -312,13 +365,9 @@ fn classify<I: ClassifierInputs>(
         "training_examples": train.len(),
         "validation_examples": validation.len(),
     });
-    let staging = stage(job, spec, outputs)?;
-    let mut optimizer = model.optimizer(settings, Some(data.classes.len()))?;
-    note_start(progress, &job.data, &summary, model);
+    let classes = data.classes.len();
     let mut objective = Classification { data, train, validation, device: job.device, batch_size: settings.batch_size };
-    let fitted =
-        driver::fit(model, &mut optimizer, &mut objective, settings, progress, cancel, &staging.path("model.pt"))?;
-    Ok((staging, fitted, summary))
+    run.stage_and_fit(model, &mut objective, outputs, summary, Some(classes))
 }
 
 /// `ember eval`: the same measure as validation, over a whole dataset, for any version.
@@ -350,7 +399,7 @@ pub fn evaluate(
                 .evaluate(&model, &all(n))
         }
         TaskKind::TextClassification => {
-            let (mut data, _) = load_texts(&spec, data)?;
+            let mut data = load_texts(&spec, data)?;
             data.relabel(&labels)?;
             let n = data.labels.len();
             Classification { data, train: vec![], validation: vec![], device, batch_size: settings.batch_size }
@@ -368,7 +417,12 @@ pub fn evaluate(
             };
             objective.evaluate(&model, &text)
         }
-        other => Err(TrainError::Settings(format!("ember eval does not measure `{other}` models yet"))),
+        TaskKind::StyleTransfer => {
+            let data = style::style_folder(&data.path)?;
+            let photos = data.photos.clone();
+            style_objective(repo, device, settings, data, 0.5)?.measure(&model, &photos)
+        }
+        other => Err(TrainError::Settings(format!("ember eval does not measure `{other}` models"))),
     })?;
     Ok((version, evaluation))
 }

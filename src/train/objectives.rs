@@ -98,7 +98,12 @@ impl<I: ClassifierInputs> Classification<I> {
             correct += logits.argmax(-1, false).eq_tensor(&targets).sum(Kind::Int64).int64_value(&[]);
         }
         let n = indices.len().max(1) as f64;
-        Ok(Evaluation { loss: loss / n, accuracy: Some(correct as f64 / n), examples: indices.len() })
+        Ok(Evaluation {
+            loss: loss / n,
+            accuracy: Some(correct as f64 / n),
+            luminance_correlation: None,
+            examples: indices.len(),
+        })
     }
 }
 
@@ -164,7 +169,12 @@ impl NextByte {
             state = next_state;
             start = end;
         }
-        Ok(Evaluation { loss: loss / predicted.max(1) as f64, accuracy: None, examples: predicted })
+        Ok(Evaluation {
+            loss: loss / predicted.max(1) as f64,
+            accuracy: None,
+            luminance_correlation: None,
+            examples: predicted,
+        })
     }
 }
 

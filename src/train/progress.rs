@@ -7,12 +7,16 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 
 /// Validation measures after an epoch (or of `ember eval`). `accuracy` for classifiers; `loss` is the mean
-/// cross-entropy (nats per example, or per byte for text generation) or the style objective.
+/// cross-entropy (nats per example, or per byte for text generation), or for style transfer the style distance
+/// relative to the unstyled photos'.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize)]
 pub struct Evaluation {
     pub loss: f64,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub accuracy: Option<f64>,
+    /// Style transfer: how well the styled photos keep the photos' composition (1 = perfectly).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub luminance_correlation: Option<f64>,
     pub examples: usize,
 }
 
@@ -90,7 +94,8 @@ impl Progress for ConsoleProgress {
             eprint!("\r\x1b[K");
         }
         let Some(validation) = s.validation.last() else { return };
-        let accuracy = validation.accuracy.map(|a| format!(", accuracy {:.2}%", a * 100.0)).unwrap_or_default();
+        let accuracy = validation.accuracy.map(|a| format!(", accuracy {:.2}%", a * 100.0)).unwrap_or_default()
+            + &validation.luminance_correlation.map(|c| format!(", luminance correlation {c:.3}")).unwrap_or_default();
         eprintln!(
             "epoch {}/{}: training loss {:.4}; validation loss {:.4}{accuracy} on {} examples",
             s.epoch, s.epochs, s.loss, validation.loss, validation.examples
