@@ -181,6 +181,7 @@ impl Jobs {
         });
         queue.jobs.insert(status.id, Arc::clone(&job));
         queue.waiting.push_back(job);
+        forget_old_jobs(&mut queue);
         self.shared.count_states(&queue);
         drop(queue);
         self.shared.wake.notify_one();
@@ -211,6 +212,21 @@ impl Jobs {
         }
         let status = job.status().clone();
         Ok(status)
+    }
+}
+
+/// Finished jobs kept for GET /admin/jobs; older ones are forgotten, so a long-running server stays small.
+const FINISHED_JOBS_KEPT: usize = 100;
+
+fn forget_old_jobs(queue: &mut Queue) {
+    let finished: Vec<u64> = queue
+        .jobs
+        .iter()
+        .filter(|(_, job)| matches!(job.status().state, JobState::Succeeded | JobState::Failed | JobState::Cancelled))
+        .map(|(id, _)| *id)
+        .collect();
+    for id in finished.iter().take(finished.len().saturating_sub(FINISHED_JOBS_KEPT)) {
+        queue.jobs.remove(id);
     }
 }
 

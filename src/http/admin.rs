@@ -49,13 +49,18 @@ async fn require_token(State(state): State<AppState>, headers: HeaderMap, reques
         Ok(admin) => admin,
         Err(e) => return e.into_response(),
     };
-    let presented =
-        headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer "));
+    let presented = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(bearer_token);
     match presented {
         Some(token) if constant_time_eq(token.as_bytes(), admin.token.as_bytes()) => next.run(request).await,
         Some(_) => unauthorized("the bearer token is wrong"),
         None => unauthorized("send the admin token as `Authorization: Bearer <token>`"),
     }
+}
+
+/// The token of `Bearer <token>`; the scheme is case-insensitive (RFC 7235).
+fn bearer_token(authorization: &str) -> Option<&str> {
+    let (scheme, token) = authorization.split_once(' ')?;
+    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
 }
 
 fn unauthorized(message: &str) -> Response {
@@ -181,6 +186,14 @@ async fn cancel_job(State(state): State<AppState>, Path(id): Path<u64>) -> Resul
 #[cfg(test)]
 mod tests {
     use super::constant_time_eq;
+
+    #[test]
+    fn the_bearer_scheme_is_case_insensitive() {
+        assert_eq!(super::bearer_token("Bearer abc"), Some("abc"));
+        assert_eq!(super::bearer_token("bearer abc"), Some("abc"));
+        assert_eq!(super::bearer_token("Basic abc"), None);
+        assert_eq!(super::bearer_token("Bearer"), None);
+    }
 
     #[test]
     fn tokens_compare_by_content_and_length() {
