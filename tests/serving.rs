@@ -91,9 +91,25 @@ async fn readiness_is_503_until_warm_up_finishes() {
     assert_eq!(status, 503, "{message}");
     let model: Value = reqwest::get(server.url("/v1/models/mobilenet_v2")).await.unwrap().json().await.unwrap();
     assert_eq!(model["state"], "loading");
+    // The same over the Open Inference Protocol (KServe v2).
+    let status = |path: &'static str| {
+        let url = server.url(path);
+        async move { reqwest::get(url).await.unwrap().status().as_u16() }
+    };
+    assert_eq!(status("/v2/health/live").await, 200);
+    assert_eq!(status("/v2/health/ready").await, 503);
+    assert_eq!(status("/v2/models/mobilenet_v2/ready").await, 503);
 
     server.wait_ready().await;
     assert_eq!(server.post_image("/v1/classify", "chelsea.png").await.status(), 200);
+    assert_eq!(status("/v2/health/ready").await, 200);
+    let ready: Value = reqwest::get(server.url("/v2/models/mobilenet_v2/ready")).await.unwrap().json().await.unwrap();
+    assert_eq!(ready, serde_json::json!({"name": "mobilenet_v2", "version": "1", "ready": true}));
+    assert_eq!(status("/v2/models/mobilenet_v2/versions/1/ready").await, 200);
+    assert_eq!(status("/v2/models/mobilenet_v2/versions/7/ready").await, 404);
+    assert_eq!(status("/v2/models/nothing/ready").await, 404);
+    let metadata: Value = reqwest::get(server.url("/v2")).await.unwrap().json().await.unwrap();
+    assert_eq!(metadata["name"], "ember");
 }
 
 #[tokio::test(flavor = "multi_thread")]

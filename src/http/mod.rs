@@ -10,6 +10,7 @@ mod style_transfer;
 mod stylize;
 pub use ops::OPENAPI_YAML;
 mod v1;
+mod v2;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -140,6 +141,7 @@ pub fn router(state: AppState) -> Router {
     Router::new()
         .merge(v1::routes())
         .merge(admin::routes(state.clone()))
+        .merge(v2::routes())
         .merge(ops::routes())
         .fallback(no_route)
         .method_not_allowed_fallback(method_not_allowed)

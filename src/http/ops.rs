@@ -28,9 +28,15 @@ async fn live() -> Json<serde_json::Value> {
 
 /// 200 only once every model in the repository is loaded and warmed up.
 async fn ready(State(state): State<AppState>) -> Result<Json<serde_json::Value>, ApiError> {
+    readiness(&state)?;
+    Ok(Json(json!({"status": "ready"})))
+}
+
+/// Every model that should serve is loaded and warm; else a 503 naming each one that is not, and why.
+pub(super) fn readiness(state: &AppState) -> Result<(), ApiError> {
     let waiting = state.registry.not_ready();
     if waiting.is_empty() {
-        return Ok(Json(json!({"status": "ready"})));
+        return Ok(());
     }
     let reasons: Vec<String> = waiting
         .iter()
