@@ -129,7 +129,8 @@ fn invalid(path: &Path, message: impl Into<String>) -> RepoError {
     RepoError::Invalid { path: path.to_path_buf(), message: message.into() }
 }
 
-/// One model folder: model.toml validated, its versions, and its labels (those of the version it serves).
+/// One model folder: model.toml validated, its versions, and its model-level labels. A version's own labels and
+/// preprocessing are read by `at_version` when that version is opened, not on every scan.
 pub fn read_model(dir: &Path) -> Result<ModelSpec, RepoError> {
     let name = dir.file_name().and_then(|n| n.to_str()).unwrap_or_default().to_string();
     check_model_name(&name).map_err(|message| invalid(dir, message))?;
@@ -155,11 +156,7 @@ pub fn read_model(dir: &Path) -> Result<ModelSpec, RepoError> {
     }
     let labels = if config.task.needs_labels() { Some(read_labels(&dir.join("labels.txt"))?) } else { None };
     let held = versions.iter().copied().filter(|v| is_held(&dir.join(v.to_string()))).collect();
-    let spec = ModelSpec { name, dir: dir.to_path_buf(), config, versions, labels, held };
-    match spec.served_version() {
-        Some(version) => spec.at_version(version),
-        None => Ok(spec),
-    }
+    Ok(ModelSpec { name, dir: dir.to_path_buf(), config, versions, labels, held })
 }
 
 /// Version folders are positive integers holding a model.pt; anything else (a `.partial` folder being

@@ -194,8 +194,7 @@ impl Registry {
             Ok(loaded) => {
                 let device = device::name(loaded.device);
                 if let ModelState::Ready(old) = &before.state {
-                    let old_labels = [entry.name.as_str(), &old.version.to_string(), &device::name(old.device)];
-                    let _ = self.metrics.model_info.remove_label_values(&old_labels);
+                    self.forget_model_info(&entry.name, old);
                 }
                 self.metrics.model_info.with_label_values(&[&entry.name, &version.to_string(), &device]).set(1);
                 tracing::info!(model = %entry.name, version, previous = ?serving, %device, seconds = started.elapsed().as_secs_f64(), "model ready");
@@ -273,15 +272,17 @@ impl Registry {
         })?;
         let _changing = entry.changing.lock().unwrap_or_else(|e| e.into_inner());
         if let ModelState::Ready(old) = entry.state() {
-            let _ = self.metrics.model_info.remove_label_values(&[
-                name,
-                &old.version.to_string(),
-                &device::name(old.device),
-            ]);
+            self.forget_model_info(name, &old);
         }
         entry.update(|current| current.state = ModelState::Unloaded);
         tracing::info!(model = %name, "model unloaded");
         Ok(())
+    }
+
+    /// Drops `ember_model_info` of a version that no longer serves.
+    fn forget_model_info(&self, name: &str, old: &Loaded) {
+        let _ =
+            self.metrics.model_info.remove_label_values(&[name, &old.version.to_string(), &device::name(old.device)]);
     }
 
     /// Looks at the repository once: a model whose folder now names another version (a new one, or a pin in

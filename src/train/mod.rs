@@ -82,12 +82,12 @@ pub struct Trained {
 
 /// A model at one version, with that version's labels and preprocessing.
 fn open(repo: &Path, name: &str, version: Option<u64>) -> Result<(ModelSpec, u64), TrainError> {
-    let repository = Repository::scan(repo).map_err(|e| TrainError::Model(e.to_string()))?;
-    let spec = repository
-        .models
-        .into_iter()
-        .find(|m| m.name == name)
-        .ok_or_else(|| TrainError::Model(format!("no model `{name}` in {}", repo.display())))?;
+    // Only this model's folder is read: another model of the repository has no say in this run.
+    let dir = repo.join(name);
+    if crate::repository::check_model_name(name).is_err() || !dir.join("model.toml").is_file() {
+        return Err(TrainError::Model(format!("no model `{name}` in {}", repo.display())));
+    }
+    let spec = crate::repository::read_model(&dir).map_err(|e| TrainError::Model(e.to_string()))?;
     let version = match version.or(spec.served_version()) {
         Some(v) if spec.versions.contains(&v) => v,
         Some(v) => return Err(TrainError::Model(format!("model `{name}` has no version {v}"))),

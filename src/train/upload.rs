@@ -36,7 +36,8 @@ impl Unpacked {
     }
 }
 
-/// Writes `bytes` (named `file_name` by the client) into `into`, unpacking archives.
+/// Writes `bytes` into `into`, unpacking archives; anything else is saved as one file named `file_name` (its last
+/// component only), which the caller chooses for the task.
 pub fn unpack(bytes: &[u8], file_name: &str, into: &Path, limits: UnpackLimits) -> Result<Unpacked, TrainError> {
     let io = |context: String| move |source| TrainError::Io { context, source };
     if bytes.starts_with(b"PK\x03\x04") {
@@ -45,13 +46,7 @@ pub fn unpack(bytes: &[u8], file_name: &str, into: &Path, limits: UnpackLimits) 
         untar(flate2::read::GzDecoder::new(bytes), into, limits)?;
     } else {
         let name = Path::new(file_name).file_name().and_then(|n| n.to_str()).filter(|n| !n.starts_with('.'));
-        let name = match name {
-            Some(name) => name.to_string(),
-            // Unnamed: JSON lines start with `{`; anything else is treated as text (CSV, or a corpus).
-            None if bytes.trim_ascii_start().starts_with(b"{") => "data.jsonl".to_string(),
-            None => "data.txt".to_string(),
-        };
-        let path = into.join(name);
+        let path = into.join(name.unwrap_or("data"));
         std::fs::write(&path, bytes).map_err(io(format!("cannot write {}", path.display())))?;
         return Ok(Unpacked::File(path));
     }
