@@ -8,6 +8,7 @@ use std::time::Duration;
 use clap::{Args, Parser, ValueEnum};
 use serde::Deserialize;
 
+use crate::tasks::tensor::{self, TensorSpec};
 use crate::tasks::TaskKind;
 
 /// Settings of `ember serve`. Every flag is also an `EMBER_*` environment variable.
@@ -185,6 +186,12 @@ pub struct ModelToml {
     /// The optimisation method's defaults and caps, for the style-features model.
     #[serde(default)]
     pub optimization: OptimizationConfig,
+    /// A `tensor` model's inputs (`[[inputs]]`: name, datatype, shape), in its forward's argument order.
+    #[serde(default)]
+    pub inputs: Vec<TensorSpec>,
+    /// A `tensor` model's outputs (`[[outputs]]`), in the order its forward returns them.
+    #[serde(default)]
+    pub outputs: Vec<TensorSpec>,
 }
 
 fn default_true() -> bool {
@@ -339,6 +346,7 @@ impl ModelToml {
                 return Err(format!("image.std must be positive and finite, got {s}"));
             }
         }
+        tensor::validate_declared(self.task, &self.inputs, &self.outputs, b.max_batch_size)?;
         if self.version == Some(0) {
             return Err("version must be a positive integer, got 0".into());
         }

@@ -128,6 +128,7 @@ impl From<EngineError> for ApiError {
             EngineError::Inference { .. } | EngineError::WorkerLost { .. } => ApiError::Internal(message),
             EngineError::Load { .. } => ApiError::Unavailable(message),
             EngineError::NotFound { .. } => ApiError::NotFound(message),
+            EngineError::Rejected { .. } => ApiError::BadRequest(message),
         }
     }
 }

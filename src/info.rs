@@ -9,7 +9,7 @@ use crate::repository::Repository;
 pub fn report(model_repo: &Path) -> String {
     let mut out = String::new();
     let _ = writeln!(out, "ember {}", env!("CARGO_PKG_VERSION"));
-    let _ = writeln!(out, "libtorch {} at {}", env!("EMBER_LIBTORCH_VERSION"), env!("EMBER_LIBTORCH_DIR"));
+    let _ = writeln!(out, "libtorch {} at {}", env!("EMBER_LIBTORCH_VERSION"), loaded_libtorch_dir());
     let cuda_devices = tch::Cuda::device_count();
     let _ = writeln!(out, "devices: cpu{}", (0..cuda_devices).map(|i| format!(", cuda:{i}")).collect::<String>());
     let _ = writeln!(
@@ -56,4 +56,18 @@ pub fn report(model_repo: &Path) -> String {
         }
     }
     out
+}
+
+/// The folder of the libtorch_cpu.so this process mapped (a dist folder's lib/, or the venv the build linked);
+/// the build's own folder when /proc cannot tell.
+fn loaded_libtorch_dir() -> String {
+    std::fs::read_to_string("/proc/self/maps")
+        .ok()
+        .and_then(|maps| {
+            maps.lines()
+                .filter_map(|line| line.split_whitespace().nth(5))
+                .find(|path| path.ends_with("/libtorch_cpu.so"))
+                .and_then(|path| std::path::Path::new(path).parent().map(|dir| dir.display().to_string()))
+        })
+        .unwrap_or_else(|| env!("EMBER_LIBTORCH_DIR").to_string())
 }

@@ -9,6 +9,7 @@ pub mod http;
 pub mod info;
 pub mod jobs;
 pub mod metrics;
+pub mod reference;
 pub mod repository;
 pub mod server;
 pub mod tasks;

@@ -1,6 +1,6 @@
 //! The `ember` command line: serve | train | eval | info | openapi.
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 
 use ember::config::{RepoArgs, ServeConfig};
 use ember::server::{shutdown_signal, Server};
@@ -24,6 +24,13 @@ enum Command {
     Info(RepoArgs),
     /// Print the OpenAPI spec of the HTTP API.
     Openapi,
+    /// Print the README's configuration reference (Markdown) from these very flags (`make docs`).
+    #[command(hide = true)]
+    ConfigReference {
+        /// Rewrite the generated block of this README instead of printing.
+        #[arg(long)]
+        readme: Option<std::path::PathBuf>,
+    },
 }
 
 fn main() -> std::process::ExitCode {
@@ -40,6 +47,7 @@ fn main() -> std::process::ExitCode {
             print!("{}", ember::http::OPENAPI_YAML);
             Ok(())
         }
+        Command::ConfigReference { readme } => config_reference(readme),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
@@ -57,4 +65,23 @@ fn serve(config: ServeConfig) -> anyhow::Result<()> {
         let server = Server::bind(&config).await?;
         server.serve(shutdown_signal()).await
     })
+}
+
+fn config_reference(readme: Option<std::path::PathBuf>) -> anyhow::Result<()> {
+    let reference = ember::reference::markdown(&Cli::command());
+    let Some(path) = readme else {
+        print!("{reference}");
+        return Ok(());
+    };
+    let text = std::fs::read_to_string(&path)?;
+    let updated = ember::reference::replace_block(&text, &reference).ok_or_else(|| {
+        anyhow::anyhow!(
+            "{} lacks the markers {} and {}",
+            path.display(),
+            ember::reference::BEGIN,
+            ember::reference::END
+        )
+    })?;
+    std::fs::write(&path, updated)?;
+    Ok(())
 }

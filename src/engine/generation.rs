@@ -12,7 +12,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use tch::{Device, Kind, Tensor};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 
 use super::batcher::{BatchPolicy, Batcher, Next};
 use super::pool::{panic_message, torch_error_summary};
@@ -49,9 +49,20 @@ struct Sequence {
     finished: bool,
 }
 
+/// A request of model-level tensors (Open Inference Protocol): one forward pass of its own between steps, since
+/// its batch is its own (the state's batch dimension is 1, the sequences' states are the engine's).
+struct TensorJob {
+    inputs: Vec<Tensor>,
+    reply: oneshot::Sender<Result<Vec<Tensor>, EngineError>>,
+    enqueued_at: Instant,
+    deadline: Instant,
+}
+
 struct Queue {
     /// Sequences waiting to join, at most `batching.queue_capacity`.
     waiting: Batcher<Pending>,
+    /// Tensor requests waiting for the next step, at most `batching.queue_capacity`.
+    tensors: Batcher<TensorJob>,
     closed: bool,
 }
 
@@ -89,7 +100,11 @@ impl GenerationEngine {
         generation: GenerationMetrics,
     ) -> Result<GenerationEngine, EngineError> {
         let shared = Arc::new(Shared {
-            queue: Mutex::new(Queue { waiting: Batcher::new(spec.batching.queue_capacity), closed: false }),
+            queue: Mutex::new(Queue {
+                waiting: Batcher::new(spec.batching.queue_capacity),
+                tensors: Batcher::new(spec.batching.queue_capacity),
+                closed: false,
+            }),
             wake: Condvar::new(),
             spec,
             limits,
@@ -123,19 +138,42 @@ impl GenerationEngine {
         deadline: Instant,
     ) -> Result<mpsc::UnboundedReceiver<GenerationEvent>, EngineError> {
         let (events, receiver) = mpsc::unbounded_channel();
-        let now = Instant::now();
+        self.enqueue(|queue, now| {
+            let pending = Pending { request, events, enqueued_at: now, deadline };
+            queue.waiting.push(pending, now).map_err(|_| queue.waiting.capacity())
+        })?;
+        Ok(receiver)
+    }
+
+    /// Runs `push` on the queue at `now` unless the engine is closed, then wakes the scheduler; `push` answers
+    /// the capacity of a queue it found full.
+    fn enqueue(&self, push: impl FnOnce(&mut Queue, Instant) -> Result<(), usize>) -> Result<(), EngineError> {
         let mut queue = self.shared.lock();
         if queue.closed {
             return Err(self.shared.error(|model| EngineError::Stopped { model }));
         }
-        let pending = Pending { request, events, enqueued_at: now, deadline };
-        if queue.waiting.push(pending, now).is_err() {
-            return Err(EngineError::queue_full(&self.shared.spec.model, queue.waiting.capacity()));
-        }
-        self.shared.metrics.queue_depth.set(queue.waiting.len() as i64);
+        push(&mut queue, Instant::now())
+            .map_err(|capacity| EngineError::queue_full(&self.shared.spec.model, capacity))?;
+        self.shared.metrics.queue_depth.set((queue.waiting.len() + queue.tensors.len()) as i64);
         drop(queue);
         self.shared.wake.notify_one();
-        Ok(receiver)
+        Ok(())
+    }
+
+    /// Runs one request of model-level tensors (the model's inputs in order) on the engine's thread, between two
+    /// steps of the sequences, and waits for its outputs (on the CPU) for at most `timeout`.
+    pub async fn infer_tensors(&self, inputs: Vec<Tensor>, timeout: Duration) -> Result<Vec<Tensor>, EngineError> {
+        let (reply, answer) = oneshot::channel();
+        let deadline = Instant::now() + timeout;
+        self.enqueue(|queue, now| {
+            let job = TensorJob { inputs, reply, enqueued_at: now, deadline };
+            queue.tensors.push(job, now).map_err(|_| queue.tensors.capacity())
+        })?;
+        match tokio::time::timeout_at(deadline.into(), answer).await {
+            Ok(Ok(result)) => result,
+            Ok(Err(_)) => Err(self.shared.error(|model| EngineError::WorkerLost { model })),
+            Err(_) => Err(self.shared.error(|model| EngineError::DeadlineExceeded { model, timeout })),
+        }
     }
 
     /// Stops taking sequences, finishes the active and queued ones, and joins the thread.
@@ -167,7 +205,10 @@ fn scheduler_main(shared: &Shared, ready: std::sync::mpsc::Sender<Result<(), Str
         return;
     };
     let mut active: Vec<Sequence> = Vec::new();
-    while let Some(admitted) = next_admissions(shared, active.len()) {
+    while let Some((admitted, tensor_jobs)) = next_admissions(shared, active.len()) {
+        for job in tensor_jobs {
+            run_tensor_job(shared, &model, job);
+        }
         for pending in admitted {
             if let Some(sequence) = guarded(shared, || start_sequence(shared, &model, pending)) {
                 active.push(sequence);
@@ -188,6 +229,18 @@ fn scheduler_main(shared: &Shared, ready: std::sync::mpsc::Sender<Result<(), Str
         }
         shared.generation.active_sequences.set(active.len() as i64);
     }
+}
+
+fn run_tensor_job(shared: &Shared, model: &InferenceModule, job: TensorJob) {
+    let started = Instant::now();
+    shared.metrics.queue_duration.observe(started.duration_since(job.enqueued_at).as_secs_f64());
+    let result = std::panic::catch_unwind(AssertUnwindSafe(|| {
+        crate::tasks::tensor::forward_batched(model, shared.spec.device, vec![job.inputs]).pop()
+    }))
+    .unwrap_or_else(|panic| Some(Err(format!("panic: {}", panic_message(&panic)))))
+    .unwrap_or_else(|| Err("the request was not run".into()));
+    shared.metrics.inference_duration.observe(started.elapsed().as_secs_f64());
+    let _ = job.reply.send(result.map_err(|message| shared.error(|model| EngineError::Rejected { model, message })));
 }
 
 /// Runs `body`, turning a libtorch error or a panic into a logged failure of that sequence's start.
@@ -215,9 +268,9 @@ fn guarded_step(shared: &Shared, model: &InferenceModule, active: &mut [Sequence
         .unwrap_or_else(|panic| Err(format!("panic: {}", panic_message(&panic))))
 }
 
-/// Waits for work: returns the sequences that may join now (none if sequences are active and nobody is waiting),
-/// or `None` once closed with nothing left to do.
-fn next_admissions(shared: &Shared, active: usize) -> Option<Vec<Pending>> {
+/// Waits for work: returns the sequences that may join now (none if sequences are active and nobody is waiting)
+/// and the tensor requests to run before the next step, or `None` once closed with nothing left to do.
+fn next_admissions(shared: &Shared, active: usize) -> Option<(Vec<Pending>, Vec<TensorJob>)> {
     // Joining never waits for company: whoever is queued joins at the next step, up to max_batch_size in all.
     let policy =
         BatchPolicy { max_size: shared.spec.batching.max_batch_size.saturating_sub(active), max_delay: Duration::ZERO };
@@ -231,6 +284,11 @@ fn next_admissions(shared: &Shared, active: usize) -> Option<Vec<Pending>> {
                 .events
                 .send(GenerationEvent::Error(shared.error(|model| EngineError::DeadlineExceeded { model, timeout })));
         }
+        for job in queue.tensors.remove_where(|job| job.reply.is_closed() || job.deadline <= now) {
+            let timeout = job.deadline.saturating_duration_since(job.enqueued_at);
+            let _ = job.reply.send(Err(shared.error(|model| EngineError::DeadlineExceeded { model, timeout })));
+        }
+        let tensor_jobs = queue.tensors.remove_where(|_| true);
         let admitted = match policy.max_size {
             0 => Vec::new(), // every slot taken: the queued wait for a sequence to finish
             _ => match queue.waiting.next_batch(policy, now) {
@@ -238,12 +296,12 @@ fn next_admissions(shared: &Shared, active: usize) -> Option<Vec<Pending>> {
                 Next::Empty | Next::WaitUntil(_) => Vec::new(),
             },
         };
-        if !admitted.is_empty() || active > 0 {
+        if !admitted.is_empty() || active > 0 || !tensor_jobs.is_empty() {
             shared.metrics.queue_depth.set(queue.waiting.len() as i64);
             for pending in &admitted {
                 shared.metrics.queue_duration.observe(now.duration_since(pending.enqueued_at).as_secs_f64());
             }
-            return Some(admitted);
+            return Some((admitted, tensor_jobs));
         }
         if queue.closed {
             return None;

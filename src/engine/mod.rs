@@ -28,6 +28,9 @@ pub enum EngineError {
     Stopped { model: String },
     #[error("inference failed in model `{model}`: {message}")]
     Inference { model: String, message: String },
+    /// The model could not run a request's own tensors (Open Inference Protocol): the caller's shapes or values.
+    #[error("model `{model}` cannot run these inputs: {message}")]
+    Rejected { model: String, message: String },
     #[error("a worker of model `{model}` stopped without answering")]
     WorkerLost { model: String },
     #[error("model `{model}` failed to load: {message}")]

@@ -10,7 +10,7 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use tch::Device;
+use tch::{Device, Tensor};
 use tokio::sync::oneshot;
 
 use super::batcher::{BatchPolicy, Batcher, Next};
@@ -55,11 +55,25 @@ pub struct WorkerSpec {
     pub batching: BatchingConfig,
 }
 
+/// What a job asks of a worker: the task's own input (the REST routes), or the model-level tensors of the Open
+/// Inference Protocol, which run through `tensor::forward_batched`. Both kinds share the queue and the batches.
+enum Work<I> {
+    Task(I),
+    Tensors(Vec<Tensor>),
+}
+
+enum Answer<O> {
+    Task(O),
+    Tensors(Vec<Tensor>),
+}
+
+type Reply<O> = oneshot::Sender<Result<Answer<O>, EngineError>>;
+
 struct Job<T: BatchTask> {
-    input: T::Input,
+    work: Work<T::Input>,
     deadline: Instant,
     enqueued_at: Instant,
-    reply: oneshot::Sender<Result<T::Output, EngineError>>,
+    reply: Reply<T::Output>,
 }
 
 impl<T: BatchTask> Job<T> {
@@ -196,22 +210,46 @@ impl<T: BatchTask> WorkerPool<T> {
     /// Queues several inputs of one request together (all or none: a queue without room for all of them refuses
     /// the request) and waits for every output, in input order.
     pub async fn infer_all(&self, inputs: Vec<T::Input>, timeout: Duration) -> Result<Vec<T::Output>, EngineError> {
+        let answers = self.submit(inputs.into_iter().map(Work::Task).collect(), timeout).await?;
+        answers
+            .into_iter()
+            .map(|answer| match answer {
+                Answer::Task(output) => Ok(output),
+                Answer::Tensors(_) => Err(self.shared.error(|model| EngineError::WorkerLost { model })),
+            })
+            .collect()
+    }
+
+    /// Queues one request of model-level tensors (the model's inputs in order, on the CPU) and waits for the
+    /// model's outputs (on the CPU). It joins the same queue and batches as the task's own requests.
+    pub async fn infer_tensors(&self, inputs: Vec<Tensor>, timeout: Duration) -> Result<Vec<Tensor>, EngineError> {
+        match self.submit(vec![Work::Tensors(inputs)], timeout).await?.pop() {
+            Some(Answer::Tensors(outputs)) => Ok(outputs),
+            _ => Err(self.shared.error(|model| EngineError::WorkerLost { model })),
+        }
+    }
+
+    async fn submit(
+        &self,
+        works: Vec<Work<T::Input>>,
+        timeout: Duration,
+    ) -> Result<Vec<Answer<T::Output>>, EngineError> {
         let now = Instant::now();
         let deadline = now + timeout;
-        let mut answers = Vec::with_capacity(inputs.len());
+        let mut answers = Vec::with_capacity(works.len());
         let idle_workers = {
             let mut state = self.shared.lock();
             if state.closed {
                 return Err(self.shared.error(|model| EngineError::Stopped { model }));
             }
-            if !state.batcher.has_room_for(inputs.len()) {
+            if !state.batcher.has_room_for(works.len()) {
                 return Err(self.shared.queue_full(state.batcher.capacity()));
             }
-            for input in inputs {
+            for work in works {
                 let (reply, answer) = oneshot::channel();
                 answers.push(answer);
-                // Cannot fail: the room for every input was checked under this same lock.
-                let _ = state.batcher.push(Job { input, deadline, enqueued_at: now, reply }, now);
+                // Cannot fail: the room for every job was checked under this same lock.
+                let _ = state.batcher.push(Job { work, deadline, enqueued_at: now, reply }, now);
             }
             self.shared.metrics.queue_depth.set(state.batcher.len() as i64);
             let wake = answers.len().min(state.idle.len());
@@ -366,24 +404,47 @@ fn next_batch<T: BatchTask>(shared: &Shared<T>, index: usize) -> Option<(Vec<Job
 
 fn run_batch<T: BatchTask>(shared: &Shared<T>, model: &InferenceModule, batch: Vec<Job<T>>) {
     let started = Instant::now();
-    let mut replies = Vec::with_capacity(batch.len());
-    let mut inputs = Vec::with_capacity(batch.len());
+    shared.metrics.batch_size.observe(batch.len() as f64);
+    let (mut task_replies, mut task_inputs) = (Vec::new(), Vec::new());
+    let (mut tensor_replies, mut tensor_inputs) = (Vec::new(), Vec::new());
     for job in batch {
         shared.metrics.queue_duration.observe(started.duration_since(job.enqueued_at).as_secs_f64());
-        inputs.push(job.input);
-        replies.push(job.reply);
+        match job.work {
+            Work::Task(input) => {
+                task_inputs.push(input);
+                task_replies.push(job.reply);
+            }
+            Work::Tensors(inputs) => {
+                tensor_inputs.push(inputs);
+                tensor_replies.push(job.reply);
+            }
+        }
     }
-    shared.metrics.batch_size.observe(inputs.len() as f64);
+    if !task_inputs.is_empty() {
+        run_task_batch(shared, model, task_replies, task_inputs);
+    }
+    if !tensor_inputs.is_empty() {
+        run_tensor_batch(shared, model, tensor_replies, tensor_inputs);
+    }
+    shared.metrics.inference_duration.observe(started.elapsed().as_secs_f64());
+}
+
+/// The task's own requests: one `run_batch` of the task.
+fn run_task_batch<T: BatchTask>(
+    shared: &Shared<T>,
+    model: &InferenceModule,
+    replies: Vec<Reply<T::Output>>,
+    inputs: Vec<T::Input>,
+) {
     let size = inputs.len();
     // A libtorch error or a panic fails this batch only; the worker keeps serving.
     let result =
         std::panic::catch_unwind(AssertUnwindSafe(|| shared.task.run_batch(model, shared.spec.device, inputs)))
             .unwrap_or_else(|panic| Err(anyhow::anyhow!("panic: {}", panic_message(&panic))));
-    shared.metrics.inference_duration.observe(started.elapsed().as_secs_f64());
     match result {
         Ok(outputs) if outputs.len() == size => {
             for (reply, output) in replies.into_iter().zip(outputs) {
-                let _ = reply.send(Ok(output));
+                let _ = reply.send(Ok(Answer::Task(output)));
             }
         }
         Ok(outputs) => {
@@ -393,11 +454,31 @@ fn run_batch<T: BatchTask>(shared: &Shared<T>, model: &InferenceModule, batch: V
     }
 }
 
-fn fail_all<T: BatchTask>(
+/// Requests of model-level tensors: the model may refuse one request's tensors (its shapes, its values), which
+/// fails that request alone, as the caller's mistake.
+fn run_tensor_batch<T: BatchTask>(
     shared: &Shared<T>,
-    replies: Vec<oneshot::Sender<Result<T::Output, EngineError>>>,
-    message: String,
+    model: &InferenceModule,
+    replies: Vec<Reply<T::Output>>,
+    inputs: Vec<Vec<Tensor>>,
 ) {
+    let results = std::panic::catch_unwind(AssertUnwindSafe(|| {
+        crate::tasks::tensor::forward_batched(model, shared.spec.device, inputs)
+    }));
+    match results {
+        Ok(results) => {
+            for (reply, result) in replies.into_iter().zip(results) {
+                let answer = result
+                    .map(Answer::Tensors)
+                    .map_err(|message| shared.error(|model| EngineError::Rejected { model, message }));
+                let _ = reply.send(answer);
+            }
+        }
+        Err(panic) => fail_all(shared, replies, format!("panic: {}", panic_message(&panic))),
+    }
+}
+
+fn fail_all<T: BatchTask>(shared: &Shared<T>, replies: Vec<Reply<T::Output>>, message: String) {
     tracing::error!(model = %shared.spec.model, batch = replies.len(), error = %message, "batch failed");
     for reply in replies {
         let _ = reply.send(Err(shared.error(|model| EngineError::Inference { model, message: message.clone() })));

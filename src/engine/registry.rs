@@ -18,6 +18,7 @@ use super::{device, EngineError, WorkerSpec};
 use crate::config::DeviceChoice;
 use crate::metrics::Metrics;
 use crate::repository::{self, ModelSpec, Repository};
+use crate::tasks::tensor::{self, Signature};
 use crate::tasks::{Backend, TaskKind};
 
 /// A model version that is loaded, warmed up and taking requests.
@@ -25,6 +26,8 @@ pub struct Loaded {
     pub version: u64,
     pub device: Device,
     pub backend: Backend,
+    /// The version's model-level tensors, for the Open Inference Protocol.
+    pub signature: Signature,
 }
 
 #[derive(Clone)]
@@ -247,7 +250,7 @@ impl Registry {
             batching: spec.config.batching.clone(),
         };
         let backend = Backend::start(&spec, worker, &self.metrics)?;
-        Ok(Loaded { version, device, backend })
+        Ok(Loaded { version, device, backend, signature: tensor::signature(&spec) })
     }
 
     /// A model folder that appeared after startup (or was named to the admin API) joins the registry.

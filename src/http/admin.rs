@@ -9,7 +9,7 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde_json::json;
 
-use super::body::read_multipart_images;
+use super::body::{positive_integer, read_multipart_images};
 use super::{off_runtime, AppState};
 use crate::engine::registry::Reloaded;
 use crate::error::ApiError;
@@ -44,7 +44,12 @@ fn admin(state: &AppState) -> Result<&Admin, ApiError> {
     })
 }
 
-async fn require_token(State(state): State<AppState>, headers: HeaderMap, request: Request, next: Next) -> Response {
+pub(super) async fn require_token(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    request: Request,
+    next: Next,
+) -> Response {
     let admin = match admin(&state) {
         Ok(admin) => admin,
         Err(e) => return e.into_response(),
@@ -75,7 +80,7 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 }
 
 /// Loads (or swaps to) what the repository names for `name`, and says what is served now.
-async fn change(state: AppState, name: String, force: bool) -> Result<Json<serde_json::Value>, ApiError> {
+pub(super) async fn change(state: AppState, name: String, force: bool) -> Result<Json<serde_json::Value>, ApiError> {
     let registry = std::sync::Arc::clone(&state.registry);
     let model = name.clone();
     let reloaded =
@@ -175,12 +180,12 @@ async fn list_jobs(State(state): State<AppState>) -> Result<Json<serde_json::Val
     Ok(Json(json!({"jobs": admin(&state)?.jobs.list()})))
 }
 
-async fn job(State(state): State<AppState>, Path(id): Path<u64>) -> Result<Response, ApiError> {
-    Ok(Json(admin(&state)?.jobs.get(id)?).into_response())
+async fn job(State(state): State<AppState>, Path(id): Path<String>) -> Result<Response, ApiError> {
+    Ok(Json(admin(&state)?.jobs.get(positive_integer("job id", &id)?)?).into_response())
 }
 
-async fn cancel_job(State(state): State<AppState>, Path(id): Path<u64>) -> Result<Response, ApiError> {
-    Ok(Json(admin(&state)?.jobs.cancel(id)?).into_response())
+async fn cancel_job(State(state): State<AppState>, Path(id): Path<String>) -> Result<Response, ApiError> {
+    Ok(Json(admin(&state)?.jobs.cancel(positive_integer("job id", &id)?)?).into_response())
 }
 
 #[cfg(test)]

@@ -99,6 +99,16 @@ fn content_type(headers: &HeaderMap, accepted: &str) -> Result<mime::Mime, ApiEr
         .ok_or_else(|| ApiError::UnsupportedMediaType(format!("Content-Type `{value:?}` cannot be parsed")))
 }
 
+/// A path segment that must be a positive integer (a version, a job id); anything else is a 400 naming it.
+/// (axum's own `Path<u64>` would answer in plain text.)
+pub fn positive_integer(what: &str, segment: &str) -> Result<u64, ApiError> {
+    segment
+        .parse::<u64>()
+        .ok()
+        .filter(|n| *n > 0)
+        .ok_or_else(|| ApiError::BadRequest(format!("{what} `{segment}` is not a positive integer")))
+}
+
 /// Reads at most `limit` bytes; a larger body (announced or actual) is a 413.
 pub async fn read_limited(body: Body, headers: &HeaderMap, limit: usize) -> Result<Bytes, ApiError> {
     let too_large = || {

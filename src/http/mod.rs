@@ -71,18 +71,7 @@ impl AppState {
                 "model `{name}` is a {actual} model; this route needs a {task} model"
             )));
         }
-        match entry.state() {
-            ModelState::Ready(loaded) => Ok(loaded),
-            ModelState::Loading => Err(ApiError::Unavailable(format!(
-                "model `{name}` is still loading; retry when GET /health/ready answers 200"
-            ))),
-            ModelState::Failed(message) => {
-                Err(ApiError::Unavailable(format!("model `{name}` is not available: {message}")))
-            }
-            ModelState::Unloaded => Err(ApiError::Unavailable(format!(
-                "model `{name}` is unloaded; an operator can serve it again with POST /admin/models/{name}/load"
-            ))),
-        }
+        serving(name, entry.state())
     }
 
     /// The model behind a task's short route.
@@ -90,6 +79,22 @@ impl AppState {
         self.registry.default_for(task).map(str::to_string).ok_or_else(|| {
             ApiError::NotFound(format!("no model serves {task}: set `default = true` in one such model's model.toml"))
         })
+    }
+}
+
+/// The loaded version of a model in `state`, or a 503 that says why it does not answer and what to do.
+fn serving(name: &str, state: ModelState) -> Result<Arc<Loaded>, ApiError> {
+    match state {
+        ModelState::Ready(loaded) => Ok(loaded),
+        ModelState::Loading => Err(ApiError::Unavailable(format!(
+            "model `{name}` is still loading; retry when GET /health/ready answers 200"
+        ))),
+        ModelState::Failed(message) => {
+            Err(ApiError::Unavailable(format!("model `{name}` is not available: {message}")))
+        }
+        ModelState::Unloaded => Err(ApiError::Unavailable(format!(
+            "model `{name}` is unloaded; an operator can serve it again with POST /admin/models/{name}/load"
+        ))),
     }
 }
 
@@ -141,7 +146,7 @@ pub fn router(state: AppState) -> Router {
     Router::new()
         .merge(v1::routes())
         .merge(admin::routes(state.clone()))
-        .merge(v2::routes())
+        .merge(v2::routes(state.clone()))
         .merge(ops::routes())
         .fallback(no_route)
         .method_not_allowed_fallback(method_not_allowed)

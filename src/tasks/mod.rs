@@ -6,6 +6,7 @@ pub mod image;
 pub mod sentiment;
 pub mod style;
 pub mod style_transfer;
+pub mod tensor;
 
 use std::fmt;
 
@@ -73,6 +74,7 @@ pub enum Backend {
     TextGeneration(GenerationEngine),
     StyleTransfer(WorkerPool<style::Stylizer>),
     StyleFeatures(WorkerPool<style_transfer::StyleOptimizer>),
+    Tensor(WorkerPool<tensor::TensorModel>),
 }
 
 impl Backend {
@@ -115,7 +117,28 @@ impl Backend {
                 style_transfer::StyleOptimizer { config: spec.config.optimization.clone() },
                 model_metrics,
             )?)),
-            other => Err(unsupported(format!("task `{other}` is not served by this version of ember"))),
+            TaskKind::Tensor => Ok(Backend::Tensor(WorkerPool::start(
+                worker,
+                tensor::TensorModel { signature: tensor::signature(spec) },
+                model_metrics,
+            )?)),
+        }
+    }
+
+    /// Runs one request of model-level tensors (Open Inference Protocol) through the model's own queue and
+    /// batches; inputs and outputs in the model's signature order, on the CPU.
+    pub async fn infer_tensors(
+        &self,
+        inputs: Vec<Tensor>,
+        timeout: std::time::Duration,
+    ) -> Result<Vec<Tensor>, EngineError> {
+        match self {
+            Backend::ImageClassification(pool) => pool.infer_tensors(inputs, timeout).await,
+            Backend::TextClassification(pool) => pool.infer_tensors(inputs, timeout).await,
+            Backend::TextGeneration(engine) => engine.infer_tensors(inputs, timeout).await,
+            Backend::StyleTransfer(pool) => pool.infer_tensors(inputs, timeout).await,
+            Backend::StyleFeatures(pool) => pool.infer_tensors(inputs, timeout).await,
+            Backend::Tensor(pool) => pool.infer_tensors(inputs, timeout).await,
         }
     }
 
@@ -127,6 +150,7 @@ impl Backend {
             Backend::TextGeneration(engine) => engine.shutdown(),
             Backend::StyleTransfer(pool) => pool.shutdown(),
             Backend::StyleFeatures(pool) => pool.shutdown(),
+            Backend::Tensor(pool) => pool.shutdown(),
         }
     }
 }

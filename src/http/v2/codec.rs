@@ -1,0 +1,448 @@
+//! The Open Inference Protocol's infer bodies, both ways: JSON (`inputs[{name, shape, datatype, data}]`), and the
+//! binary tensor data extension the official clients use by default, where the body is a JSON header of
+//! `Inference-Header-Content-Length` bytes followed by each binary tensor's raw little-endian bytes, in order.
+//!
+//! Requests are checked against the model's signature before they reach the queue: a wrong name, datatype, shape
+//! or element count is a 400 that names the input.
+
+use bytes::{BufMut, Bytes, BytesMut};
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+use tch::{Kind, Tensor};
+
+use crate::error::ApiError;
+use crate::tasks::tensor::{DataType, Signature, TensorSpec};
+
+/// The header that says how long the JSON part of a binary body is.
+pub const HEADER_LENGTH: &str = "inference-header-content-length";
+
+#[derive(Deserialize)]
+struct InferRequest {
+    id: Option<String>,
+    #[serde(default)]
+    parameters: Map<String, Value>,
+    inputs: Vec<RequestInput>,
+    outputs: Option<Vec<RequestOutput>>,
+}
+
+#[derive(Deserialize)]
+struct RequestInput {
+    name: String,
+    shape: Vec<i64>,
+    datatype: String,
+    #[serde(default)]
+    parameters: Map<String, Value>,
+    data: Option<Value>,
+}
+
+#[derive(Deserialize)]
+struct RequestOutput {
+    name: String,
+    #[serde(default)]
+    parameters: Map<String, Value>,
+}
+
+/// An output the caller wants: its position in the signature, and whether its data comes back binary.
+pub struct WantedOutput {
+    pub index: usize,
+    pub binary: bool,
+}
+
+/// A request checked against the model's signature.
+pub struct Decoded {
+    pub id: Option<String>,
+    /// One tensor per signature input, in signature order, on the CPU.
+    pub inputs: Vec<Tensor>,
+    pub outputs: Vec<WantedOutput>,
+}
+
+fn bad(message: String) -> ApiError {
+    ApiError::BadRequest(message)
+}
+
+/// Reads an infer body: all JSON, or (with `header_length`) a JSON header followed by binary tensor data.
+pub fn decode(body: &[u8], header_length: Option<usize>, signature: &Signature) -> Result<Decoded, ApiError> {
+    let (json, mut binary) = match header_length {
+        Some(length) if length > body.len() => {
+            return Err(bad(format!("{HEADER_LENGTH} is {length} but the body has only {} bytes", body.len())))
+        }
+        Some(length) => body.split_at(length),
+        None => (body, &[][..]),
+    };
+    let mut deserializer = serde_json::Deserializer::from_slice(json);
+    let request: InferRequest = serde_path_to_error::deserialize(&mut deserializer)
+        .map_err(|e| bad(format!("the infer request is not valid JSON for the protocol: {e}")))?;
+
+    let mut inputs: Vec<Option<Tensor>> = signature.inputs.iter().map(|_| None).collect();
+    for input in &request.inputs {
+        let index = signature.inputs.iter().position(|spec| spec.name == input.name).ok_or_else(|| {
+            bad(format!("the model has no input `{}`; its inputs: {}", input.name, names(&signature.inputs)))
+        })?;
+        if inputs[index].is_some() {
+            return Err(bad(format!("input `{}` is given twice", input.name)));
+        }
+        inputs[index] = Some(
+            decode_input(input, &signature.inputs[index], &mut binary)
+                .map_err(|message| bad(format!("input `{}`: {message}", input.name)))?,
+        );
+    }
+    if !binary.is_empty() {
+        return Err(bad(format!(
+            "{} bytes of binary data follow the inputs' binary_data_size; each binary input must say its size",
+            binary.len()
+        )));
+    }
+    let inputs = inputs
+        .into_iter()
+        .zip(&signature.inputs)
+        .map(|(tensor, spec)| tensor.ok_or_else(|| bad(format!("input `{}` is missing", spec.name))))
+        .collect::<Result<_, _>>()?;
+    let outputs = wanted_outputs(&request, signature)?;
+    Ok(Decoded { id: request.id, inputs, outputs })
+}
+
+fn names(specs: &[TensorSpec]) -> String {
+    specs.iter().map(|s| s.name.as_str()).collect::<Vec<_>>().join(", ")
+}
+
+/// A boolean parameter, absent = `None`; any other type is an error naming it.
+fn flag(parameters: &Map<String, Value>, name: &str) -> Result<Option<bool>, String> {
+    match parameters.get(name) {
+        None => Ok(None),
+        Some(Value::Bool(value)) => Ok(Some(*value)),
+        Some(other) => Err(format!("parameter {name} must be true or false, got {other}")),
+    }
+}
+
+fn wanted_outputs(request: &InferRequest, signature: &Signature) -> Result<Vec<WantedOutput>, ApiError> {
+    let all_binary = flag(&request.parameters, "binary_data_output").map_err(bad)?.unwrap_or(false);
+    let Some(requested) = &request.outputs else {
+        return Ok((0..signature.outputs.len()).map(|index| WantedOutput { index, binary: all_binary }).collect());
+    };
+    let mut wanted: Vec<WantedOutput> = Vec::with_capacity(requested.len());
+    for output in requested {
+        let index = signature.outputs.iter().position(|spec| spec.name == output.name).ok_or_else(|| {
+            bad(format!("the model has no output `{}`; its outputs: {}", output.name, names(&signature.outputs)))
+        })?;
+        if wanted.iter().any(|w| w.index == index) {
+            return Err(bad(format!("output `{}` is asked for twice", output.name)));
+        }
+        if output.parameters.contains_key("classification") {
+            return Err(bad(format!(
+                "output `{}`: the classification extension is not supported; ask for the logits",
+                output.name
+            )));
+        }
+        let binary = flag(&output.parameters, "binary_data")
+            .map_err(|message| bad(format!("output `{}`: {message}", output.name)))?
+            .unwrap_or(all_binary);
+        wanted.push(WantedOutput { index, binary });
+    }
+    Ok(wanted)
+}
+
+/// One input as a tensor of the model's datatype and the request's shape. Errors do not repeat the input's name.
+fn decode_input(input: &RequestInput, spec: &TensorSpec, binary: &mut &[u8]) -> Result<Tensor, String> {
+    let datatype = DataType::parse(&input.datatype)?;
+    if datatype != spec.datatype {
+        return Err(format!("datatype {datatype} does not match the model's {}", spec.datatype));
+    }
+    if let Some(dim) = input.shape.iter().find(|&&d| d < 0) {
+        return Err(format!("shape {:?} has a negative dimension {dim}", input.shape));
+    }
+    if !spec.accepts(&input.shape) {
+        return Err(format!("shape {:?} does not match the model's {:?} (-1: any size)", input.shape, spec.shape));
+    }
+    let elements = input
+        .shape
+        .iter()
+        .try_fold(1usize, |n, &d| n.checked_mul(d as usize))
+        .ok_or_else(|| format!("shape {:?} has too many elements", input.shape))?;
+    let binary_size = match input.parameters.get("binary_data_size") {
+        None => None,
+        Some(size) => Some(size.as_u64().ok_or_else(|| format!("binary_data_size must be a byte count, got {size}"))?),
+    };
+    let tensor = match (binary_size, &input.data) {
+        (Some(_), Some(_)) => return Err("has both data and binary_data_size; send one".into()),
+        (None, None) => return Err("has no data (and no binary_data_size)".into()),
+        (Some(size), None) => {
+            let expected = elements * datatype.byte_size();
+            if size as usize != expected {
+                return Err(format!(
+                    "binary_data_size is {size} bytes but shape {:?} of {datatype} needs {expected} ({elements} elements of {} bytes)",
+                    input.shape,
+                    datatype.byte_size()
+                ));
+            }
+            if binary.len() < expected {
+                return Err(format!(
+                    "binary_data_size is {size} bytes but only {} bytes of binary data are left",
+                    binary.len()
+                ));
+            }
+            let (bytes, rest) = binary.split_at(expected);
+            *binary = rest;
+            Tensor::f_from_data_size(bytes, &input.shape, datatype.kind()).map_err(|e| e.to_string())?
+        }
+        (None, Some(data)) => {
+            let mut values = Vec::with_capacity(elements);
+            flatten(data, &mut values);
+            if values.len() != elements {
+                return Err(format!(
+                    "data holds {} values but shape {:?} has {elements} elements",
+                    values.len(),
+                    input.shape
+                ));
+            }
+            json_tensor(&values, datatype)?.f_view(input.shape.as_slice()).map_err(|e| e.to_string())?
+        }
+    };
+    Ok(tensor)
+}
+
+/// The leaves of `data` in row-major order: the protocol allows a flat array or arrays nested like the shape.
+fn flatten<'a>(data: &'a Value, into: &mut Vec<&'a Value>) {
+    match data {
+        Value::Array(items) => items.iter().for_each(|item| flatten(item, into)),
+        leaf => into.push(leaf),
+    }
+}
+
+fn json_tensor(values: &[&Value], datatype: DataType) -> Result<Tensor, String> {
+    let tensor = if datatype == DataType::Bool {
+        Tensor::from_slice(&elements(values, "true or false", Value::as_bool)?)
+    } else if let Some((min, max)) = datatype.integer_range() {
+        let what = format!("an integer in {min}..={max} ({datatype})");
+        Tensor::from_slice(&elements(values, &what, |v| v.as_i64().filter(|n| (min..=max).contains(n)))?)
+    } else if datatype == DataType::Fp64 {
+        Tensor::from_slice(&elements(values, "a number", Value::as_f64)?)
+    } else {
+        Tensor::from_slice(&elements(values, "a number", |v| v.as_f64().map(|n| n as f32))?)
+    };
+    tensor.f_to_kind(datatype.kind()).map_err(|e| e.to_string())
+}
+
+/// Every value read by `read`, or an error naming the first element it cannot read and what it should be.
+fn elements<T>(values: &[&Value], what: &str, read: impl Fn(&Value) -> Option<T>) -> Result<Vec<T>, String> {
+    values
+        .iter()
+        .enumerate()
+        .map(|(index, value)| read(value).ok_or_else(|| format!("element {index} is {value}, not {what}")))
+        .collect()
+}
+
+#[derive(Serialize)]
+struct InferResponse<'a> {
+    model_name: &'a str,
+    model_version: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    id: Option<&'a str>,
+    outputs: Vec<ResponseOutput<'a>>,
+}
+
+#[derive(Serialize)]
+struct ResponseOutput<'a> {
+    name: &'a str,
+    datatype: DataType,
+    shape: Vec<i64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    parameters: Option<Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    data: Option<Value>,
+}
+
+/// An encoded answer: the body, and the length of its JSON part when binary data follows it.
+pub struct Encoded {
+    pub body: Bytes,
+    pub header_length: Option<usize>,
+}
+
+/// Encodes the wanted outputs (each converted to the signature's datatype) as JSON, binary data appended for
+/// the outputs that asked for it.
+pub fn encode(
+    model: &str,
+    version: u64,
+    id: Option<&str>,
+    signature: &Signature,
+    outputs: &[Tensor],
+    wanted: &[WantedOutput],
+) -> Result<Encoded, ApiError> {
+    let internal = |e: tch::TchError| ApiError::Internal(format!("reading the model's outputs: {e}"));
+    let mut binary = BytesMut::new();
+    let mut entries = Vec::with_capacity(wanted.len());
+    for choice in wanted {
+        let spec = &signature.outputs[choice.index];
+        let tensor =
+            outputs[choice.index].f_to_kind(spec.datatype.kind()).and_then(|t| t.f_contiguous()).map_err(internal)?;
+        let shape = tensor.size();
+        let (parameters, data) = if choice.binary {
+            let size = tensor.numel() * spec.datatype.byte_size();
+            let start = binary.len();
+            binary.resize(start + size, 0);
+            tensor.f_copy_data_u8(&mut binary[start..], tensor.numel()).map_err(internal)?;
+            (Some(serde_json::json!({"binary_data_size": size})), None)
+        } else {
+            (None, Some(json_data(&tensor, spec.datatype).map_err(internal)?))
+        };
+        entries.push(ResponseOutput { name: &spec.name, datatype: spec.datatype, shape, parameters, data });
+    }
+    let response = InferResponse { model_name: model, model_version: version.to_string(), id, outputs: entries };
+    let json = serde_json::to_vec(&response).map_err(|e| ApiError::Internal(format!("encoding the answer: {e}")))?;
+    if binary.is_empty() && !wanted.iter().any(|w| w.binary) {
+        return Ok(Encoded { body: json.into(), header_length: None });
+    }
+    let mut body = BytesMut::with_capacity(json.len() + binary.len());
+    body.put_slice(&json);
+    body.put_slice(&binary);
+    Ok(Encoded { body: body.freeze(), header_length: Some(json.len()) })
+}
+
+/// A tensor's elements as a flat JSON array. Non-finite floats have no JSON form and become null.
+fn json_data(tensor: &Tensor, datatype: DataType) -> Result<Value, tch::TchError> {
+    let flat = tensor.f_reshape([-1])?;
+    Ok(match datatype {
+        DataType::Bool => Value::from(Vec::<bool>::try_from(&flat)?),
+        DataType::Fp16 | DataType::Fp32 => Value::from(Vec::<f32>::try_from(&flat.f_to_kind(Kind::Float)?)?),
+        DataType::Fp64 => Value::from(Vec::<f64>::try_from(&flat)?),
+        _ => Value::from(Vec::<i64>::try_from(&flat.f_to_kind(Kind::Int64)?)?),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn signature(datatype: DataType, shape: &[i64]) -> Signature {
+        let spec = |name: &str| TensorSpec { name: name.into(), datatype, shape: shape.to_vec() };
+        Signature { inputs: vec![spec("x")], outputs: vec![spec("y")] }
+    }
+
+    fn json_body(datatype: &str, shape: &[i64], data: Value) -> Vec<u8> {
+        serde_json::to_vec(
+            &serde_json::json!({"inputs": [{"name": "x", "shape": shape, "datatype": datatype, "data": data}]}),
+        )
+        .unwrap()
+    }
+
+    fn error(result: Result<Decoded, ApiError>) -> String {
+        match result {
+            Ok(_) => panic!("decoded"),
+            Err(e) => {
+                assert_eq!(e.status(), 400, "{e}");
+                e.to_string()
+            }
+        }
+    }
+
+    /// Every datatype survives JSON in and out, and binary in and out, with its values.
+    #[test]
+    fn every_datatype_round_trips_through_json_and_binary() {
+        for datatype in DataType::ALL {
+            let data: Value = match datatype {
+                DataType::Bool => serde_json::json!([true, false, true, true, false, false]),
+                DataType::Uint8 => serde_json::json!([0, 1, 2, 3, 254, 255]),
+                d if d.is_float() => serde_json::json!([0.5, -1.25, 2.0, 3.0, 4.5, -0.125]),
+                _ => serde_json::json!([0, -1, 2, -3, 100, -100]),
+            };
+            let sig = signature(datatype, &[-1, 3]);
+            let decoded = decode(&json_body(datatype.name(), &[2, 3], data.clone()), None, &sig).unwrap();
+            assert_eq!(decoded.inputs[0].kind(), datatype.kind(), "{datatype}");
+            assert_eq!(decoded.inputs[0].size(), [2, 3]);
+
+            let wanted = [WantedOutput { index: 0, binary: false }];
+            let encoded = encode("m", 1, Some("r1"), &sig, &decoded.inputs, &wanted).unwrap();
+            assert_eq!(encoded.header_length, None);
+            let answer: Value = serde_json::from_slice(&encoded.body).unwrap();
+            assert_eq!(answer["outputs"][0]["data"], data, "{datatype}");
+            assert_eq!(answer["outputs"][0]["shape"], serde_json::json!([2, 3]));
+            assert_eq!(answer["id"], "r1");
+
+            let wanted = [WantedOutput { index: 0, binary: true }];
+            let encoded = encode("m", 1, None, &sig, &decoded.inputs, &wanted).unwrap();
+            let length = encoded.header_length.unwrap();
+            let header: Value = serde_json::from_slice(&encoded.body[..length]).unwrap();
+            let size = 6 * datatype.byte_size();
+            assert_eq!(header["outputs"][0]["parameters"]["binary_data_size"], size);
+            assert_eq!(encoded.body.len(), length + size);
+
+            // The binary answer, sent back as a binary request, decodes to the same values.
+            let request = serde_json::to_vec(&serde_json::json!({"inputs": [{"name": "x", "shape": [2, 3],
+                "datatype": datatype.name(), "parameters": {"binary_data_size": size}}]}))
+            .unwrap();
+            let mut body = request.clone();
+            body.extend_from_slice(&encoded.body[length..]);
+            let again = decode(&body, Some(request.len()), &sig).unwrap();
+            assert!(again.inputs[0].equal(&decoded.inputs[0]), "{datatype}");
+        }
+    }
+
+    #[test]
+    fn nested_data_is_read_in_row_major_order() {
+        let sig = signature(DataType::Int32, &[-1, 2]);
+        let decoded = decode(&json_body("INT32", &[2, 2], serde_json::json!([[1, 2], [3, 4]])), None, &sig).unwrap();
+        assert_eq!(Vec::<i32>::try_from(decoded.inputs[0].reshape([-1])).unwrap(), [1, 2, 3, 4]);
+    }
+
+    #[test]
+    fn mismatches_are_400s_naming_the_input() {
+        let sig = signature(DataType::Fp32, &[-1, 3]);
+        let err = error(decode(&json_body("FP64", &[1, 3], serde_json::json!([1, 2, 3])), None, &sig));
+        assert!(err.contains("input `x`") && err.contains("FP64") && err.contains("FP32"), "{err}");
+        let err = error(decode(&json_body("FP32", &[1, 4], serde_json::json!([1, 2, 3, 4])), None, &sig));
+        assert!(err.contains("input `x`") && err.contains("[1, 4]") && err.contains("[-1, 3]"), "{err}");
+        let err = error(decode(&json_body("FP32", &[2, 3], serde_json::json!([1, 2, 3])), None, &sig));
+        assert!(err.contains("input `x`") && err.contains("3 values") && err.contains("6 elements"), "{err}");
+        let err = error(decode(&json_body("FP32", &[1, 3], serde_json::json!([1, "a", 3])), None, &sig));
+        assert!(err.contains("element 1") && err.contains("not a number"), "{err}");
+        let err = error(decode(&json_body("BYTES", &[1, 3], serde_json::json!(["a", "b", "c"])), None, &sig));
+        assert!(err.contains("`BYTES` is not supported"), "{err}");
+        let int8 = signature(DataType::Int8, &[-1]);
+        let err = error(decode(&json_body("INT8", &[2], serde_json::json!([1, 300])), None, &int8));
+        assert!(err.contains("element 1 is 300") && err.contains("-128..=127"), "{err}");
+
+        let wrong_name = serde_json::to_vec(&serde_json::json!({"inputs": [{"name": "z", "shape": [1, 3],
+            "datatype": "FP32", "data": [1, 2, 3]}]}))
+        .unwrap();
+        let err = error(decode(&wrong_name, None, &sig));
+        assert!(err.contains("no input `z`") && err.contains("its inputs: x"), "{err}");
+        let err = error(decode(br#"{"inputs": []}"#, None, &sig));
+        assert!(err.contains("input `x` is missing"), "{err}");
+        let err = error(decode(br#"{"inputs": 3}"#, None, &sig));
+        assert!(err.contains("inputs"), "{err}");
+    }
+
+    #[test]
+    fn binary_sizes_must_add_up() {
+        let sig = signature(DataType::Fp32, &[-1, 2]);
+        let header = serde_json::to_vec(&serde_json::json!({"inputs": [{"name": "x", "shape": [1, 2],
+            "datatype": "FP32", "parameters": {"binary_data_size": 8}}]}))
+        .unwrap();
+        let mut short = header.clone();
+        short.extend_from_slice(&[0; 4]);
+        let err = error(decode(&short, Some(header.len()), &sig));
+        assert!(err.contains("input `x`") && err.contains("only 4 bytes"), "{err}");
+        let mut long = header.clone();
+        long.extend_from_slice(&[0; 12]);
+        let err = error(decode(&long, Some(header.len()), &sig));
+        assert!(err.contains("4 bytes of binary data"), "{err}");
+        let err = error(decode(&header, Some(header.len() + 1), &sig));
+        assert!(err.contains(HEADER_LENGTH), "{err}");
+        let wrong_size =
+            String::from_utf8(header.clone()).unwrap().replace("\"binary_data_size\":8", "\"binary_data_size\":12");
+        let err = error(decode(wrong_size.as_bytes(), Some(wrong_size.len()), &sig));
+        assert!(err.contains("binary_data_size is 12") && err.contains("needs 8"), "{err}");
+    }
+
+    #[test]
+    fn outputs_can_be_chosen_and_made_binary() {
+        let sig = signature(DataType::Fp32, &[-1]);
+        let body = br#"{"inputs": [{"name": "x", "shape": [1], "datatype": "FP32", "data": [1]}],
+            "parameters": {"binary_data_output": true}}"#;
+        let decoded = decode(body, None, &sig).unwrap();
+        assert!(decoded.outputs.len() == 1 && decoded.outputs[0].binary);
+        let body = br#"{"inputs": [{"name": "x", "shape": [1], "datatype": "FP32", "data": [1]}],
+            "outputs": [{"name": "nope"}]}"#;
+        let err = error(decode(body, None, &sig));
+        assert!(err.contains("no output `nope`") && err.contains("its outputs: y"), "{err}");
+    }
+}

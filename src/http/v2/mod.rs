@@ -1,0 +1,193 @@
+//! Open Inference Protocol (KServe v2): server metadata, liveness and readiness, model metadata and readiness,
+//! inference (JSON and the binary tensor data extension), and the model repository extension (admin token).
+//!
+//! Every model answers here with its model-level tensors (`tasks::tensor::signature`); requests join the same
+//! per-model queue and batches as the REST routes.
+
+mod codec;
+mod repository;
+
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::extract::{Path, Request, State};
+use axum::http::{header, HeaderName, HeaderValue};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde_json::{json, Value};
+
+use super::body::{positive_integer, read_limited};
+use super::ops::readiness;
+use super::{off_runtime, serving, AppState};
+use crate::engine::registry::Loaded;
+use crate::engine::ModelState;
+use crate::error::ApiError;
+use crate::tasks::tensor::{self, Signature, TensorSpec};
+
+/// The protocol extensions ember implements (`GET /v2`).
+const EXTENSIONS: [&str; 2] = ["binary_tensor_data", "model_repository"];
+/// What `platform` says in model metadata.
+const PLATFORM: &str = "pytorch_torchscript";
+
+pub fn routes(state: AppState) -> Router<AppState> {
+    Router::new()
+        .route("/v2", get(server_metadata))
+        .route("/v2/health/live", get(live))
+        .route("/v2/health/ready", get(ready))
+        .route("/v2/models/{name}", get(model_metadata))
+        .route("/v2/models/{name}/versions/{version}", get(model_version_metadata))
+        .route("/v2/models/{name}/ready", get(model_ready))
+        .route("/v2/models/{name}/versions/{version}/ready", get(model_version_ready))
+        .route("/v2/models/{name}/infer", post(infer))
+        .route("/v2/models/{name}/versions/{version}/infer", post(infer_version))
+        .merge(repository::routes(state))
+}
+
+async fn server_metadata() -> Json<Value> {
+    Json(json!({"name": "ember", "version": env!("CARGO_PKG_VERSION"), "extensions": EXTENSIONS}))
+}
+
+async fn live() -> Json<Value> {
+    Json(json!({"live": true}))
+}
+
+/// 200 when every model is loaded and warm (as /health/ready); 503 naming those that are not.
+async fn ready(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
+    readiness(&state)?;
+    Ok(Json(json!({"ready": true})))
+}
+
+/// A `{version}` path segment: a positive integer.
+fn parse_version(version: &str) -> Result<u64, ApiError> {
+    positive_integer("model version", version)
+}
+
+async fn model_metadata(State(state): State<AppState>, Path(name): Path<String>) -> Response {
+    let result = metadata(&state, &name, None);
+    state.with_model_label(&name, result)
+}
+
+async fn model_version_metadata(
+    State(state): State<AppState>,
+    Path((name, version)): Path<(String, String)>,
+) -> Response {
+    let result = parse_version(&version).and_then(|version| metadata(&state, &name, Some(version)));
+    state.with_model_label(&name, result)
+}
+
+/// Name, versions, platform and the tensors of `version` (default: the one served, else the one that would be).
+fn metadata(state: &AppState, name: &str, version: Option<u64>) -> Result<Json<Value>, ApiError> {
+    let spec = state.model(name)?.spec();
+    let version = match version.or_else(|| spec.served_version()) {
+        Some(version) if spec.versions.contains(&version) => version,
+        other => {
+            return Err(ApiError::NotFound(format!(
+                "model `{name}` has no version {}; versions: {:?}",
+                other.map_or("to serve".to_string(), |v| v.to_string()),
+                spec.versions
+            )))
+        }
+    };
+    // Read at that version: its labels and image size may differ from the model's (a fine-tune).
+    let at_version = spec.at_version(version).map_err(|e| ApiError::Unavailable(e.to_string()))?;
+    let Signature { inputs, outputs } = tensor::signature(&at_version);
+    let describe = |specs: Vec<TensorSpec>| -> Vec<Value> {
+        specs.into_iter().map(|s| json!({"name": s.name, "datatype": s.datatype, "shape": s.shape})).collect()
+    };
+    Ok(Json(json!({
+        "name": name,
+        "versions": spec.versions.iter().map(u64::to_string).collect::<Vec<_>>(),
+        "platform": PLATFORM,
+        "task": spec.config.task,
+        "inputs": describe(inputs),
+        "outputs": describe(outputs),
+    })))
+}
+
+async fn model_ready(State(state): State<AppState>, Path(name): Path<String>) -> Result<Json<Value>, ApiError> {
+    let loaded = served(&state, &name, None)?;
+    Ok(Json(json!({"name": name, "version": loaded.version.to_string(), "ready": true})))
+}
+
+async fn model_version_ready(
+    State(state): State<AppState>,
+    Path((name, version)): Path<(String, String)>,
+) -> Result<Json<Value>, ApiError> {
+    let loaded = served(&state, &name, Some(parse_version(&version)?))?;
+    Ok(Json(json!({"name": name, "version": loaded.version.to_string(), "ready": true})))
+}
+
+/// The loaded version of `name` (which must be `version`, if given). 404 for a model or version that does not
+/// exist; 503 for one that is loading, failed, unloaded, or (a version on disk) not the one served.
+fn served(state: &AppState, name: &str, version: Option<u64>) -> Result<Arc<Loaded>, ApiError> {
+    let current = state.model(name)?.current();
+    if let Some(version) = version.filter(|v| !current.spec.versions.contains(v)) {
+        return Err(ApiError::NotFound(format!(
+            "model `{name}` has no version {version}; versions: {:?}",
+            current.spec.versions
+        )));
+    }
+    match (&current.state, version) {
+        (ModelState::Ready(loaded), Some(version)) if loaded.version != version => Err(ApiError::Unavailable(format!(
+            "model `{name}` serves version {}, not version {version}",
+            loaded.version
+        ))),
+        _ => serving(name, current.state),
+    }
+}
+
+async fn infer(State(state): State<AppState>, Path(name): Path<String>, request: Request) -> Response {
+    let result = run_infer(&state, &name, None, request).await;
+    state.with_model_label(&name, result)
+}
+
+async fn infer_version(
+    State(state): State<AppState>,
+    Path((name, version)): Path<(String, String)>,
+    request: Request,
+) -> Response {
+    let result = match parse_version(&version) {
+        Ok(version) => run_infer(&state, &name, Some(version), request).await,
+        Err(e) => Err(e),
+    };
+    state.with_model_label(&name, result)
+}
+
+async fn run_infer(state: &AppState, name: &str, version: Option<u64>, request: Request) -> Result<Response, ApiError> {
+    let loaded = served(state, name, version)?;
+    let (parts, body): (_, Body) = request.into_parts();
+    let header_length = match parts.headers.get(codec::HEADER_LENGTH) {
+        None => None,
+        Some(value) => Some(value.to_str().ok().and_then(|v| v.trim().parse::<usize>().ok()).ok_or_else(|| {
+            ApiError::BadRequest(format!("{} must be a byte count, got {value:?}", codec::HEADER_LENGTH))
+        })?),
+    };
+    let body = read_limited(body, &parts.headers, state.limits.max_body_bytes).await?;
+    // Parsing a large JSON tensor takes milliseconds of CPU: off the async workers.
+    let for_decoding = Arc::clone(&loaded);
+    let decoded =
+        off_runtime("decoding the infer request", move || codec::decode(&body, header_length, &for_decoding.signature))
+            .await?;
+    let outputs = loaded.backend.infer_tensors(decoded.inputs, state.limits.request_timeout).await?;
+    let signature = &loaded.signature;
+    if outputs.len() != signature.outputs.len() {
+        return Err(ApiError::Internal(format!(
+            "model `{name}` returned {} tensors; its signature has {} outputs",
+            outputs.len(),
+            signature.outputs.len()
+        )));
+    }
+    let (model, version, id, wanted) = (name.to_string(), loaded.version, decoded.id, decoded.outputs);
+    let for_encoding = Arc::clone(&loaded);
+    let encoded = off_runtime("encoding the infer answer", move || {
+        codec::encode(&model, version, id.as_deref(), &for_encoding.signature, &outputs, &wanted)
+    })
+    .await?;
+    let content_type = if encoded.header_length.is_some() { "application/octet-stream" } else { "application/json" };
+    let mut response = ([(header::CONTENT_TYPE, content_type)], encoded.body).into_response();
+    if let Some(length) = encoded.header_length {
+        response.headers_mut().insert(HeaderName::from_static(codec::HEADER_LENGTH), HeaderValue::from(length));
+    }
+    Ok(response)
+}

@@ -1,0 +1,78 @@
+//! The protocol's model repository extension (Triton's): the index of models, and load / unload. It changes what
+//! the server serves, so it sits behind the admin token like /admin (404 while the admin API is off).
+
+use axum::extract::{Path, Request, State};
+use axum::middleware;
+use axum::routing::post;
+use axum::{Json, Router};
+use serde_json::{json, Value};
+
+use super::super::admin::{change, require_token};
+use super::super::body::{parse_params, read_limited};
+use super::AppState;
+use crate::engine::ModelState;
+use crate::error::ApiError;
+
+pub fn routes(state: AppState) -> Router<AppState> {
+    Router::new()
+        .route("/v2/repository/index", post(index))
+        .route("/v2/repository/models/{name}/load", post(load))
+        .route("/v2/repository/models/{name}/unload", post(unload))
+        .route_layer(middleware::from_fn_with_state(state, require_token))
+}
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct IndexRequest {
+    /// Only the models that are ready.
+    #[serde(default)]
+    ready: bool,
+}
+
+/// `[{name, version, state, reason}]`, states as Triton names them: READY, LOADING, UNAVAILABLE.
+async fn index(State(state): State<AppState>, request: Request) -> Result<Json<Vec<Value>>, ApiError> {
+    let (parts, body) = request.into_parts();
+    let body = read_limited(body, &parts.headers, state.limits.max_body_bytes).await?;
+    let params = if body.iter().all(u8::is_ascii_whitespace) {
+        serde_json::Map::new()
+    } else {
+        match serde_json::from_slice::<Value>(&body) {
+            Ok(Value::Object(params)) => params,
+            _ => {
+                return Err(ApiError::BadRequest(
+                    "the index request must be a JSON object such as {\"ready\": true}".into(),
+                ))
+            }
+        }
+    };
+    let request: IndexRequest = parse_params(params).map_err(|e| ApiError::BadRequest(e.to_string()))?;
+    let mut names = state.registry.names();
+    names.sort();
+    let mut models = Vec::with_capacity(names.len());
+    for name in names {
+        let Some(entry) = state.registry.get(&name) else { continue };
+        let current = entry.current();
+        let (status, version, reason) = match &current.state {
+            ModelState::Ready(loaded) => ("READY", Some(loaded.version), String::new()),
+            ModelState::Loading => ("LOADING", current.spec.served_version(), String::new()),
+            ModelState::Failed(message) => ("UNAVAILABLE", current.spec.served_version(), message.clone()),
+            ModelState::Unloaded => ("UNAVAILABLE", current.spec.served_version(), "unloaded".to_string()),
+        };
+        if request.ready && status != "READY" {
+            continue;
+        }
+        let version = version.map(|v| v.to_string()).unwrap_or_default();
+        models.push(json!({"name": name, "version": version, "state": status, "reason": reason}));
+    }
+    Ok(Json(models))
+}
+
+/// Serves the model (again), at the version the repository names; answers once it is loaded.
+async fn load(State(state): State<AppState>, Path(name): Path<String>) -> Result<Json<Value>, ApiError> {
+    change(state, name, false).await
+}
+
+async fn unload(State(state): State<AppState>, Path(name): Path<String>) -> Result<Json<Value>, ApiError> {
+    state.registry.unload(&name)?;
+    Ok(Json(json!({"model": name, "state": "unloaded"})))
+}

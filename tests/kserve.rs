@@ -1,0 +1,175 @@
+//! The Open Inference Protocol (KServe v2) over real HTTP: NVIDIA's own Python client against every kind of model,
+//! the same numbers as the REST routes through the same batches, and tensor models declared in model.toml.
+
+mod common;
+
+use common::{client, error_of, models_dir, photo, root, TempRepo, TestServer};
+use ember::config::ImagePreprocessing;
+use ember::tasks::image;
+use serde_json::{json, Value};
+
+const TOKEN: &str = "kserve-admin-token";
+
+/// tests/kserve/client_check.py with tritonclient[http] (installed in the venv by the setup): metadata, JSON and
+/// binary inference of a tensor model, a classifier, a text classifier and a generator, the 400s, and the
+/// repository extension with and without the admin token.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_official_triton_client_works_with_json_and_binary_tensors() {
+    let repo = TempRepo::of("iris", &[]);
+    for model in ["mobilenet_v2", "sentiment", "shakespeare"] {
+        repo.add(model, &[]);
+    }
+    let server = TestServer::start_ready(repo.path(), &["--admin-token", TOKEN, "--watch-interval-ms", "0"]).await;
+    let address = server.base.trim_start_matches("http://").to_string();
+    let output = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(root().join(".venv/bin/python"))
+            .arg(root().join("tests/kserve/client_check.py"))
+            .args([address.as_str(), TOKEN, models_dir().to_str().unwrap()])
+            .output()
+            .expect("the venv's python runs")
+    })
+    .await
+    .unwrap();
+    let (stdout, stderr) = (String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
+    assert!(output.status.success(), "client_check.py failed:\n{stdout}\n{stderr}");
+    assert!(stdout.contains("tritonclient checks passed"), "{stdout}");
+}
+
+fn preprocessing() -> ImagePreprocessing {
+    ImagePreprocessing { resize: 256, crop: 224, mean: [0.485, 0.456, 0.406], std: [0.229, 0.224, 0.225] }
+}
+
+/// chelsea.png preprocessed exactly as /v1/classify does it, as the bytes of an FP32 [1, 3, 224, 224] tensor.
+fn chelsea_tensor_bytes() -> Vec<u8> {
+    let decoded = image::decode(&photo("chelsea.png"), 40_000_000).unwrap();
+    let tensor = image::to_normalized_tensor(decoded, &preprocessing()).unwrap();
+    let values = Vec::<f32>::try_from(tensor.reshape([-1])).unwrap();
+    values.iter().flat_map(|v| v.to_le_bytes()).collect()
+}
+
+/// A binary infer request: the JSON header, then the tensor's bytes.
+fn binary_request(tensor: &[u8]) -> (Vec<u8>, usize) {
+    let header = serde_json::to_vec(&json!({
+        "inputs": [{"name": "image", "shape": [1, 3, 224, 224], "datatype": "FP32",
+                    "parameters": {"binary_data_size": tensor.len()}}],
+        "outputs": [{"name": "logits", "parameters": {"binary_data": true}}]
+    }))
+    .unwrap();
+    let length = header.len();
+    ([header, tensor.to_vec()].concat(), length)
+}
+
+fn softmax(logits: &[f32]) -> Vec<f32> {
+    let max = logits.iter().copied().fold(f32::MIN, f32::max);
+    let exp: Vec<f32> = logits.iter().map(|l| (l - max).exp()).collect();
+    let sum: f32 = exp.iter().sum();
+    exp.iter().map(|e| e / sum).collect()
+}
+
+/// v2 requests of a task model join the REST requests' queue and batches, and give the same numbers: the softmax
+/// of the v2 logits is the /v1/classify scores of the same photo.
+#[tokio::test(flavor = "multi_thread")]
+async fn v2_and_rest_requests_share_the_batcher_and_agree() {
+    let repo = TempRepo::mobilenet(&[]);
+    let server = TestServer::start_ready(repo.path(), &[]).await;
+    let batches_before = server.metric(r#"ember_batch_size_count{model="mobilenet_v2"}"#).await.unwrap();
+    let (body, header_length) = binary_request(&chelsea_tensor_bytes());
+    let mut calls = Vec::new();
+    for _ in 0..8 {
+        let v2 = client()
+            .post(server.url("/v2/models/mobilenet_v2/infer"))
+            .header("inference-header-content-length", header_length)
+            .body(body.clone())
+            .send();
+        let rest = client()
+            .post(server.url("/v1/classify?top_k=3"))
+            .header("content-type", "image/png")
+            .body(photo("chelsea.png"))
+            .send();
+        calls.push(tokio::spawn(async move { (v2.await.unwrap(), rest.await.unwrap()) }));
+    }
+    let mut answers = Vec::new();
+    for call in calls {
+        let (v2, rest) = call.await.unwrap();
+        assert_eq!((v2.status().as_u16(), rest.status().as_u16()), (200, 200));
+        assert_eq!(v2.headers()["content-type"], "application/octet-stream");
+        let length: usize = v2.headers()["inference-header-content-length"].to_str().unwrap().parse().unwrap();
+        let bytes = v2.bytes().await.unwrap();
+        let header: Value = serde_json::from_slice(&bytes[..length]).unwrap();
+        assert_eq!(header["outputs"][0]["shape"], json!([1, 1000]));
+        assert_eq!(header["model_version"], "1");
+        let logits: Vec<f32> = bytes[length..].chunks(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect();
+        answers.push((softmax(&logits), rest.json::<Value>().await.unwrap()));
+    }
+    for (probabilities, rest) in answers {
+        for prediction in rest["predictions"].as_array().unwrap() {
+            let index = prediction["index"].as_u64().unwrap() as usize;
+            let score = prediction["score"].as_f64().unwrap() as f32;
+            assert!(
+                (probabilities[index] - score).abs() < 1e-4,
+                "{}: v2 {} vs REST {score}",
+                prediction["label"],
+                probabilities[index]
+            );
+        }
+    }
+    let batches = server.metric(r#"ember_batch_size_count{model="mobilenet_v2"}"#).await.unwrap() - batches_before;
+    assert!(batches < 16.0, "16 concurrent requests (8 v2, 8 REST) ran in {batches} batches: v2 requests did not join");
+}
+
+/// A tensor model whose model.toml declares outputs the model does not return fails to load, saying so; one with
+/// bad declarations is refused naming the key; and a tensor model has no REST route.
+#[tokio::test(flavor = "multi_thread")]
+async fn tensor_models_are_checked_against_their_declarations() {
+    let repo = TempRepo::of("iris", &[]);
+    let toml_path = repo.path().join("iris/model.toml");
+    let toml = std::fs::read_to_string(&toml_path).unwrap();
+    let one_output = toml.split("[[outputs]]\nname = \"species\"").next().unwrap().to_string();
+    std::fs::write(&toml_path, &one_output).unwrap();
+    let server = TestServer::start(repo.path(), &[]);
+    let state = loop {
+        let model: Value = reqwest::get(server.url("/v1/models/iris")).await.unwrap().json().await.unwrap();
+        if model["state"] != "loading" {
+            break model;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    };
+    assert_eq!(state["state"], "failed", "{state}");
+    let error = state["error"].as_str().unwrap_or_default();
+    assert!(error.contains("returns 2 tensors but model.toml declares 1 outputs"), "{state}");
+    let (status, _, message) = error_of(reqwest::get(server.url("/v2/models/iris/ready")).await.unwrap()).await;
+    assert_eq!(status, 503, "{message}");
+    server.stop();
+
+    std::fs::write(&toml_path, toml.replace("shape = [-1, 4]", "shape = [4]")).unwrap();
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_ember"))
+        .args(["serve", "--port", "0", "--model-repo", repo.path().to_str().unwrap()])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success() && stderr.contains("inputs[0].shape must start with -1"), "{stderr}");
+}
+
+/// Without an admin token the repository extension is off (404), as the admin API is.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_repository_extension_needs_the_admin_api() {
+    let repo = TempRepo::of("iris", &[]);
+    let server = TestServer::start_ready(repo.path(), &[]).await;
+    let response = client().post(server.url("/v2/repository/index")).send().await.unwrap();
+    let (status, _, message) = error_of(response).await;
+    assert_eq!(status, 404);
+    assert!(message.contains("admin API is off"), "{message}");
+    let response = client()
+        .post(server.url("/v2/models/iris/infer"))
+        .json(&json!({"inputs": [{"name": "measurements", "shape": [1, 4], "datatype": "FP32", "data": [[5.1, 3.5, 1.4, 0.2]]}]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["outputs"][1]["name"], "species");
+    assert_eq!(body["outputs"][1]["data"], json!([0]));
+    let (status, _, message) =
+        error_of(server.post_body("/v1/models/iris/classify", "image/png", photo("chelsea.png")).await).await;
+    assert_eq!(status, 400, "a tensor model has no REST route: {message}");
+}
