@@ -49,6 +49,30 @@ fn openapi_subcommand_prints_the_spec() {
     );
 }
 
+/// The README's configuration reference is what the CLI itself says (`make docs` regenerates it), and every
+/// flag of `ember serve --help` is in it.
+#[test]
+fn readme_configuration_reference_matches_the_cli() {
+    let output = ember().arg("config-reference").output().unwrap();
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let reference = String::from_utf8(output.stdout).unwrap();
+    let readme = std::fs::read_to_string(common::root().join("README.md")).unwrap();
+    assert!(
+        readme.contains(&format!("{}\n{reference}{}", ember::reference::BEGIN, ember::reference::END)),
+        "README.md's configuration reference is stale: run `make docs`"
+    );
+    let help = String::from_utf8(ember().args(["serve", "--help"]).output().unwrap().stdout).unwrap();
+    let flags: Vec<&str> = help.split_whitespace().filter(|w| w.starts_with("--") && *w != "--help").collect();
+    assert!(flags.len() >= 10, "{help}");
+    for flag in flags {
+        let flag = flag.trim_end_matches(',');
+        assert!(
+            reference.contains(&format!("`{flag} ")) || reference.contains(&format!("`{flag}`")),
+            "{flag} is missing"
+        );
+    }
+}
+
 #[test]
 fn invalid_model_toml_stops_the_server_naming_file_and_key() {
     let repo = common::TempRepo::mobilenet(&[("max_delay_ms", "0\nmax_dealy_ms = 5")]);
