@@ -46,11 +46,13 @@ stop_server() {
 
 peak_rss_mib() { awk '/VmHWM/ {printf "%.0f", $2/1024}' "/proc/$server_pid/status"; }
 
-# One hey run of $seconds: hey_row CONCURRENCY URL CONTENT-TYPE BODY-FILE prints a table row:
-# concurrency, requests/s, p50 ms, p99 ms, non-200 answers.
+# One hey run of $seconds: hey_row CONCURRENCY URL CONTENT-TYPE BODY-FILE [HEADER] prints a table row:
+# concurrency, requests/s, p50 ms, p99 ms, non-200 answers. HEADER ("Name: value") is sent as well.
 hey_row() {
   local concurrency=$1 url=$2 content_type=$3 body=$4 out="$workdir/hey.txt"
-  hey -z "${seconds}s" -c "$concurrency" -m POST -T "$content_type" -D "$body" "$url" > "$out"
+  local extra=()
+  [ -n "${5:-}" ] && extra=(-H "$5")
+  hey -z "${seconds}s" -c "$concurrency" -m POST -T "$content_type" -D "$body" "${extra[@]}" "$url" > "$out"
   local rps p50 p99 ok total
   rps=$(awk '/Requests\/sec:/ {printf "%.1f", $2}' "$out")
   p50=$(awk '/ 50% in / {printf "%.1f", $3 * 1000}' "$out")
