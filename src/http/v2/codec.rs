@@ -166,7 +166,7 @@ fn decode_input(input: &RequestInput, spec: &TensorSpec, binary: &mut &[u8]) -> 
         (Some(_), Some(_)) => return Err("has both data and binary_data_size; send one".into()),
         (None, None) => return Err("has no data (and no binary_data_size)".into()),
         (Some(size), None) => {
-            let expected = elements * datatype.byte_size();
+            let expected = elements.saturating_mul(datatype.byte_size());
             if size as usize != expected {
                 return Err(format!(
                     "binary_data_size is {size} bytes but shape {:?} of {datatype} needs {expected} ({elements} elements of {} bytes)",
@@ -185,7 +185,8 @@ fn decode_input(input: &RequestInput, spec: &TensorSpec, binary: &mut &[u8]) -> 
             Tensor::f_from_data_size(bytes, &input.shape, datatype.kind()).map_err(|e| e.to_string())?
         }
         (None, Some(data)) => {
-            let mut values = Vec::with_capacity(elements);
+            // Not `with_capacity(elements)`: the shape is the client's word, the values are what it sent.
+            let mut values = Vec::new();
             flatten(data, &mut values);
             if values.len() != elements {
                 return Err(format!(
@@ -407,6 +408,9 @@ mod tests {
         assert!(err.contains("no input `z`") && err.contains("its inputs: x"), "{err}");
         let err = error(decode(br#"{"inputs": []}"#, None, &sig));
         assert!(err.contains("input `x` is missing"), "{err}");
+        let huge = json_body("FP32", &[1 << 40, 3], serde_json::json!([1, 2, 3]));
+        let err = error(decode(&huge, None, &sig));
+        assert!(err.contains("3 values"), "a huge claimed shape is refused, not allocated: {err}");
         let err = error(decode(br#"{"inputs": 3}"#, None, &sig));
         assert!(err.contains("inputs"), "{err}");
     }
