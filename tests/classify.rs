@@ -186,8 +186,10 @@ async fn decompression_bomb_is_refused() {
 async fn models_are_listed_with_their_state() {
     let server = server().await;
     let list: Value = reqwest::get(server.url("/v1/models")).await.unwrap().json().await.unwrap();
-    let model = &list["models"][0];
-    assert_eq!(model["name"], "mobilenet_v2");
+    let models = list["models"].as_array().unwrap();
+    let names: Vec<&str> = models.iter().map(|m| m["name"].as_str().unwrap()).collect();
+    assert!(names.windows(2).all(|pair| pair[0] < pair[1]), "listed by name: {names:?}");
+    let model = models.iter().find(|m| m["name"] == "mobilenet_v2").expect("mobilenet_v2 is listed");
     assert_eq!(model["task"], "image-classification");
     assert_eq!(model["state"], "ready");
     assert_eq!(model["served_version"], 1);
