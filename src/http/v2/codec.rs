@@ -249,7 +249,7 @@ struct ResponseOutput<'a> {
     #[serde(skip_serializing_if = "Option::is_none")]
     parameters: Option<Value>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    data: Option<Value>,
+    data: Option<TensorData>,
 }
 
 /// An encoded answer: the body, and the length of its JSON part when binary data follows it.
@@ -298,14 +298,25 @@ pub fn encode(
     Ok(Encoded { body: body.freeze(), header_length: Some(json.len()) })
 }
 
+/// A tensor's elements, typed so that FP32 and FP16 are written with f32's shortest digits (through a `Value`
+/// they would become f64 and print 0.9999785423278809 for 0.99997854).
+#[derive(Serialize)]
+#[serde(untagged)]
+enum TensorData {
+    Bool(Vec<bool>),
+    Float(Vec<f32>),
+    Double(Vec<f64>),
+    Integer(Vec<i64>),
+}
+
 /// A tensor's elements as a flat JSON array. Non-finite floats have no JSON form and become null.
-fn json_data(tensor: &Tensor, datatype: DataType) -> Result<Value, tch::TchError> {
+fn json_data(tensor: &Tensor, datatype: DataType) -> Result<TensorData, tch::TchError> {
     let flat = tensor.f_reshape([-1])?;
     Ok(match datatype {
-        DataType::Bool => Value::from(Vec::<bool>::try_from(&flat)?),
-        DataType::Fp16 | DataType::Fp32 => Value::from(Vec::<f32>::try_from(&flat.f_to_kind(Kind::Float)?)?),
-        DataType::Fp64 => Value::from(Vec::<f64>::try_from(&flat)?),
-        _ => Value::from(Vec::<i64>::try_from(&flat.f_to_kind(Kind::Int64)?)?),
+        DataType::Bool => TensorData::Bool(Vec::try_from(&flat)?),
+        DataType::Fp16 | DataType::Fp32 => TensorData::Float(Vec::try_from(&flat.f_to_kind(Kind::Float)?)?),
+        DataType::Fp64 => TensorData::Double(Vec::try_from(&flat)?),
+        _ => TensorData::Integer(Vec::try_from(&flat.f_to_kind(Kind::Int64)?)?),
     })
 }
 
@@ -375,6 +386,15 @@ mod tests {
             let again = decode(&body, Some(request.len()), &sig).unwrap();
             assert!(again.inputs[0].equal(&decoded.inputs[0]), "{datatype}");
         }
+    }
+
+    #[test]
+    fn fp32_answers_are_written_with_f32_digits() {
+        let sig = signature(DataType::Fp32, &[-1]);
+        let outputs = [Tensor::from_slice(&[0.1f32, 0.99997854])];
+        let encoded = encode("m", 1, None, &sig, &outputs, &[WantedOutput { index: 0, binary: false }]).unwrap();
+        let text = String::from_utf8(encoded.body.to_vec()).unwrap();
+        assert!(text.contains(r#""data":[0.1,0.99997854]"#), "{text}");
     }
 
     #[test]
