@@ -80,7 +80,7 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 }
 
 /// Loads (or swaps to) what the repository names for `name`, and says what is served now.
-pub(super) async fn change(state: AppState, name: String, force: bool) -> Result<Json<serde_json::Value>, ApiError> {
+async fn change(state: AppState, name: String, force: bool) -> Result<Json<serde_json::Value>, ApiError> {
     let registry = std::sync::Arc::clone(&state.registry);
     let model = name.clone();
     let reloaded =
@@ -93,7 +93,10 @@ pub(super) async fn change(state: AppState, name: String, force: bool) -> Result
     }))
 }
 
-async fn load(State(state): State<AppState>, Path(name): Path<String>) -> Result<Json<serde_json::Value>, ApiError> {
+pub(super) async fn load(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+) -> Result<Json<serde_json::Value>, ApiError> {
     change(state, name, false).await
 }
 
@@ -101,7 +104,10 @@ async fn reload(State(state): State<AppState>, Path(name): Path<String>) -> Resu
     change(state, name, true).await
 }
 
-async fn unload(State(state): State<AppState>, Path(name): Path<String>) -> Result<Json<serde_json::Value>, ApiError> {
+pub(super) async fn unload(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+) -> Result<Json<serde_json::Value>, ApiError> {
     state.registry.unload(&name)?;
     Ok(Json(json!({"model": name, "state": "unloaded"})))
 }

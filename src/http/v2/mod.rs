@@ -23,7 +23,7 @@ use super::{off_runtime, serving, AppState};
 use crate::engine::registry::Loaded;
 use crate::engine::ModelState;
 use crate::error::ApiError;
-use crate::tasks::tensor::{self, Signature, TensorSpec};
+use crate::tasks::tensor;
 
 /// The protocol extensions ember implements (`GET /v2`).
 const EXTENSIONS: [&str; 2] = ["binary_tensor_data", "model_repository"];
@@ -89,19 +89,19 @@ fn metadata(state: &AppState, name: &str, version: Option<u64>) -> Result<Json<V
             )))
         }
     };
-    // Read at that version: its labels and image size may differ from the model's (a fine-tune).
-    let at_version = spec.at_version(version).map_err(|e| ApiError::Unavailable(e.to_string()))?;
-    let Signature { inputs, outputs } = tensor::signature(&at_version);
-    let describe = |specs: Vec<TensorSpec>| -> Vec<Value> {
-        specs.into_iter().map(|s| json!({"name": s.name, "datatype": s.datatype, "shape": s.shape})).collect()
+    // The loaded version's signature is in memory; another version's is read from its folder (its labels and
+    // image size may differ from the model's: a fine-tune).
+    let signature = match served(state, name, Some(version)) {
+        Ok(loaded) => loaded.signature.clone(),
+        Err(_) => tensor::signature(&spec.at_version(version).map_err(|e| ApiError::Unavailable(e.to_string()))?),
     };
     Ok(Json(json!({
         "name": name,
         "versions": spec.versions.iter().map(u64::to_string).collect::<Vec<_>>(),
         "platform": PLATFORM,
         "task": spec.config.task,
-        "inputs": describe(inputs),
-        "outputs": describe(outputs),
+        "inputs": signature.inputs,
+        "outputs": signature.outputs,
     })))
 }
 

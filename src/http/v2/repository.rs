@@ -1,13 +1,14 @@
 //! The protocol's model repository extension (Triton's): the index of models, and load / unload. It changes what
 //! the server serves, so it sits behind the admin token like /admin (404 while the admin API is off).
 
-use axum::extract::{Path, Request, State};
+use axum::extract::{Request, State};
 use axum::middleware;
 use axum::routing::post;
 use axum::{Json, Router};
 use serde_json::{json, Value};
 
-use super::super::admin::{change, require_token};
+// load and unload are the admin API's own handlers: the extension is another address for them.
+use super::super::admin::{load, require_token, unload};
 use super::super::body::{parse_params, read_limited};
 use super::AppState;
 use crate::engine::ModelState;
@@ -65,14 +66,4 @@ async fn index(State(state): State<AppState>, request: Request) -> Result<Json<V
         models.push(json!({"name": name, "version": version, "state": status, "reason": reason}));
     }
     Ok(Json(models))
-}
-
-/// Serves the model (again), at the version the repository names; answers once it is loaded.
-async fn load(State(state): State<AppState>, Path(name): Path<String>) -> Result<Json<Value>, ApiError> {
-    change(state, name, false).await
-}
-
-async fn unload(State(state): State<AppState>, Path(name): Path<String>) -> Result<Json<Value>, ApiError> {
-    state.registry.unload(&name)?;
-    Ok(Json(json!({"model": name, "state": "unloaded"})))
 }
