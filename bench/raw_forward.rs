@@ -44,7 +44,8 @@ fn main() -> anyhow::Result<()> {
     let until = Instant::now() + Duration::from_secs_f64(seconds);
     while Instant::now() < until || total.len() < 20 {
         let started = Instant::now();
-        let decoded = image::decode(&jpeg, u64::MAX).map_err(|e| anyhow::anyhow!("{e}"))?;
+        let decoded = image::decode(&jpeg, image::ImageLimits { max_pixels: u64::MAX, max_aspect: u32::MAX })
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
         let decoded_at = Instant::now();
         let input =
             image::to_normalized_tensor(decoded, &preprocessing).map_err(|e| anyhow::anyhow!("{e}"))?.unsqueeze(0);

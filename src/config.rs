@@ -31,6 +31,31 @@ pub struct ServeConfig {
     /// Largest decoded image accepted, in pixels (width x height), against decompression bombs.
     #[arg(long, env = "EMBER_MAX_IMAGE_PIXELS", default_value_t = 40_000_000)]
     pub max_image_pixels: u64,
+    /// Largest ratio of an image's longer side to its shorter one (resizing scales the shorter side up to the
+    /// model's size, so a 1 x 1,000,000 image would become gigabytes).
+    #[arg(long, env = "EMBER_MAX_IMAGE_ASPECT", default_value_t = 32, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_image_aspect: u32,
+    /// Memory that image decodes in flight may take together, in bytes (each is counted at 8 bytes per pixel
+    /// plus 64 MiB of decoder space); requests beyond it wait their turn, up to their deadline.
+    #[arg(long, env = "EMBER_MAX_DECODE_BYTES", default_value_t = 1024 * 1024 * 1024)]
+    pub max_decode_bytes: u64,
+    /// Largest Open Inference Protocol answer, in bytes (JSON counted at 21 bytes per element).
+    #[arg(long, env = "EMBER_MAX_RESPONSE_BYTES", default_value_t = 64 * 1024 * 1024)]
+    pub max_response_bytes: usize,
+    /// Time a client may take to send a request's headers (and an idle keep-alive connection may stay open),
+    /// in milliseconds; then the connection is closed.
+    #[arg(long, env = "EMBER_HEADER_READ_TIMEOUT_MS", default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(1..))]
+    pub header_read_timeout_ms: u64,
+    /// Time a client may take to send a request's whole body, in milliseconds (408 beyond it).
+    #[arg(long, env = "EMBER_BODY_READ_TIMEOUT_MS", default_value_t = 30_000, value_parser = clap::value_parser!(u64).range(1..))]
+    pub body_read_timeout_ms: u64,
+    /// Time a client may take to send a whole fine-tuning upload, in milliseconds (408 beyond it).
+    #[arg(long, env = "EMBER_UPLOAD_READ_TIMEOUT_MS", default_value_t = 900_000, value_parser = clap::value_parser!(u64).range(1..))]
+    pub upload_read_timeout_ms: u64,
+    /// Connections served at once; further clients wait in the listen backlog until one closes. Lowered to
+    /// what the open-file limit allows, which ember raises to its hard limit at start.
+    #[arg(long, env = "EMBER_MAX_CONNECTIONS", default_value_t = 4096, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_connections: u32,
     /// Time a request may spend queued and running before it is answered 504, in milliseconds.
     #[arg(long, env = "EMBER_REQUEST_TIMEOUT_MS", default_value_t = 30_000)]
     pub request_timeout_ms: u64,
@@ -67,11 +92,17 @@ impl fmt::Debug for AdminToken {
 
 impl FromStr for AdminToken {
     type Err = String;
+    /// Leading and trailing whitespace is not part of the token: a token read from a file (a Kubernetes secret,
+    /// `$(cat token)`) often ends in a newline that the clients' header would not carry.
     fn from_str(s: &str) -> Result<Self, String> {
-        if s.len() < 8 {
-            return Err("the admin token must be at least 8 characters long".into());
+        let token = s.trim();
+        if token.len() < 8 {
+            return Err("the admin token must be at least 8 characters long (whitespace around it is ignored)".into());
         }
-        Ok(AdminToken(s.to_string()))
+        if token.chars().any(|c| c.is_whitespace() || c.is_control()) {
+            return Err("the admin token must not contain whitespace or control characters".into());
+        }
+        Ok(AdminToken(token.to_string()))
     }
 }
 
@@ -107,6 +138,18 @@ impl ServeConfig {
 
     pub fn request_timeout(&self) -> Duration {
         Duration::from_millis(self.request_timeout_ms)
+    }
+
+    pub fn header_read_timeout(&self) -> Duration {
+        Duration::from_millis(self.header_read_timeout_ms)
+    }
+
+    pub fn body_read_timeout(&self) -> Duration {
+        Duration::from_millis(self.body_read_timeout_ms)
+    }
+
+    pub fn upload_read_timeout(&self) -> Duration {
+        Duration::from_millis(self.upload_read_timeout_ms)
     }
 }
 
@@ -222,6 +265,9 @@ pub struct BatchingConfig {
     pub borrow_idle_threads: bool,
     /// Forward passes each worker runs (at every batch size up to max_batch_size) before the model is ready.
     pub warmup_runs: usize,
+    /// The most rows (the batch dimension) one Open Inference Protocol request may send: its tensors' first
+    /// dimension is the client's choice, and with it the cost of the forward pass it joins.
+    pub max_request_rows: usize,
 }
 
 impl Default for BatchingConfig {
@@ -234,6 +280,7 @@ impl Default for BatchingConfig {
             intra_op_threads: 1,
             borrow_idle_threads: true,
             warmup_runs: 1,
+            max_request_rows: 64,
         }
     }
 }
@@ -338,6 +385,7 @@ impl ModelToml {
         check_range("batching.workers", b.workers, 1, 64)?;
         check_range("batching.intra_op_threads", b.intra_op_threads, 1, 256)?;
         check_range("batching.warmup_runs", b.warmup_runs, 0, 1000)?;
+        check_range("batching.max_request_rows", b.max_request_rows, 1, 1_000_000)?;
         check_range("batching.max_delay_ms", b.max_delay_ms as usize, 0, 10_000)?;
         if let Some(image) = &self.image {
             check_range("image.crop", image.crop as usize, 1, 4096)?;

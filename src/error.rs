@@ -34,6 +34,9 @@ pub enum ApiError {
     /// The model exists but cannot answer now (loading, failed to load, shutting down).
     #[error("{0}")]
     Unavailable(String),
+    /// The client took too long to send its request (408); the connection is closed after the answer.
+    #[error("{0}")]
+    RequestTimeout(String),
     #[error("{0}")]
     Timeout(String),
     #[error("{0}")]
@@ -59,6 +62,7 @@ impl ApiError {
             ApiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             ApiError::Overloaded { .. } => StatusCode::TOO_MANY_REQUESTS,
             ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::RequestTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             ApiError::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -75,6 +79,7 @@ impl ApiError {
             ApiError::Unauthorized(_) => "unauthorized",
             ApiError::Overloaded { .. } => "overloaded",
             ApiError::Unavailable(_) => "unavailable",
+            ApiError::RequestTimeout(_) => "request_timeout",
             ApiError::Timeout(_) => "timeout",
             ApiError::Internal(_) => "internal",
         }
@@ -94,6 +99,7 @@ impl ApiError {
                 ApiError::Overloaded { message: rewrite(message), retry_after_secs }
             }
             ApiError::Unavailable(m) => ApiError::Unavailable(rewrite(m)),
+            ApiError::RequestTimeout(m) => ApiError::RequestTimeout(rewrite(m)),
             ApiError::Timeout(m) => ApiError::Timeout(rewrite(m)),
             ApiError::Internal(m) => ApiError::Internal(rewrite(m)),
         }
@@ -111,8 +117,15 @@ impl IntoResponse for ApiError {
             tracing::error!(error = %body.error, "internal error");
         }
         let mut response = (self.status(), Json(body)).into_response();
-        if let ApiError::Overloaded { retry_after_secs, .. } = self {
-            response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(retry_after_secs));
+        match self {
+            ApiError::Overloaded { retry_after_secs, .. } => {
+                response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(retry_after_secs));
+            }
+            // The rest of the body may still be on its way: the connection cannot carry another request.
+            ApiError::RequestTimeout(_) => {
+                response.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
+            }
+            _ => {}
         }
         response
     }

@@ -29,6 +29,16 @@ pub fn report(model_repo: &Path) -> String {
         tch::utils::has_mkl(),
         tch::utils::has_mkldnn(),
     );
+    let _ = match crate::fd_limit::raise() {
+        Some(files) => writeln!(
+            out,
+            "open files: soft limit {} (ember serve raises it to the hard limit {}), room for {} connections",
+            files.before,
+            files.hard,
+            files.connections()
+        ),
+        None => writeln!(out, "open files: limit unknown"),
+    };
     let _ = writeln!(out, "model repository: {}", model_repo.display());
     match Repository::scan(model_repo) {
         Ok(repo) if repo.models.is_empty() => {

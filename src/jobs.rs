@@ -4,6 +4,7 @@
 //! asked only to save it.
 
 use std::collections::{BTreeMap, VecDeque};
+use std::panic::AssertUnwindSafe;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -12,7 +13,7 @@ use serde::Serialize;
 use crate::engine::Registry;
 use crate::error::ApiError;
 use crate::metrics::Metrics;
-use crate::train::{self, Cancel, DataSource, Progress, Snapshot, TrainError, TrainJob, TrainSettings};
+use crate::train::{self, Cancel, DataSource, Progress, Snapshot, TrainError, TrainJob, TrainSettings, Trained};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -99,12 +100,16 @@ struct Queue {
     next_id: u64,
 }
 
+/// What runs a job: `train::train`, or a stand-in in tests.
+type Trainer = dyn Fn(&TrainJob, &dyn Progress, &Cancel) -> Result<Trained, TrainError> + Send + Sync;
+
 struct Shared {
     queue: Mutex<Queue>,
     wake: Condvar,
     registry: Arc<Registry>,
     metrics: Arc<Metrics>,
     max_waiting: usize,
+    trainer: Box<Trainer>,
 }
 
 impl Shared {
@@ -133,7 +138,12 @@ fn now() -> f64 {
 impl Jobs {
     /// Starts the runner thread. `max_waiting` jobs may queue behind the running one.
     pub fn start(registry: Arc<Registry>, metrics: Arc<Metrics>, max_waiting: usize) -> Jobs {
-        let shared = Arc::new(Shared { queue: Mutex::default(), wake: Condvar::new(), registry, metrics, max_waiting });
+        Jobs::start_with(registry, metrics, max_waiting, Box::new(train::train))
+    }
+
+    fn start_with(registry: Arc<Registry>, metrics: Arc<Metrics>, max_waiting: usize, trainer: Box<Trainer>) -> Jobs {
+        let shared =
+            Arc::new(Shared { queue: Mutex::default(), wake: Condvar::new(), registry, metrics, max_waiting, trainer });
         let runner = Arc::clone(&shared);
         let spawned = std::thread::Builder::new().name("ember-fine-tune".into()).spawn(move || run_jobs(&runner));
         if let Err(e) = spawned {
@@ -256,14 +266,28 @@ fn run_jobs(shared: &Shared) {
             status.started_at = Some(now());
         }
         shared.count_states(&shared.lock());
-        let outcome = run_one(shared, &job);
+        // A panic (a bug in ember or libtorch's bindings) fails this job only: the runner goes on to the next.
+        let outcome = std::panic::catch_unwind(AssertUnwindSafe(|| run_one(shared, &job)));
+        let id = job.status().id;
         match outcome {
-            Ok(version) => {
+            Ok(Ok(version)) => {
                 job.status().version = Some(version);
                 finish(&job, JobState::Succeeded, None);
             }
-            Err(TrainError::Cancelled) => finish(&job, JobState::Cancelled, None),
-            Err(e) => finish(&job, JobState::Failed, Some(e.to_string())),
+            Ok(Err(TrainError::Cancelled)) => finish(&job, JobState::Cancelled, None),
+            Ok(Err(e)) => {
+                tracing::warn!(job = id, error = %e, "fine-tuning job failed");
+                finish(&job, JobState::Failed, Some(e.to_string()));
+            }
+            Err(panic) => {
+                let message = panic_message(panic.as_ref());
+                tracing::error!(job = id, panic = %message, "fine-tuning job panicked; the runner goes on");
+                finish(
+                    &job,
+                    JobState::Failed,
+                    Some(format!("the job stopped on an internal error ({message}); the server log has the details")),
+                );
+            }
         }
         shared.count_states(&shared.lock());
     }
@@ -293,7 +317,7 @@ fn run_one(shared: &Shared, job: &Job) -> Result<u64, TrainError> {
         device: tch::Device::Cpu,
     };
     tracing::info!(job = id, model = %model, "fine-tuning job started");
-    let trained = train::train(&train_job, job, &job.cancel)?;
+    let trained = (shared.trainer)(&train_job, job, &job.cancel)?;
     if publish {
         // The watcher may have swapped already; this makes it happen now when it is off.
         if let Err(e) = shared.registry.reload(&model, false) {
@@ -302,6 +326,15 @@ fn run_one(shared: &Shared, job: &Job) -> Result<u64, TrainError> {
     }
     tracing::info!(job = id, model = %model, version = trained.version, publish, "fine-tuning job succeeded");
     Ok(trained.version)
+}
+
+/// The text of a panic's payload (`panic!` with a message gives a `&str` or a `String`).
+fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+    payload
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "a panic without a message".into())
 }
 
 /// nice 19 for this thread and the threads it starts (libtorch's), so serving threads always win the CPU.
@@ -313,5 +346,64 @@ fn lower_priority() {
         if libc::setpriority(libc::PRIO_PROCESS, thread, 19) != 0 {
             tracing::warn!("cannot lower the fine-tuning thread's priority; serving may slow down during jobs");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::time::{Duration, Instant};
+
+    use super::*;
+    use crate::repository::Repository;
+
+    fn job_data() -> (JobData, std::path::PathBuf) {
+        let folder = tempfile::tempdir().unwrap();
+        let path = folder.path().to_path_buf();
+        (JobData { source: DataSource { path: path.clone(), class_names: None }, folder }, path)
+    }
+
+    fn wait_for(jobs: &Jobs, id: u64, state: JobState) -> JobStatus {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let status = jobs.get(id).unwrap();
+            if status.state == state {
+                return status;
+            }
+            assert!(Instant::now() < deadline, "job {id} is {:?}", status.state);
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    #[test]
+    fn a_panicking_job_fails_alone_and_the_runner_takes_the_next() {
+        let root = tempfile::tempdir().unwrap();
+        let repository = Repository { root: root.path().to_path_buf(), models: vec![], defaults: Default::default() };
+        let metrics = Arc::new(Metrics::new());
+        let registry = Arc::new(Registry::new(repository, Default::default(), Arc::clone(&metrics)));
+        let calls = Arc::new(AtomicUsize::new(0));
+        let counted = Arc::clone(&calls);
+        let trainer: Box<Trainer> = Box::new(move |job: &TrainJob, _: &dyn Progress, _: &Cancel| {
+            if counted.fetch_add(1, Ordering::SeqCst) == 0 {
+                panic!("index out of bounds: the len is 1 but the index is 2");
+            }
+            Ok(Trained {
+                model: job.model.clone(),
+                version: 7,
+                dir: job.repo.clone(),
+                metrics: serde_json::Value::Null,
+            })
+        });
+        let jobs = Jobs::start_with(registry, metrics, 4, trainer);
+        let (first, first_folder) = job_data();
+        let first = jobs.submit("m", first, TrainSettings::default(), false).unwrap();
+        let failed = wait_for(&jobs, first.id, JobState::Failed);
+        assert!(failed.error.as_deref().unwrap().contains("index out of bounds"), "{failed:?}");
+        assert!(!first_folder.exists(), "the failed job's upload is removed");
+        let (second, second_folder) = job_data();
+        let second = jobs.submit("m", second, TrainSettings::default(), false).unwrap();
+        assert_eq!(wait_for(&jobs, second.id, JobState::Succeeded).version, Some(7));
+        assert!(!second_folder.exists());
+        assert_eq!(calls.load(Ordering::SeqCst), 2);
     }
 }

@@ -5,6 +5,7 @@
 pub mod config;
 pub mod engine;
 pub mod error;
+pub mod fd_limit;
 pub mod http;
 pub mod info;
 pub mod jobs;

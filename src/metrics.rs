@@ -23,6 +23,9 @@ pub struct Metrics {
     generated_tokens_total: IntCounterVec,
     active_sequences: IntGaugeVec,
     pub fine_tune_jobs: IntGaugeVec,
+    pub model_load_failures: IntCounterVec,
+    pub open_connections: IntGauge,
+    pub decode_reserved_bytes: IntGauge,
 }
 
 /// The series of a text-generation model's scheduler.
@@ -59,6 +62,11 @@ impl Metrics {
             let vec = IntGaugeVec::new(Opts::new(name, help), labels).expect("valid metric");
             registry.register(Box::new(vec.clone())).expect("metric registered once");
             vec
+        };
+        let single_gauge = |name: &str, help: &str| {
+            let gauge = IntGauge::new(name, help).expect("valid metric");
+            registry.register(Box::new(gauge.clone())).expect("metric registered once");
+            gauge
         };
         let metrics = Metrics {
             requests_total: counter(
@@ -109,6 +117,19 @@ impl Metrics {
                 &["model"],
             ),
             fine_tune_jobs: gauge("ember_fine_tune_jobs", "Fine-tuning jobs, by state.", &["state"]),
+            model_load_failures: counter(
+                "ember_model_load_failures_total",
+                "Loads of a model version that failed (the model keeps serving its previous version, if any).",
+                &["model"],
+            ),
+            open_connections: single_gauge(
+                "ember_open_connections",
+                "HTTP connections open now (at most --max-connections).",
+            ),
+            decode_reserved_bytes: single_gauge(
+                "ember_decode_reserved_bytes",
+                "Memory reserved by image decodes in flight, in bytes (at most --max-decode-bytes).",
+            ),
             registry,
         };
         #[cfg(target_os = "linux")]

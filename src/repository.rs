@@ -61,6 +61,9 @@ impl ModelSpec {
                 toml::from_str(&text).map_err(|e| invalid(&overrides_file, e.message().to_string()))?;
             if let Some(image) = overrides.image {
                 spec.config.image = Some(image);
+                // The same checks as model.toml's: std = 0 or resize < crop would feed the model NaNs or
+                // misaligned inputs.
+                spec.config.validate().map_err(|message| invalid(&overrides_file, message))?;
             }
         }
         Ok(spec)

@@ -1,26 +1,47 @@
 //! Starting and stopping the HTTP server: bind, load models in the background, serve until a shutdown
 //! signal, finish in-flight requests, stop the workers.
+//!
+//! The accept loop is ember's own (axum's `serve` sets no header-read timer and takes every connection):
+//! at most `--max-connections` are served at once, further clients wait in the listen backlog; a client gets
+//! `--header-read-timeout-ms` to send its headers (and an idle keep-alive connection stays that long); bodies
+//! have their own deadline where handlers read them (`http::body`).
 
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
 
 use crate::config::ServeConfig;
 use crate::engine::Registry;
 use crate::http::admin::Admin;
-use crate::http::{router, AppState, Limits};
+use crate::http::decode_memory::DecodeMemory;
+use crate::http::{router, AppState, BodyFlags, BodyLimit, Limits};
 use crate::jobs::Jobs;
 use crate::metrics::Metrics;
 use crate::repository::Repository;
+use crate::tasks::image::ImageLimits;
 use crate::train::upload::UnpackLimits;
+
+/// How connections are accepted and timed.
+struct Connections {
+    max: usize,
+    header_read_timeout: Duration,
+    /// How long shutdown waits for open connections: every one of them is bounded by a timeout by then.
+    drain_timeout: Duration,
+}
 
 /// A server bound to its port, with its models loading in the background.
 pub struct Server {
     listener: TcpListener,
     state: AppState,
+    connections: Connections,
 }
 
 impl Server {
@@ -31,29 +52,47 @@ impl Server {
         if repository.models.is_empty() {
             tracing::warn!(repo = %config.repo.model_repo.display(), "the model repository holds no model (no */model.toml)");
         }
+        crate::train::sweep_leftovers(&config.repo.model_repo);
         let metrics = Arc::new(Metrics::new());
         let registry = Arc::new(Registry::new(repository, config.device, Arc::clone(&metrics)));
         let address = format!("{}:{}", config.host, config.port);
         let listener = TcpListener::bind(&address).await.with_context(|| format!("cannot listen on {address}"))?;
         registry.load_all();
         if config.watch_interval_ms > 0 {
-            registry.watch_repository(std::time::Duration::from_millis(config.watch_interval_ms));
+            registry.watch_repository(Duration::from_millis(config.watch_interval_ms));
         }
         let limits = Limits {
-            max_body_bytes: config.max_body_bytes,
-            max_image_pixels: config.max_image_pixels,
+            body: BodyLimit {
+                max_bytes: config.max_body_bytes,
+                read_timeout: config.body_read_timeout(),
+                flags: BodyFlags::Request,
+            },
+            image: ImageLimits { max_pixels: config.max_image_pixels, max_aspect: config.max_image_aspect },
+            max_response_bytes: config.max_response_bytes,
             request_timeout: config.request_timeout(),
         };
         let admin = config.admin_token.as_ref().map(|token| Admin {
             token: token.0.clone(),
             jobs: Jobs::start(Arc::clone(&registry), Arc::clone(&metrics), config.fine_tune_queue),
-            max_upload_bytes: config.max_upload_bytes,
+            upload: BodyLimit {
+                max_bytes: config.max_upload_bytes,
+                read_timeout: config.upload_read_timeout(),
+                flags: BodyFlags::Upload,
+            },
             unpack: UnpackLimits { max_bytes: config.max_fine_tune_bytes, max_entries: 1_000_000 },
         });
         if admin.is_some() {
             tracing::info!("admin API on (/admin/...)");
         }
-        Ok(Server { listener, state: AppState { registry, metrics, limits, admin } })
+        let connections = Connections {
+            max: connection_cap(config.max_connections),
+            header_read_timeout: config.header_read_timeout(),
+            drain_timeout: config.header_read_timeout()
+                + config.body_read_timeout().max(config.upload_read_timeout())
+                + config.request_timeout(),
+        };
+        let decode_memory = Arc::new(DecodeMemory::new(config.max_decode_bytes));
+        Ok(Server { listener, state: AppState { registry, metrics, limits, decode_memory, admin }, connections })
     }
 
     pub fn local_addr(&self) -> SocketAddr {
@@ -63,13 +102,77 @@ impl Server {
     /// Serves until `shutdown` completes, then answers every request already received, then lets the
     /// workers finish their queues.
     pub async fn serve(self, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
-        let registry = Arc::clone(&self.state.registry);
-        tracing::info!(address = %self.local_addr(), "listening on http://{}", self.local_addr());
-        axum::serve(self.listener, router(self.state)).with_graceful_shutdown(shutdown).await?;
+        let Server { listener, state, connections } = self;
+        let registry = Arc::clone(&state.registry);
+        let metrics = Arc::clone(&state.metrics);
+        tracing::info!(address = %listener.local_addr()?, max_connections = connections.max, "listening on http://{}", listener.local_addr()?);
+        let app = router(state);
+        let slots = Arc::new(Semaphore::new(connections.max));
+        let graceful = GracefulShutdown::new();
+        let mut http = hyper::server::conn::http1::Builder::new();
+        http.timer(TokioTimer::new()).header_read_timeout(connections.header_read_timeout);
+        tokio::pin!(shutdown);
+        loop {
+            // A free slot first, then a connection: beyond the cap, clients wait in the listen backlog.
+            let slot = tokio::select! {
+                slot = Arc::clone(&slots).acquire_owned() => slot.context("the connection slots closed")?,
+                () = &mut shutdown => break,
+            };
+            let (stream, peer) = tokio::select! {
+                accepted = listener.accept() => match accepted {
+                    Ok(accepted) => accepted,
+                    Err(e) => {
+                        // Out of file descriptors (EMFILE) or a connection reset before accept: wait, go on.
+                        tracing::warn!(error = %e, "cannot accept a connection");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                },
+                () = &mut shutdown => break,
+            };
+            let _ = stream.set_nodelay(true);
+            let connection =
+                graceful.watch(http.serve_connection(TokioIo::new(stream), TowerToHyperService::new(app.clone())));
+            let open = metrics.open_connections.clone();
+            open.inc();
+            tokio::spawn(async move {
+                if let Err(e) = connection.await {
+                    tracing::debug!(%peer, error = %e, "connection closed with an error");
+                }
+                open.dec();
+                drop(slot);
+            });
+        }
+        drop(listener);
+        tracing::info!("shutting down: no new connections; finishing the requests received");
+        tokio::select! {
+            () = graceful.shutdown() => {}
+            () = tokio::time::sleep(connections.drain_timeout) => {
+                tracing::warn!(seconds = connections.drain_timeout.as_secs(), "connections still open after the drain timeout; closing them");
+            }
+        }
         tracing::info!("HTTP server stopped; draining model queues");
         tokio::task::spawn_blocking(move || registry.shutdown()).await?;
         Ok(())
     }
+}
+
+/// `--max-connections`, lowered to what the open-file limit leaves room for (raised to its hard limit first).
+fn connection_cap(wanted: u32) -> usize {
+    let wanted = u64::from(wanted);
+    let Some(files) = crate::fd_limit::raise() else { return wanted as usize };
+    if files.now != files.before {
+        tracing::info!(from = files.before, to = files.now, "raised the open-file limit to its hard limit");
+    }
+    if wanted > files.connections() {
+        tracing::warn!(
+            max_connections = wanted,
+            open_file_limit = files.now,
+            "--max-connections is more than the open-file limit allows; serving at most {} connections",
+            files.connections()
+        );
+    }
+    wanted.min(files.connections()) as usize
 }
 
 /// Completes on SIGINT (Ctrl-C) or SIGTERM (what Kubernetes and Docker send).

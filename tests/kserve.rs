@@ -41,7 +41,7 @@ fn preprocessing() -> ImagePreprocessing {
 
 /// chelsea.png preprocessed exactly as /v1/classify does it, as the bytes of an FP32 [1, 3, 224, 224] tensor.
 fn chelsea_tensor_bytes() -> Vec<u8> {
-    let decoded = image::decode(&photo("chelsea.png"), 40_000_000).unwrap();
+    let decoded = image::decode(&photo("chelsea.png"), image::ImageLimits::TRAINING).unwrap();
     let tensor = image::to_normalized_tensor(decoded, &preprocessing()).unwrap();
     let values = Vec::<f32>::try_from(tensor.reshape([-1])).unwrap();
     values.iter().flat_map(|v| v.to_le_bytes()).collect()

@@ -134,7 +134,8 @@ async fn body_over_the_limit_answers_413() {
     assert_eq!(server.post_body("/v1/classify", "image/jpeg", small).await.status(), 200);
 }
 
-/// A model whose files are broken is reported by name, and the server stays up but never ready.
+/// A model whose files are broken is reported by name; it has no version that loads, so the replica does not
+/// wait for it (readiness: every model with a loadable version serves).
 #[tokio::test(flavor = "multi_thread")]
 async fn a_model_that_fails_to_load_is_reported() {
     let repo = tempfile::tempdir().unwrap();
@@ -158,9 +159,7 @@ async fn a_model_that_fails_to_load_is_reported() {
     };
     assert_eq!(info["state"], "failed");
     assert!(info["error"].as_str().unwrap().contains("model.pt"), "{info}");
-    let (status, _, message) = error_of(reqwest::get(server.url("/health/ready")).await.unwrap()).await;
-    assert_eq!(status, 503);
-    assert!(message.contains("`broken` failed"), "{message}");
+    assert_eq!(reqwest::get(server.url("/health/ready")).await.unwrap().status(), 200);
     let (status, kind, _) = error_of(server.post_image("/v1/classify", "chelsea.png").await).await;
     assert_eq!((status, kind.as_str()), (503, "unavailable"));
 }

@@ -18,7 +18,7 @@ use super::{device, EngineError, WorkerSpec};
 use crate::config::DeviceChoice;
 use crate::metrics::Metrics;
 use crate::repository::{self, ModelSpec, Repository};
-use crate::tasks::tensor::{self, Signature};
+use crate::tasks::tensor::Signature;
 use crate::tasks::{Backend, TaskKind};
 
 /// A model version that is loaded, warmed up and taking requests.
@@ -68,17 +68,26 @@ pub struct ModelEntry {
     current: RwLock<Current>,
     /// Held while this model loads, swaps or unloads, so that those never interleave.
     changing: Mutex<()>,
+    /// Set while the start-up load of a model found at start-up has not finished: readiness waits for these
+    /// only. A model that fails later, or a folder added later, never takes a serving replica out.
+    starting: AtomicBool,
 }
 
 impl ModelEntry {
-    fn new(spec: ModelSpec) -> ModelEntry {
+    fn new(spec: ModelSpec, starting: bool) -> ModelEntry {
         let current = Current {
             spec: Arc::new(spec.clone()),
             state: ModelState::Loading,
             last_error: None,
             failed_version: None,
         };
-        ModelEntry { name: spec.name, dir: spec.dir, current: RwLock::new(current), changing: Mutex::new(()) }
+        ModelEntry {
+            name: spec.name,
+            dir: spec.dir,
+            current: RwLock::new(current),
+            changing: Mutex::new(()),
+            starting: AtomicBool::new(starting),
+        }
     }
 
     pub fn current(&self) -> Current {
@@ -120,8 +129,11 @@ pub struct Registry {
 impl Registry {
     /// Every model of the repository, all in state `Loading` until `load_all` finishes them.
     pub fn new(repository: Repository, server_device: DeviceChoice, metrics: Arc<Metrics>) -> Registry {
-        let entries =
-            repository.models.into_iter().map(|spec| (spec.name.clone(), Arc::new(ModelEntry::new(spec)))).collect();
+        let entries = repository
+            .models
+            .into_iter()
+            .map(|spec| (spec.name.clone(), Arc::new(ModelEntry::new(spec, true))))
+            .collect();
         Registry {
             root: repository.root,
             defaults: repository.defaults,
@@ -152,11 +164,55 @@ impl Registry {
         for entry in self.entries() {
             let registry = Arc::clone(self);
             let name = format!("ember-load-{}", entry.name);
+            let thread_entry = Arc::clone(&entry);
             let spawned = std::thread::Builder::new().name(name).spawn(move || {
-                let _ = registry.reload_entry(&entry, true);
+                if registry.reload_entry(&thread_entry, true).is_err() {
+                    registry.fall_back(&thread_entry);
+                }
+                thread_entry.starting.store(false, Ordering::SeqCst);
+                // Loading until every version was tried; a model none of whose versions loads is failed now.
+                thread_entry.update(|current| {
+                    if matches!(current.state, ModelState::Loading) {
+                        let reason = current.last_error.clone().unwrap_or_else(|| "no version loads".into());
+                        current.state = ModelState::Failed(reason);
+                    }
+                });
             });
             if let Err(e) = spawned {
-                tracing::error!(error = %e, "cannot start a model-loading thread");
+                tracing::error!(error = %e, model = %entry.name, "cannot start a model-loading thread");
+                entry.starting.store(false, Ordering::SeqCst);
+            }
+        }
+    }
+
+    /// At start-up, when the version a model names fails to load: serves the newest older version that loads
+    /// (unless model.toml pins one: the operator chose it), and says so beside the model. A swap later on keeps
+    /// the version serving instead (`keep_serving`).
+    fn fall_back(&self, entry: &ModelEntry) {
+        let _changing = entry.changing.lock().unwrap_or_else(|e| e.into_inner());
+        let Ok(spec) = repository::read_model(&entry.dir) else { return };
+        let (Some(newest), None) = (spec.served_version(), spec.config.version) else { return };
+        let reason = entry.current().last_error.unwrap_or_default();
+        let older = spec.versions.iter().rev().copied().filter(|v| *v < newest && !spec.held.contains(v));
+        for version in older {
+            let started = Instant::now();
+            match self.start_backend(&spec, version) {
+                Ok(loaded) => {
+                    let note = format!(
+                        "version {newest} failed to load ({reason}); serving version {version}, the newest that loads"
+                    );
+                    tracing::warn!(model = %entry.name, version, failed = newest, "{note}");
+                    self.install(entry, &entry.current(), spec, loaded, started);
+                    entry.update(|current| {
+                        current.last_error = Some(note);
+                        current.failed_version = Some(newest);
+                    });
+                    return;
+                }
+                Err(e) => {
+                    self.metrics.model_load_failures.with_label_values(&[&entry.name]).inc();
+                    tracing::error!(model = %entry.name, version, error = %e, "an older version failed to load too");
+                }
             }
         }
     }
@@ -195,24 +251,33 @@ impl Registry {
         let started = Instant::now();
         match self.start_backend(&spec, version) {
             Ok(loaded) => {
-                let device = device::name(loaded.device);
-                if let ModelState::Ready(old) = &before.state {
-                    self.forget_model_info(&entry.name, old);
-                }
-                self.metrics.model_info.with_label_values(&[&entry.name, &version.to_string(), &device]).set(1);
-                tracing::info!(model = %entry.name, version, previous = ?serving, %device, seconds = started.elapsed().as_secs_f64(), "model ready");
-                entry.update(|current| {
-                    *current = Current {
-                        spec: Arc::new(spec),
-                        state: ModelState::Ready(Arc::new(loaded)),
-                        last_error: None,
-                        failed_version: None,
-                    }
-                });
+                self.install(entry, &before, spec, loaded, started);
                 Ok(Reloaded::Swapped { version, previous: serving })
             }
             Err(e) => Err(self.keep_serving(entry, &before, Some(version), e)),
         }
+    }
+
+    /// Serves a loaded version in place of what `before` served.
+    fn install(&self, entry: &ModelEntry, before: &Current, spec: ModelSpec, loaded: Loaded, started: Instant) {
+        let (version, device) = (loaded.version, device::name(loaded.device));
+        let previous = match &before.state {
+            ModelState::Ready(old) => {
+                self.forget_model_info(&entry.name, old);
+                Some(old.version)
+            }
+            _ => None,
+        };
+        self.metrics.model_info.with_label_values(&[&entry.name, &version.to_string(), &device]).set(1);
+        tracing::info!(model = %entry.name, version, ?previous, %device, seconds = started.elapsed().as_secs_f64(), "model ready");
+        entry.update(|current| {
+            *current = Current {
+                spec: Arc::new(spec),
+                state: ModelState::Ready(Arc::new(loaded)),
+                last_error: None,
+                failed_version: None,
+            }
+        });
     }
 
     /// Records a failed load: a model still serving an older version keeps it (the error is reported beside it);
@@ -224,14 +289,21 @@ impl Registry {
         version: Option<u64>,
         error: EngineError,
     ) -> EngineError {
-        let message = error.to_string();
+        let detailed = error.to_string();
+        // What GET /v1/models and /health/ready show anyone: paths inside the repository, not the server's.
+        let message = detailed.replace(&format!("{}/", self.root.display()), "");
         if before.last_error.as_deref() != Some(message.as_str()) {
-            tracing::error!(model = %entry.name, error = %message, "model failed to load");
+            tracing::error!(model = %entry.name, error = %detailed, "model failed to load");
         }
+        if version.is_some() {
+            self.metrics.model_load_failures.with_label_values(&[&entry.name]).inc();
+        }
+        let starting = entry.starting.load(Ordering::SeqCst);
         entry.update(|current| {
             current.last_error = Some(message.clone());
             current.failed_version = version.or(current.failed_version);
-            if !matches!(current.state, ModelState::Ready(_)) {
+            // At start-up an older version may still load (`fall_back`): the model stays `loading` till then.
+            if !starting && !matches!(current.state, ModelState::Ready(_)) {
                 current.state = ModelState::Failed(message.clone());
             }
         });
@@ -250,7 +322,8 @@ impl Registry {
             batching: spec.config.batching.clone(),
         };
         let backend = Backend::start(&spec, worker, &self.metrics)?;
-        Ok(Loaded { version, device, backend, signature: tensor::signature(&spec) })
+        let signature = backend.signature(&spec);
+        Ok(Loaded { version, device, backend, signature })
     }
 
     /// A model folder that appeared after startup (or was named to the admin API) joins the registry.
@@ -264,7 +337,7 @@ impl Registry {
         let spec = repository::read_model(&dir)
             .map_err(|e| EngineError::Load { model: name.to_string(), message: e.to_string() })?;
         let mut entries = self.entries.write().unwrap_or_else(|e| e.into_inner());
-        Ok(Arc::clone(entries.entry(name.to_string()).or_insert_with(|| Arc::new(ModelEntry::new(spec)))))
+        Ok(Arc::clone(entries.entry(name.to_string()).or_insert_with(|| Arc::new(ModelEntry::new(spec, false)))))
     }
 
     /// Takes a model out of service; its in-flight requests finish first.
@@ -328,13 +401,18 @@ impl Registry {
         self.defaults.get(&task).map(String::as_str)
     }
 
-    /// Models that should serve but are not ready yet, with their state; empty when the server is ready.
-    /// An unloaded model was taken out on purpose and does not hold readiness back.
+    /// Models the replica waits for before it is ready, with their state; empty when it is ready.
+    ///
+    /// Readiness says whether this replica should take traffic. It waits for the start-up load of every model
+    /// found at start-up (a model none of whose versions loads is then reported, not waited for); after that,
+    /// every model that was serving still serves (a failed swap keeps the old version; an unload is on purpose),
+    /// and a model that fails later or a folder added later is reported in GET /v1/models, on
+    /// /v2/models/{name}/ready, in ember_model_load_failures_total and in the log, without taking the replica out.
     pub fn not_ready(&self) -> Vec<(String, ModelState)> {
         self.entries()
             .into_iter()
+            .filter(|entry| entry.starting.load(Ordering::SeqCst))
             .map(|entry| (entry.name.clone(), entry.state()))
-            .filter(|(_, state)| !matches!(state, ModelState::Ready(_) | ModelState::Unloaded))
             .collect()
     }
 

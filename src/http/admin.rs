@@ -9,21 +9,23 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde_json::json;
 
-use super::body::{positive_integer, read_multipart_images};
+use super::body::{positive_integer, read_multipart_images, BodyLimit};
 use super::{off_runtime, AppState};
 use crate::engine::registry::Reloaded;
 use crate::error::ApiError;
 use crate::jobs::{JobData, Jobs};
 use crate::tasks::TaskKind;
+use crate::train::publish::UPLOAD_PREFIX;
 use crate::train::upload::{self, UnpackLimits};
-use crate::train::{DataSource, TrainSettings};
+use crate::train::{self, DataSource, TrainSettings};
 
 /// What the admin routes need beyond the rest of the server.
 #[derive(Clone)]
 pub struct Admin {
     pub token: String,
     pub jobs: Jobs,
-    pub max_upload_bytes: usize,
+    /// `--max-upload-bytes` and `--upload-read-timeout-ms`.
+    pub upload: BodyLimit,
     pub unpack: UnpackLimits,
 }
 
@@ -108,7 +110,10 @@ pub(super) async fn unload(
     State(state): State<AppState>,
     Path(name): Path<String>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    state.registry.unload(&name)?;
+    // Waits for a load or swap of the same model to finish (seconds): off the async workers.
+    let registry = std::sync::Arc::clone(&state.registry);
+    let model = name.clone();
+    off_runtime("unloading the model", move || registry.unload(&model).map_err(ApiError::from)).await?;
     Ok(Json(json!({"model": name, "state": "unloaded"})))
 }
 
@@ -133,7 +138,7 @@ async fn fine_tune(
             )))
         }
     };
-    let ([data], mut params) = read_multipart_images(request, admin.max_upload_bytes, ["data"]).await?;
+    let ([data], mut params) = read_multipart_images(request, admin.upload, ["data"]).await?;
     let settings: TrainSettings = match params.remove("settings") {
         None => TrainSettings::default(),
         Some(serde_json::Value::String(text)) => {
@@ -156,9 +161,11 @@ async fn fine_tune(
     settings.validate().map_err(|e| ApiError::Validation(format!("settings: {e}")))?;
     let limits = admin.unpack;
     let model = name.clone();
+    let checked_settings = settings.clone();
     let job_data = off_runtime("unpacking the upload", move || {
+        // Named by this process, so that a restart can tell an abandoned upload from a live one.
         let folder = tempfile::Builder::new()
-            .prefix("ember-fine-tune-")
+            .prefix(&format!("{}{}-", UPLOAD_PREFIX, std::process::id()))
             .tempdir()
             .map_err(|e| ApiError::Internal(format!("cannot create a folder for the upload: {e}")))?;
         let name = match single_file {
@@ -174,7 +181,9 @@ async fn fine_tune(
                  classifier; style.jpg and content/ for a style)"
             )));
         }
-        Ok(JobData { source: DataSource { path: unpacked.path().to_path_buf(), class_names: None }, folder })
+        let source = DataSource { path: unpacked.path().to_path_buf(), class_names: None };
+        train::check_data_size(task, &source, &checked_settings).map_err(|e| ApiError::Validation(e.to_string()))?;
+        Ok(JobData { source, folder })
     })
     .await?;
     let status = admin.jobs.submit(&name, job_data, settings, publish)?;

@@ -3,6 +3,8 @@
 //! axum's own extractors answer rejections in plain text; ember reads bodies itself so every failure is an
 //! `ApiError` that names the field and the limit.
 
+use std::time::Duration;
+
 use axum::body::Body;
 use axum::extract::Request;
 use axum::http::{header, HeaderMap};
@@ -18,6 +20,38 @@ const IMAGE_FIELD: &str = "image";
 const ACCEPTED_IMAGE_BODIES: &str =
     "send the image as raw bytes with Content-Type image/*, as multipart/form-data with a file field `image`, \
      or as application/json with a base64 string field `image`";
+
+/// How much of a body a route reads, and how long the client may take to send it.
+#[derive(Debug, Clone, Copy)]
+pub struct BodyLimit {
+    pub max_bytes: usize,
+    /// The whole body must arrive within this time: a client that stalls (or drips a byte at a time) is cut off
+    /// with a 408 instead of holding a connection and a task forever.
+    pub read_timeout: Duration,
+    /// The flags that set the two, for the errors.
+    pub flags: BodyFlags,
+}
+
+/// Which flags set a `BodyLimit`.
+#[derive(Debug, Clone, Copy)]
+pub enum BodyFlags {
+    /// `--max-body-bytes` and `--body-read-timeout-ms`.
+    Request,
+    /// `--max-upload-bytes` and `--upload-read-timeout-ms`.
+    Upload,
+}
+
+impl BodyFlags {
+    fn names(self) -> (&'static str, &'static str) {
+        match self {
+            BodyFlags::Request => ("--max-body-bytes", "--body-read-timeout-ms"),
+            BodyFlags::Upload => ("--max-upload-bytes", "--upload-read-timeout-ms"),
+        }
+    }
+}
+
+/// JSON bodies above this size are parsed on the blocking pool: parsing takes about a millisecond per 100 KB.
+const PARSE_OFF_RUNTIME_BYTES: usize = 64 * 1024;
 
 /// An uploaded image and the request's other parameters (query string, multipart text fields, JSON fields).
 pub struct ImageUpload {
@@ -46,11 +80,11 @@ pub fn parse_params<P: DeserializeOwned>(params: Map<String, Value>) -> Result<P
 }
 
 /// Reads an image from any of the three accepted body shapes. Body fields override query parameters.
-pub async fn read_image_upload(request: Request, max_body_bytes: usize) -> Result<ImageUpload, ApiError> {
+pub async fn read_image_upload(request: Request, limit: BodyLimit) -> Result<ImageUpload, ApiError> {
     let (parts, body) = request.into_parts();
     let mut params = query_params(parts.uri.query())?;
     let content_type = content_type(&parts.headers, ACCEPTED_IMAGE_BODIES)?;
-    let body = read_limited(body, &parts.headers, max_body_bytes).await?;
+    let body = read_limited(body, &parts.headers, limit).await?;
     let image = match (content_type.type_(), content_type.subtype()) {
         (mime::IMAGE, _) => body,
         (mime::MULTIPART, mime::FORM_DATA) => {
@@ -58,7 +92,11 @@ pub async fn read_image_upload(request: Request, max_body_bytes: usize) -> Resul
                 read_multipart(body, &content_type, [IMAGE_FIELD], ACCEPTED_IMAGE_BODIES, &mut params).await?;
             image
         }
-        (mime::APPLICATION, mime::JSON) => read_json_image(&body, &mut params)?,
+        (mime::APPLICATION, mime::JSON) => {
+            let (image, fields) = parse_sized(body, |body| read_json_image(&body)).await?;
+            params.extend(fields);
+            image
+        }
         _ => {
             return Err(ApiError::UnsupportedMediaType(format!(
                 "Content-Type `{content_type}` is not accepted here: {ACCEPTED_IMAGE_BODIES}"
@@ -71,10 +109,11 @@ pub async fn read_image_upload(request: Request, max_body_bytes: usize) -> Resul
     Ok(ImageUpload { image, params })
 }
 
-/// Reads a JSON object body into `P`. `shape` describes the expected body for the 415 a non-JSON request gets.
-pub async fn read_json_body<P: DeserializeOwned>(
+/// Reads a JSON object body into `P`, parsed straight into the type (off the async workers when large).
+/// `shape` describes the expected body for the 415 a non-JSON request gets.
+pub async fn read_json_body<P: DeserializeOwned + Send + 'static>(
     request: Request,
-    max_body_bytes: usize,
+    limit: BodyLimit,
     shape: &str,
 ) -> Result<P, ApiError> {
     let (parts, body) = request.into_parts();
@@ -83,8 +122,61 @@ pub async fn read_json_body<P: DeserializeOwned>(
     if (content_type.type_(), content_type.subtype()) != (mime::APPLICATION, mime::JSON) {
         return Err(ApiError::UnsupportedMediaType(format!("Content-Type `{content_type}`: {accepted}")));
     }
-    let body = read_limited(body, &parts.headers, max_body_bytes).await?;
-    parse_params(parse_json_object(&body)?)
+    let body = read_limited(body, &parts.headers, limit).await?;
+    parse_sized(body, |body| parse_json(&body)).await
+}
+
+/// Runs `parse` on the body here when it is small, else on the blocking pool.
+async fn parse_sized<T: Send + 'static>(
+    body: Bytes,
+    parse: impl FnOnce(Bytes) -> Result<T, ApiError> + Send + 'static,
+) -> Result<T, ApiError> {
+    if body.len() <= PARSE_OFF_RUNTIME_BYTES {
+        return parse(body);
+    }
+    tokio::task::spawn_blocking(move || parse(body))
+        .await
+        .map_err(|e| ApiError::Internal(format!("parsing the request body stopped: {e}")))?
+}
+
+/// Parses a JSON object body straight into `P`. Syntax errors are 400; a body that is valid JSON but not an
+/// object, a wrong type or an unknown field is a 422 naming the field.
+pub fn parse_json<P: DeserializeOwned>(body: &[u8]) -> Result<P, ApiError> {
+    if let Some(first) = body.iter().find(|b| !b.is_ascii_whitespace()).filter(|b| **b != b'{') {
+        return match serde_json::from_slice::<serde::de::IgnoredAny>(body) {
+            Ok(_) => Err(ApiError::Validation(format!(
+                "the JSON body must be an object, got {}",
+                json_kind_of_first_byte(*first)
+            ))),
+            Err(e) => Err(ApiError::BadRequest(format!("the body is not valid JSON: {e}"))),
+        };
+    }
+    let mut deserializer = serde_json::Deserializer::from_slice(body);
+    let parsed = serde_path_to_error::deserialize(&mut deserializer).map_err(|e| {
+        let field = e.path().to_string();
+        let inner = e.into_inner();
+        if matches!(inner.classify(), serde_json::error::Category::Data) {
+            if field == "." {
+                ApiError::Validation(inner.to_string())
+            } else {
+                ApiError::Validation(format!("{field}: {inner}"))
+            }
+        } else {
+            ApiError::BadRequest(format!("the body is not valid JSON: {inner}"))
+        }
+    })?;
+    deserializer.end().map_err(|e| ApiError::BadRequest(format!("the body is not valid JSON: {e}")))?;
+    Ok(parsed)
+}
+
+fn json_kind_of_first_byte(byte: u8) -> &'static str {
+    match byte {
+        b'[' => "an array",
+        b'"' => "a string",
+        b't' | b'f' => "a boolean",
+        b'n' => "null",
+        _ => "a number",
+    }
 }
 
 /// The request's Content-Type; a missing one is a 415 that says what the route `accepted`.
@@ -109,28 +201,31 @@ pub fn positive_integer(what: &str, segment: &str) -> Result<u64, ApiError> {
         .ok_or_else(|| ApiError::BadRequest(format!("{what} `{segment}` is not a positive integer")))
 }
 
-/// Reads at most `limit` bytes; a larger body (announced or actual) is a 413.
-pub async fn read_limited(body: Body, headers: &HeaderMap, limit: usize) -> Result<Bytes, ApiError> {
-    let too_large = || {
-        ApiError::PayloadTooLarge(format!(
-            "the request body is larger than the limit of {limit} bytes (--max-body-bytes; for fine-tuning uploads \
-             --max-upload-bytes)"
-        ))
-    };
+/// Reads at most `limit.max_bytes` bytes within `limit.read_timeout`; a larger body (announced or actual) is a
+/// 413, a slower one a 408.
+pub async fn read_limited(body: Body, headers: &HeaderMap, limit: BodyLimit) -> Result<Bytes, ApiError> {
+    let (size_flag, time_flag) = limit.flags.names();
+    let max = limit.max_bytes;
+    let too_large =
+        || ApiError::PayloadTooLarge(format!("the request body is larger than the limit of {max} bytes ({size_flag})"));
     let announced =
         headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
-    if announced.is_some_and(|length| length > limit as u64) {
+    if announced.is_some_and(|length| length > max as u64) {
         return Err(too_large());
     }
-    match Limited::new(body, limit).collect().await {
-        Ok(collected) => Ok(collected.to_bytes()),
-        Err(e) if e.downcast_ref::<LengthLimitError>().is_some() => Err(too_large()),
-        Err(e) => Err(ApiError::BadRequest(format!("cannot read the request body: {e}"))),
+    match tokio::time::timeout(limit.read_timeout, Limited::new(body, max).collect()).await {
+        Err(_) => Err(ApiError::RequestTimeout(format!(
+            "the request body did not arrive within {} ms ({time_flag})",
+            limit.read_timeout.as_millis()
+        ))),
+        Ok(Ok(collected)) => Ok(collected.to_bytes()),
+        Ok(Err(e)) if e.downcast_ref::<LengthLimitError>().is_some() => Err(too_large()),
+        Ok(Err(e)) => Err(ApiError::BadRequest(format!("cannot read the request body: {e}"))),
     }
 }
 
 /// Query parameters as JSON values: numbers and booleans are recognised, everything else stays a string.
-fn query_params(query: Option<&str>) -> Result<Map<String, Value>, ApiError> {
+pub(crate) fn query_params(query: Option<&str>) -> Result<Map<String, Value>, ApiError> {
     let pairs: Vec<(String, String)> = serde_urlencoded::from_str(query.unwrap_or(""))
         .map_err(|e| ApiError::BadRequest(format!("cannot parse the query string: {e}")))?;
     Ok(pairs.into_iter().map(|(name, value)| (name, text_value(value))).collect())
@@ -142,7 +237,7 @@ fn text_value(text: String) -> Value {
 
 /// Reads a multipart body: the parts named in `files` as bytes, in that order (each one required; `accepted`
 /// says what the route takes when one is missing), and every other part as a text parameter.
-async fn read_multipart<const N: usize>(
+pub(crate) async fn read_multipart<const N: usize>(
     body: Bytes,
     content_type: &mime::Mime,
     files: [&str; N],
@@ -182,7 +277,7 @@ async fn read_multipart<const N: usize>(
 /// parameters (query string and text fields; fields override the query).
 pub async fn read_multipart_images<const N: usize>(
     request: Request,
-    max_body_bytes: usize,
+    limit: BodyLimit,
     files: [&str; N],
 ) -> Result<([Bytes; N], Map<String, Value>), ApiError> {
     let (parts, body) = request.into_parts();
@@ -193,14 +288,22 @@ pub async fn read_multipart_images<const N: usize>(
     if (content_type.type_(), content_type.subtype()) != (mime::MULTIPART, mime::FORM_DATA) {
         return Err(ApiError::UnsupportedMediaType(format!("Content-Type `{content_type}`: {accepted}")));
     }
-    let body = read_limited(body, &parts.headers, max_body_bytes).await?;
+    let body = read_limited(body, &parts.headers, limit).await?;
     let images = read_multipart(body, &content_type, files, &accepted, &mut params).await?;
     Ok((images, params))
 }
 
-fn read_json_image(body: &[u8], params: &mut Map<String, Value>) -> Result<Bytes, ApiError> {
-    let mut object = parse_json_object(body)?;
-    let encoded = match object.remove(IMAGE_FIELD) {
+/// A JSON image body: the base64 `image` and the other fields as parameters.
+#[derive(serde::Deserialize)]
+struct JsonImage {
+    image: Option<Value>,
+    #[serde(flatten)]
+    params: Map<String, Value>,
+}
+
+pub(crate) fn read_json_image(body: &[u8]) -> Result<(Bytes, Map<String, Value>), ApiError> {
+    let JsonImage { image, params } = parse_json(body)?;
+    let encoded = match image {
         Some(Value::String(text)) => text,
         Some(other) => {
             return Err(ApiError::Validation(format!("image: expected a base64 string, got {}", json_kind(&other))))
@@ -214,17 +317,7 @@ fn read_json_image(body: &[u8], params: &mut Map<String, Value>) -> Result<Bytes
     let image = base64::engine::general_purpose::STANDARD
         .decode(payload.trim())
         .map_err(|e| ApiError::Validation(format!("image: not valid base64: {e}")))?;
-    params.extend(object);
-    Ok(Bytes::from(image))
-}
-
-/// Parses a JSON object body. Syntax errors are 400; a body that is valid JSON but not an object is 422.
-pub fn parse_json_object(body: &[u8]) -> Result<Map<String, Value>, ApiError> {
-    match serde_json::from_slice::<Value>(body) {
-        Ok(Value::Object(object)) => Ok(object),
-        Ok(other) => Err(ApiError::Validation(format!("the JSON body must be an object, got {}", json_kind(&other)))),
-        Err(e) => Err(ApiError::BadRequest(format!("the body is not valid JSON: {e}"))),
-    }
+    Ok((Bytes::from(image), params))
 }
 
 fn json_kind(value: &Value) -> &'static str {
@@ -260,19 +353,52 @@ mod tests {
 
     #[test]
     fn json_image_accepts_plain_base64_and_data_urls() {
-        let mut params = Map::new();
-        let image = read_json_image(br#"{"image": "aGVsbG8=", "top_k": 2}"#, &mut params).unwrap();
+        let (image, params) = read_json_image(br#"{"image": "aGVsbG8=", "top_k": 2}"#).unwrap();
         assert_eq!(&image[..], b"hello");
         assert_eq!(params.get("top_k"), Some(&Value::from(2)));
-        let image = read_json_image(br#"{"image": "data:image/png;base64,aGVsbG8="}"#, &mut Map::new()).unwrap();
+        let (image, _) = read_json_image(br#"{"image": "data:image/png;base64,aGVsbG8="}"#).unwrap();
         assert_eq!(&image[..], b"hello");
     }
 
     #[test]
     fn json_errors_distinguish_syntax_from_content() {
-        assert!(matches!(read_json_image(b"{\"image\": ", &mut Map::new()), Err(ApiError::BadRequest(_))));
-        assert!(matches!(read_json_image(b"[1]", &mut Map::new()), Err(ApiError::Validation(_))));
-        assert!(matches!(read_json_image(br#"{"image": 5}"#, &mut Map::new()), Err(ApiError::Validation(_))));
-        assert!(matches!(read_json_image(br#"{"image": "%%%"}"#, &mut Map::new()), Err(ApiError::Validation(_))));
+        assert!(matches!(read_json_image(b"{\"image\": "), Err(ApiError::BadRequest(_))));
+        assert!(matches!(read_json_image(b"[1]"), Err(ApiError::Validation(_))));
+        assert!(matches!(read_json_image(br#"{"image": 5}"#), Err(ApiError::Validation(_))));
+        assert!(matches!(read_json_image(br#"{"image": "%%%"}"#), Err(ApiError::Validation(_))));
+        assert!(matches!(read_json_image(br#"{"image": "aGVsbG8="} trailing"#), Err(ApiError::BadRequest(_))));
+    }
+
+    #[test]
+    fn typed_json_names_the_field_and_tells_syntax_from_content() {
+        let ok: Params = parse_json(br#"{"top_k": 3}"#).unwrap();
+        assert_eq!(ok.top_k, Some(3));
+        let err = parse_json::<Params>(br#"{"top_k": "three"}"#).unwrap_err();
+        assert!(matches!(&err, ApiError::Validation(m) if m.starts_with("top_k:")), "{err:?}");
+        let err = parse_json::<Params>(br#"{"topk": 3}"#).unwrap_err();
+        assert!(matches!(&err, ApiError::Validation(m) if m.contains("unknown field `topk`")), "{err:?}");
+        for (body, kind) in
+            [(&b"[1, 2]"[..], "an array"), (b" 7", "a number"), (b"null", "null"), (b"\"x\"", "a string")]
+        {
+            let err = parse_json::<Params>(body).unwrap_err();
+            assert!(matches!(&err, ApiError::Validation(m) if m.ends_with(kind)), "{err:?}");
+        }
+        for body in [&b"{\"top_k\": "[..], b"", b"[1,", b"{} {}"] {
+            assert!(matches!(parse_json::<Params>(body), Err(ApiError::BadRequest(_))), "{body:?}");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_stalled_body_is_cut_off_and_an_oversized_one_refused() {
+        let limit = BodyLimit { max_bytes: 10, read_timeout: Duration::from_millis(50), flags: BodyFlags::Request };
+        let body = Body::from_stream(futures_util::stream::pending::<Result<Bytes, std::io::Error>>());
+        let err = read_limited(body, &HeaderMap::new(), limit).await.unwrap_err();
+        assert!(matches!(&err, ApiError::RequestTimeout(m) if m.contains("--body-read-timeout-ms")), "{err:?}");
+        let err = read_limited(Body::from(vec![0u8; 11]), &HeaderMap::new(), limit).await.unwrap_err();
+        assert!(matches!(&err, ApiError::PayloadTooLarge(m) if m.contains("--max-body-bytes")), "{err:?}");
+        let upload = BodyLimit { flags: BodyFlags::Upload, ..limit };
+        let err = read_limited(Body::from(vec![0u8; 11]), &HeaderMap::new(), upload).await.unwrap_err();
+        assert!(matches!(&err, ApiError::PayloadTooLarge(m) if m.contains("--max-upload-bytes")), "{err:?}");
+        assert_eq!(&read_limited(Body::from("0123456789"), &HeaderMap::new(), limit).await.unwrap()[..], b"0123456789");
     }
 }

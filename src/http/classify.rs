@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 
 use super::body::read_image_upload;
 use super::v1::on_default_model;
-use super::{off_runtime, wrong_backend, AppState};
+use super::{decode_off_runtime, wrong_backend, AppState};
 use crate::error::ApiError;
 use crate::tasks::classify::Prediction;
 use crate::tasks::{Backend, TaskKind};
@@ -40,16 +40,16 @@ async fn classify(state: &AppState, name: &str, request: Request) -> Result<Json
     let Backend::ImageClassification(pool) = &loaded.backend else {
         return Err(wrong_backend(name, TaskKind::ImageClassification));
     };
-    let upload = read_image_upload(request, state.limits.max_body_bytes).await?;
+    let upload = read_image_upload(request, state.limits.body).await?;
     let params: ClassifyParams = upload.params()?;
     let classifier = pool.task().clone();
     let top_k = classifier.validate_top_k(params.top_k)?;
 
     pool.check_room()?;
     // Decoding and resizing take milliseconds of CPU: keep them off the async workers.
-    let max_pixels = state.limits.max_image_pixels;
+    let probe = state.probe_image(&upload.image)?;
     let preparer = classifier.clone();
-    let input = off_runtime("image preprocessing", move || preparer.prepare(&upload.image, max_pixels)).await?;
+    let input = decode_off_runtime(state, &[probe], move || preparer.prepare(&upload.image, probe)).await?;
 
     let probabilities = pool.infer(input, state.limits.request_timeout).await?;
     Ok(Json(ClassifyResponse {

@@ -70,7 +70,7 @@ async fn generate(state: &AppState, name: &str, request: Request) -> Result<Resp
         return Err(wrong_backend(name, TaskKind::TextGeneration));
     };
     let shape = r#"{"prompt": "...", "max_tokens": 200, "stream": false}"#;
-    let body: GenerateRequest = read_json_body(request, state.limits.max_body_bytes, shape).await?;
+    let body: GenerateRequest = read_json_body(request, state.limits.body, shape).await?;
     let stream = body.stream;
     let request = body.validate(engine.limits(), fresh_seed())?;
     let origin = Origin { model: name.to_string(), version: loaded.version, seed: request.sampling.seed };

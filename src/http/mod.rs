@@ -1,8 +1,9 @@
 //! The HTTP surface: `router(state)` joins the route families and the middleware every route shares.
 
 pub mod admin;
-mod body;
+pub(crate) mod body;
 mod classify;
+pub mod decode_memory;
 mod generate;
 mod ops;
 mod sentiment;
@@ -10,7 +11,7 @@ mod style_transfer;
 mod stylize;
 pub use ops::OPENAPI_YAML;
 mod v1;
-mod v2;
+pub(crate) mod v2;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -28,10 +29,14 @@ use tower_http::trace::{DefaultOnResponse, TraceLayer};
 use tower_http::LatencyUnit;
 use tracing::Level;
 
+pub use body::{BodyFlags, BodyLimit};
+use decode_memory::DecodeMemory;
+
 use crate::engine::registry::Loaded;
 use crate::engine::{ModelEntry, ModelState, Registry};
 use crate::error::ApiError;
 use crate::metrics::Metrics;
+use crate::tasks::image::{self, ImageLimits, Probe};
 use crate::tasks::style::OutputFormat;
 use crate::tasks::TaskKind;
 
@@ -40,8 +45,9 @@ const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 /// Request limits that handlers enforce.
 #[derive(Debug, Clone)]
 pub struct Limits {
-    pub max_body_bytes: usize,
-    pub max_image_pixels: u64,
+    pub body: BodyLimit,
+    pub image: ImageLimits,
+    pub max_response_bytes: usize,
     pub request_timeout: Duration,
 }
 
@@ -50,6 +56,7 @@ pub struct AppState {
     pub registry: Arc<Registry>,
     pub metrics: Arc<Metrics>,
     pub limits: Limits,
+    pub decode_memory: Arc<DecodeMemory>,
     /// Present only when an admin token is set.
     pub admin: Option<admin::Admin>,
 }
@@ -105,6 +112,32 @@ async fn off_runtime<T: Send + 'static>(
     work: impl FnOnce() -> Result<T, ApiError> + Send + 'static,
 ) -> Result<T, ApiError> {
     tokio::task::spawn_blocking(work).await.map_err(|e| ApiError::Internal(format!("{what} stopped: {e}")))?
+}
+
+impl AppState {
+    /// Reads an uploaded image's header and checks it against the image limits (no pixel is decoded yet).
+    fn probe_image(&self, bytes: &[u8]) -> Result<Probe, ApiError> {
+        image::probe(bytes, self.limits.image)
+    }
+}
+
+/// Decodes and preprocesses images on the blocking pool within `--max-decode-bytes`: what the `probes`' images
+/// may take is reserved before `work` starts and released when it returns.
+async fn decode_off_runtime<T: Send + 'static>(
+    state: &AppState,
+    probes: &[Probe],
+    work: impl FnOnce() -> Result<T, ApiError> + Send + 'static,
+) -> Result<T, ApiError> {
+    let bytes = probes.iter().fold(0u64, |sum, probe| sum.saturating_add(probe.decode_bytes()));
+    let reservation = state.decode_memory.reserve(bytes, state.limits.request_timeout).await?;
+    state.metrics.decode_reserved_bytes.set(state.decode_memory.reserved_bytes() as i64);
+    let result = off_runtime("image preprocessing", move || {
+        let _reservation = reservation;
+        work()
+    })
+    .await;
+    state.metrics.decode_reserved_bytes.set(state.decode_memory.reserved_bytes() as i64);
+    result
 }
 
 /// An image answer, with the model that made it in `ember-model` / `ember-model-version` headers.

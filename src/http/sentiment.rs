@@ -47,7 +47,7 @@ async fn sentiment(state: &AppState, name: &str, request: Request) -> Result<Jso
         return Err(wrong_backend(name, TaskKind::TextClassification));
     };
     let shape = r#"{"text": "..."} or {"texts": ["...", ...]}"#;
-    let texts = validate(read_json_body(request, state.limits.max_body_bytes, shape).await?)?;
+    let texts = validate(read_json_body(request, state.limits.body, shape).await?)?;
 
     pool.check_room()?;
     let tokenizer = pool.task().clone();

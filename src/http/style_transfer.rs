@@ -11,7 +11,7 @@ use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 
 use super::body::{parse_params, read_multipart_images};
-use super::{image_response, off_runtime, wrong_backend, AppState};
+use super::{decode_off_runtime, image_response, off_runtime, wrong_backend, AppState};
 use crate::error::ApiError;
 use crate::tasks::image;
 use crate::tasks::style_transfer::{OptimizationJob, OptimizationParams};
@@ -36,21 +36,24 @@ async fn style_transfer(state: &AppState, name: &str, request: Request) -> Resul
         return Err(wrong_backend(name, TaskKind::StyleFeatures));
     };
     let ([content_bytes, style_bytes], params) =
-        read_multipart_images(request, state.limits.max_body_bytes, [CONTENT, STYLE]).await?;
+        read_multipart_images(request, state.limits.body, [CONTENT, STYLE]).await?;
     let params: OptimizationParams = parse_params(params)?;
     let config = &pool.task().config;
     let settings = params.validate(config)?;
     let format = params.format.unwrap_or_default();
 
     pool.check_room()?;
-    let max_pixels = state.limits.max_image_pixels;
-    let (content, style) = off_runtime("image preprocessing", move || {
-        let prepare = |bytes: Bytes, field: &str| {
-            let decoded = image::decode(&bytes, max_pixels)
-                .map_err(|e| e.map_message(|message| format!("{field}: {message}")))?;
+    let in_field = |field: &'static str| move |e: ApiError| e.map_message(|message| format!("{field}: {message}"));
+    let probes = [
+        state.probe_image(&content_bytes).map_err(in_field(CONTENT))?,
+        state.probe_image(&style_bytes).map_err(in_field(STYLE))?,
+    ];
+    let (content, style) = decode_off_runtime(state, &probes, move || {
+        let prepare = |bytes: Bytes, probe, field| {
+            let decoded = image::decode_probed(&bytes, probe).map_err(in_field(field))?;
             Ok::<_, ApiError>(image::to_unit_tensor(&image::fit_within(decoded, settings.size)?))
         };
-        Ok((prepare(content_bytes, CONTENT)?, prepare(style_bytes, STYLE)?))
+        Ok((prepare(content_bytes, probes[0], CONTENT)?, prepare(style_bytes, probes[1], STYLE)?))
     })
     .await?;
 

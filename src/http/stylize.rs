@@ -7,7 +7,7 @@ use bytes::Bytes;
 use serde::Deserialize;
 
 use super::body::read_image_upload;
-use super::{image_response, off_runtime, wrong_backend, AppState};
+use super::{decode_off_runtime, image_response, off_runtime, wrong_backend, AppState};
 use crate::error::ApiError;
 use crate::tasks::style::{OutputFormat, StylizeParams, Stylizer};
 use crate::tasks::{Backend, TaskKind};
@@ -59,7 +59,7 @@ pub async fn default(State(state): State<AppState>, request: Request) -> Respons
 }
 
 async fn read_stylize_request(state: &AppState, request: Request) -> Result<(Bytes, StylizeRequest), ApiError> {
-    let upload = read_image_upload(request, state.limits.max_body_bytes).await?;
+    let upload = read_image_upload(request, state.limits.body).await?;
     let params = upload.params()?;
     Ok((upload.image, params))
 }
@@ -91,9 +91,9 @@ async fn stylize(state: &AppState, name: &str, image: Bytes, request: StylizeReq
     let params = StylizeParams::validate(request.strength, request.max_size, request.format, config)?;
 
     pool.check_room()?;
-    let max_pixels = state.limits.max_image_pixels;
+    let probe = state.probe_image(&image)?;
     let original =
-        off_runtime("image preprocessing", move || Stylizer::prepare(&image, max_pixels, params.max_size)).await?;
+        decode_off_runtime(state, &[probe], move || Stylizer::prepare(&image, probe, params.max_size)).await?;
     let styled = pool.infer(original.shallow_clone(), state.limits.request_timeout).await?;
     let encoded = off_runtime("image encoding", move || Stylizer::finish(&original, &styled, params)).await?;
     Ok(image_response(encoded, params.format, name, loaded.version))

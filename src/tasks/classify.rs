@@ -26,9 +26,9 @@ pub struct Prediction {
 }
 
 impl ImageClassifier {
-    /// Decodes and preprocesses one image. CPU work: call it off the async runtime.
-    pub fn prepare(&self, bytes: &[u8], max_pixels: u64) -> Result<Tensor, ApiError> {
-        let decoded = image::decode(bytes, max_pixels)?;
+    /// Decodes and preprocesses one image whose header `probe` checked. CPU work: call it off the async runtime.
+    pub fn prepare(&self, bytes: &[u8], probe: image::Probe) -> Result<Tensor, ApiError> {
+        let decoded = image::decode_probed(bytes, probe)?;
         image::to_normalized_tensor(decoded, &self.preprocessing)
     }
 

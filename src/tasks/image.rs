@@ -11,56 +11,141 @@ use super::style::OutputFormat;
 use crate::config::ImagePreprocessing;
 use crate::error::ApiError;
 
-/// Decodes JPEG, PNG, WebP, GIF (first frame) or BMP, refusing images over `max_pixels` before decoding them,
-/// so a small file that expands to gigabytes (a decompression bomb) costs nothing.
-pub fn decode(bytes: &[u8], max_pixels: u64) -> Result<DynamicImage, ApiError> {
-    let reader = || {
-        ImageReader::new(Cursor::new(bytes))
-            .with_guessed_format()
-            .map_err(|e| ApiError::BadRequest(format!("cannot read the image: {e}")))
-    };
-    let probe = reader()?;
-    let Some(format) = probe.format() else {
+/// What an image may be before any memory is spent on its pixels (flags `--max-image-pixels` and
+/// `--max-image-aspect`).
+#[derive(Debug, Clone, Copy)]
+pub struct ImageLimits {
+    /// Largest width x height.
+    pub max_pixels: u64,
+    /// Largest ratio of the longer side to the shorter one. Resizing scales the shorter side to the model's size,
+    /// so a 1 x 1,000,000 image (1 Mpx) would become 256 x 256,000,000.
+    pub max_aspect: u32,
+}
+
+impl ImageLimits {
+    /// The limits `ember train` applies to the images of a dataset.
+    pub const TRAINING: ImageLimits = ImageLimits { max_pixels: 40_000_000, max_aspect: 32 };
+}
+
+/// What the header of an image says, read without decoding its pixels.
+#[derive(Debug, Clone, Copy)]
+pub struct Probe {
+    pub format: ImageFormat,
+    pub width: u32,
+    pub height: u32,
+}
+
+impl Probe {
+    /// An upper bound of the bytes decoding this image may allocate: the frame at 16 bits per channel with alpha,
+    /// plus decoder scratch space (the same bound the decoder is held to).
+    pub fn decode_bytes(&self) -> u64 {
+        (u64::from(self.width) * u64::from(self.height)).saturating_mul(8).saturating_add(DECODER_SCRATCH_BYTES)
+    }
+}
+
+const DECODER_SCRATCH_BYTES: u64 = 64 << 20;
+
+/// Progressive JPEG scans a decoder will read; real encoders write about ten, and each scan can cost a pass over
+/// the whole image, so a file of thousands of tiny scans is a CPU bomb (libjpeg-turbo's own advice is 500).
+const MAX_JPEG_SCANS: u32 = 500;
+
+/// Reads an image's format and dimensions from its header and checks them against `limits`: refused images
+/// cost no decoding and no allocation sized by what they claim.
+pub fn probe(bytes: &[u8], limits: ImageLimits) -> Result<Probe, ApiError> {
+    let reader = ImageReader::new(Cursor::new(bytes))
+        .with_guessed_format()
+        .map_err(|e| ApiError::BadRequest(format!("cannot read the image: {e}")))?;
+    let Some(format) = reader.format() else {
         return Err(ApiError::BadRequest(
             "the image is not in a supported format: expected JPEG, PNG, WebP, GIF or BMP".into(),
         ));
     };
-    let (width, height) = probe
+    let (width, height) = reader
         .into_dimensions()
         .map_err(|e| ApiError::BadRequest(format!("the {format:?} image is corrupt or truncated: {e}")))?;
+    check_dimensions(width, height, limits)?;
+    Ok(Probe { format, width, height })
+}
+
+/// The pixel and aspect-ratio limits, in u64 so that no claimed size can overflow the check.
+pub fn check_dimensions(width: u32, height: u32, limits: ImageLimits) -> Result<(), ApiError> {
+    let pixels = u64::from(width) * u64::from(height);
+    if pixels > limits.max_pixels {
+        return Err(ApiError::PayloadTooLarge(format!(
+            "the image is {width}x{height} = {pixels} pixels; the limit is {} (--max-image-pixels)",
+            limits.max_pixels
+        )));
+    }
+    let (longer, shorter) = (u64::from(width.max(height)), u64::from(width.min(height)));
+    if shorter == 0 {
+        return Err(ApiError::BadRequest(format!("the image is {width}x{height}: it has no pixels")));
+    }
+    if longer > shorter.saturating_mul(u64::from(limits.max_aspect)) {
+        return Err(ApiError::Validation(format!(
+            "the image is {width}x{height}: its sides differ by more than {}:1 (--max-image-aspect)",
+            limits.max_aspect
+        )));
+    }
+    Ok(())
+}
+
+/// Decodes JPEG, PNG, WebP, GIF (first frame) or BMP, refusing images over `limits` before decoding them,
+/// so a small file that expands to gigabytes (a decompression bomb) costs nothing.
+pub fn decode(bytes: &[u8], limits: ImageLimits) -> Result<DynamicImage, ApiError> {
+    decode_probed(bytes, probe(bytes, limits)?)
+}
+
+/// `decode` of an image whose header `probe` has read and checked already.
+pub fn decode_probed(bytes: &[u8], probe: Probe) -> Result<DynamicImage, ApiError> {
+    let Probe { format, width, height } = probe;
     if format == ImageFormat::Jpeg && !jpeg_is_complete(bytes) {
         return Err(ApiError::BadRequest(
             "the Jpeg image is corrupt or truncated: no end-of-image marker after its last scan".into(),
         ));
     }
-    let pixels = u64::from(width) * u64::from(height);
-    if pixels > max_pixels {
-        return Err(ApiError::PayloadTooLarge(format!(
-            "the image is {width}x{height} = {pixels} pixels; the limit is {max_pixels} (--max-image-pixels)"
-        )));
-    }
     if format == ImageFormat::Jpeg {
-        if let Some(image) = decode_jpeg_with_libjpeg_turbo(bytes) {
-            return Ok(image);
+        match decode_jpeg_with_libjpeg_turbo(bytes, probe, MAX_JPEG_SCANS) {
+            Ok(Some(image)) => return Ok(image),
+            Ok(None) => {} // libjpeg-turbo cannot convert some JPEGs to RGB (CMYK, for one): the image crate can.
+            Err(message) => return Err(ApiError::BadRequest(format!("the Jpeg image cannot be decoded: {message}"))),
         }
-        // libjpeg-turbo cannot convert some JPEGs to RGB (CMYK, for one): the image crate's decoder below can.
     }
     let mut limits = Limits::default();
     limits.max_image_width = Some(width);
     limits.max_image_height = Some(height);
-    // Room for the decoded frame at 16 bits per channel with alpha, plus decoder scratch space.
-    limits.max_alloc = Some(pixels.saturating_mul(8).saturating_add(64 << 20));
-    let mut decoder = reader()?;
+    limits.max_alloc = Some(probe.decode_bytes());
+    let mut decoder = ImageReader::new(Cursor::new(bytes))
+        .with_guessed_format()
+        .map_err(|e| ApiError::BadRequest(format!("cannot read the image: {e}")))?;
     decoder.limits(limits);
     decoder.decode().map_err(|e| ApiError::BadRequest(format!("the {format:?} image is corrupt or truncated: {e}")))
 }
 
 /// libjpeg-turbo, as PIL and torchvision use it (ISLOW DCT, fancy upsampling): the same pixels the Python side
 /// saw, and about a third faster than the image crate's pure-Rust decoder.
-fn decode_jpeg_with_libjpeg_turbo(bytes: &[u8]) -> Option<DynamicImage> {
-    let decoded = turbojpeg::decompress(bytes, turbojpeg::PixelFormat::RGB).ok()?;
-    let (width, height) = (u32::try_from(decoded.width).ok()?, u32::try_from(decoded.height).ok()?);
-    RgbImage::from_raw(width, height, decoded.pixels).map(DynamicImage::ImageRgb8)
+/// `Ok(None)` when libjpeg-turbo cannot make RGB of it; an error when the file is refused (too many scans).
+fn decode_jpeg_with_libjpeg_turbo(bytes: &[u8], probe: Probe, max_scans: u32) -> Result<Option<DynamicImage>, String> {
+    let mut decompressor = turbojpeg::Decompressor::new().map_err(|e| e.to_string())?;
+    decompressor.set_scan_limit(max_scans).map_err(|e| e.to_string())?;
+    let Ok(header) = decompressor.read_header(bytes) else { return Ok(None) };
+    // The buffer below is sized by libjpeg-turbo's reading of the header: only when it is the size checked.
+    if (header.width, header.height) != (probe.width as usize, probe.height as usize) {
+        return Ok(None);
+    }
+    let mut image = turbojpeg::Image {
+        pixels: vec![0u8; header.width * header.height * 3],
+        width: header.width,
+        pitch: header.width * 3,
+        height: header.height,
+        format: turbojpeg::PixelFormat::RGB,
+    };
+    match decompressor.decompress(bytes, image.as_deref_mut()) {
+        Ok(()) => {}
+        Err(e) if e.to_string().contains("scans") => return Err(format!("{e} (at most {max_scans} are read)")),
+        Err(_) => return Ok(None),
+    }
+    let (Ok(width), Ok(height)) = (u32::try_from(image.width), u32::try_from(image.height)) else { return Ok(None) };
+    Ok(RgbImage::from_raw(width, height, image.pixels).map(DynamicImage::ImageRgb8))
 }
 
 /// The image crate's JPEG decoder fills a truncated scan with grey instead of failing (PIL refuses such files), so a cut-off
@@ -74,14 +159,29 @@ fn jpeg_is_complete(bytes: &[u8]) -> bool {
     }
 }
 
+/// The most pixels a resize may produce (192 MB of RGB). Decoded images are held to `--max-image-aspect` first,
+/// so only a model's own oversized `resize` or a caller that skipped `decode` can reach it.
+const MAX_RESIZED_PIXELS: u64 = 64_000_000;
+
 /// torchvision `Resize(n)` on a PIL image: the shorter side becomes n, the longer `int(n * long / short)`.
-pub fn resized_dimensions(width: u32, height: u32, shorter: u32) -> (u32, u32) {
-    let scale = |long: u32, short: u32| (u64::from(shorter) * u64::from(long) / u64::from(short)) as u32;
-    if width <= height {
-        (shorter, scale(height, width))
-    } else {
-        (scale(width, height), shorter)
+/// Computed in u64 and refused, before anything is allocated, when the result would be too large.
+pub fn resized_dimensions(width: u32, height: u32, shorter: u32) -> Result<(u32, u32), ApiError> {
+    let (long, short) = (u64::from(width.max(height)), u64::from(width.min(height)));
+    let too_large = || {
+        ApiError::Validation(format!(
+            "the image is {width}x{height}: resizing its shorter side to {shorter} would make more than \
+             {MAX_RESIZED_PIXELS} pixels"
+        ))
+    };
+    if short == 0 {
+        return Err(ApiError::BadRequest(format!("the image is {width}x{height}: it has no pixels")));
     }
+    let scaled = u64::from(shorter) * long / short;
+    if scaled.saturating_mul(u64::from(shorter)) > MAX_RESIZED_PIXELS {
+        return Err(too_large());
+    }
+    let scaled = u32::try_from(scaled).map_err(|_| too_large())?;
+    Ok(if width <= height { (shorter, scaled) } else { (scaled, shorter) })
 }
 
 /// torchvision `CenterCrop`: offsets are `int(round((size - crop) / 2))`, and Python rounds halves to even.
@@ -110,7 +210,7 @@ pub fn to_normalized_tensor(image: DynamicImage, prep: &ImagePreprocessing) -> R
 pub fn resize_and_crop(image: DynamicImage, prep: &ImagePreprocessing) -> Result<RgbImage, ApiError> {
     let rgb: RgbImage = image.into_rgb8(); // no copy when it already is 8-bit RGB
     let (width, height) = rgb.dimensions();
-    let (new_width, new_height) = resized_dimensions(width, height, prep.resize);
+    let (new_width, new_height) = resized_dimensions(width, height, prep.resize)?;
     let resized =
         if (new_width, new_height) == (width, height) { rgb } else { resize_bilinear(rgb, new_width, new_height)? };
     if (new_width, new_height) == (prep.crop, prep.crop) {
@@ -213,9 +313,56 @@ mod tests {
 
     #[test]
     fn resize_keeps_aspect_ratio_like_torchvision() {
-        assert_eq!(resized_dimensions(451, 300, 256), (384, 256)); // int(256 * 451 / 300) = 384
-        assert_eq!(resized_dimensions(427, 640, 256), (256, 383));
-        assert_eq!(resized_dimensions(256, 256, 256), (256, 256));
+        assert_eq!(resized_dimensions(451, 300, 256).unwrap(), (384, 256)); // int(256 * 451 / 300) = 384
+        assert_eq!(resized_dimensions(427, 640, 256).unwrap(), (256, 383));
+        assert_eq!(resized_dimensions(256, 256, 256).unwrap(), (256, 256));
+    }
+
+    #[test]
+    fn a_resize_that_would_explode_is_refused_before_allocating() {
+        let err = resized_dimensions(1, 1_000_000, 256).unwrap_err();
+        assert!(matches!(&err, ApiError::Validation(m) if m.contains("1x1000000")), "{err:?}");
+        assert!(resized_dimensions(u32::MAX, 1, 8192).is_err());
+        assert!(resized_dimensions(0, 5, 256).is_err());
+    }
+
+    #[test]
+    fn extreme_aspect_ratios_and_pixel_counts_are_refused_from_the_header() {
+        let limits = ImageLimits { max_pixels: 2_000_000, max_aspect: 32 };
+        let png = |w, h| {
+            let mut png = Vec::new();
+            image::GrayImage::new(w, h).write_to(&mut Cursor::new(&mut png), ImageFormat::Png).unwrap();
+            png
+        };
+        for (w, h) in [(1, 1_000_000), (1_000_000, 1), (33, 1)] {
+            let err = decode(&png(w, h), limits).unwrap_err();
+            assert!(matches!(&err, ApiError::Validation(m) if m.contains("--max-image-aspect")), "{err:?}");
+        }
+        assert!(decode(&png(32, 1), limits).is_ok());
+        let err = probe(&png(2000, 1001), limits).unwrap_err();
+        assert!(matches!(err, ApiError::PayloadTooLarge(_)), "{err:?}");
+        let probed = probe(&png(100, 50), limits).unwrap();
+        assert_eq!((probed.width, probed.height), (100, 50));
+        assert_eq!(probed.decode_bytes(), 100 * 50 * 8 + DECODER_SCRATCH_BYTES);
+    }
+
+    #[test]
+    fn progressive_jpegs_with_too_many_scans_are_refused() {
+        let rgb = RgbImage::from_fn(64, 64, |x, y| image::Rgb([x as u8 * 4, y as u8 * 4, 7]));
+        let mut compressor = turbojpeg::Compressor::new().unwrap();
+        compressor.set_progressive(true).unwrap();
+        let source = turbojpeg::Image {
+            pixels: rgb.as_raw().as_slice(),
+            width: 64,
+            pitch: 64 * 3,
+            height: 64,
+            format: turbojpeg::PixelFormat::RGB,
+        };
+        let jpeg = compressor.compress_to_vec(source).unwrap();
+        let probed = probe(&jpeg, ImageLimits::TRAINING).unwrap();
+        assert!(decode_jpeg_with_libjpeg_turbo(&jpeg, probed, MAX_JPEG_SCANS).unwrap().is_some());
+        let err = decode_jpeg_with_libjpeg_turbo(&jpeg, probed, 2).unwrap_err();
+        assert!(err.contains("scans"), "{err}");
     }
 
     #[test]
@@ -249,11 +396,11 @@ mod tests {
     fn oversized_image_is_refused_before_decoding() {
         let mut png = Vec::new();
         image::RgbImage::new(300, 200).write_to(&mut Cursor::new(&mut png), image::ImageFormat::Png).unwrap();
-        match decode(&png, 50_000) {
+        match decode(&png, ImageLimits { max_pixels: 50_000, max_aspect: 32 }) {
             Err(ApiError::PayloadTooLarge(message)) => assert!(message.contains("300x200"), "{message}"),
             other => panic!("expected 413, got {other:?}"),
         }
-        assert!(decode(&png, 60_000).is_ok());
+        assert!(decode(&png, ImageLimits { max_pixels: 60_000, max_aspect: 32 }).is_ok());
     }
 
     #[test]
@@ -262,15 +409,15 @@ mod tests {
         image::RgbImage::from_fn(64, 64, |x, y| image::Rgb([x as u8, y as u8, 7]))
             .write_to(&mut Cursor::new(&mut jpeg), ImageFormat::Jpeg)
             .unwrap();
-        assert!(decode(&jpeg, 1 << 20).is_ok());
-        assert!(matches!(decode(&jpeg[..jpeg.len() - 40], 1 << 20), Err(ApiError::BadRequest(_))));
+        assert!(decode(&jpeg, ImageLimits::TRAINING).is_ok());
+        assert!(matches!(decode(&jpeg[..jpeg.len() - 40], ImageLimits::TRAINING), Err(ApiError::BadRequest(_))));
     }
 
     #[test]
     fn truncated_and_foreign_bytes_are_bad_requests() {
         let mut png = Vec::new();
         image::RgbImage::new(64, 64).write_to(&mut Cursor::new(&mut png), image::ImageFormat::Png).unwrap();
-        assert!(matches!(decode(&png[..png.len() / 2], 1 << 20), Err(ApiError::BadRequest(_))));
-        assert!(matches!(decode(b"hello, world", 1 << 20), Err(ApiError::BadRequest(_))));
+        assert!(matches!(decode(&png[..png.len() / 2], ImageLimits::TRAINING), Err(ApiError::BadRequest(_))));
+        assert!(matches!(decode(b"hello, world", ImageLimits::TRAINING), Err(ApiError::BadRequest(_))));
     }
 }

@@ -142,6 +142,16 @@ impl Backend {
         }
     }
 
+    /// The model-level tensors of `spec` as this backend serves them: a text classifier's token ids are bounded
+    /// by its tokenizer's vocabulary, which only the loaded tokenizer knows.
+    pub fn signature(&self, spec: &ModelSpec) -> tensor::Signature {
+        let mut signature = tensor::signature(spec);
+        if let Backend::TextClassification(pool) = self {
+            signature.bound_token_ids("input_ids", pool.task().vocabulary_size(), "the tokenizer's vocabulary");
+        }
+        signature
+    }
+
     /// Finishes queued requests and stops the workers. Blocks.
     pub fn shutdown(&self) {
         match self {

@@ -37,6 +37,11 @@ pub struct Classification {
 }
 
 impl TextClassifier {
+    /// Token ids run from 0 to this size minus one (special tokens included).
+    pub fn vocabulary_size(&self) -> usize {
+        self.tokenizer.get_vocab_size(true)
+    }
+
     /// Reads `tokenizer_file` and makes it truncate at `max_tokens` and never pad (batches pad themselves, to
     /// their longest text).
     pub fn load(tokenizer_file: &Path, labels: Vec<String>, max_tokens: usize) -> Result<TextClassifier, String> {

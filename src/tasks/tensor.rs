@@ -137,6 +137,94 @@ impl TensorSpec {
 pub struct Signature {
     pub inputs: Vec<TensorSpec>,
     pub outputs: Vec<TensorSpec>,
+    /// How large a request may make each input (one entry per input): a client chooses every `-1` dimension,
+    /// and with it the work and memory of the forward pass.
+    pub bounds: Vec<InputBounds>,
+}
+
+impl Signature {
+    /// Token ids of the input named `name` must lie in `0..size` (the model's embedding table; on CUDA an id
+    /// outside it is a device-side assert that breaks the whole context).
+    pub fn bound_token_ids(&mut self, name: &str, size: usize, what: &str) {
+        if let Some(index) = self.inputs.iter().position(|input| input.name == name) {
+            let max = i64::try_from(size).unwrap_or(i64::MAX).saturating_sub(1);
+            self.bounds[index].values = Some(ValueRange { min: 0, max, what: what.to_string() });
+        }
+    }
+}
+
+/// A limit and the setting that sets it, named in the refusal.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Limit {
+    pub max: i64,
+    pub setting: String,
+}
+
+impl Limit {
+    fn new(max: usize, setting: &str) -> Limit {
+        Limit { max: i64::try_from(max).unwrap_or(i64::MAX), setting: setting.to_string() }
+    }
+}
+
+/// The integer values an input may hold.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ValueRange {
+    pub min: i64,
+    pub max: i64,
+    /// What the range is, e.g. "the tokenizer's vocabulary".
+    pub what: String,
+}
+
+/// What a request may make of one input.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct InputBounds {
+    /// The largest size of each dimension (`None`: fixed by the spec, or bounded only by the body's size).
+    pub dims: Vec<Option<Limit>>,
+    /// The most elements in all.
+    pub elements: Option<Limit>,
+    pub values: Option<ValueRange>,
+}
+
+impl InputBounds {
+    fn dims(dims: Vec<Option<Limit>>) -> InputBounds {
+        InputBounds { dims, ..InputBounds::default() }
+    }
+
+    /// A shape within the limits, or why not (naming the dimension, its size, the limit and its setting).
+    pub fn check_shape(&self, shape: &[i64]) -> Result<(), String> {
+        for (index, (size, limit)) in shape.iter().zip(&self.dims).enumerate() {
+            if let Some(limit) = limit.as_ref().filter(|limit| *size > limit.max) {
+                return Err(format!(
+                    "dimension {index} of shape {shape:?} is {size}; the limit is {} ({})",
+                    limit.max, limit.setting
+                ));
+            }
+        }
+        if let Some(limit) = &self.elements {
+            let elements = shape.iter().try_fold(1i64, |n, &d| n.checked_mul(d)).unwrap_or(i64::MAX);
+            if elements > limit.max {
+                return Err(format!(
+                    "shape {shape:?} holds {elements} elements; the limit is {} ({})",
+                    limit.max, limit.setting
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// Integer values inside their range, or why not (naming the first value outside it).
+    pub fn check_values(&self, tensor: &Tensor) -> Result<(), String> {
+        let Some(range) = &self.values else { return Ok(()) };
+        if tensor.numel() == 0 {
+            return Ok(());
+        }
+        let outside = tensor.lt(range.min).logical_or(&tensor.gt(range.max));
+        if !bool::try_from(outside.any()).unwrap_or(false) {
+            return Ok(());
+        }
+        let first = tensor.reshape([-1]).masked_select(&outside.reshape([-1])).int64_value(&[0]);
+        Err(format!("value {first} is outside {}..={} ({})", range.min, range.max, range.what))
+    }
 }
 
 /// Channels of an RGB image tensor `[batch, 3, height, width]`, values 0..1 unless normalised.
@@ -144,41 +232,78 @@ const RGB: i64 = 3;
 /// The outputs of the style-features network (models/export/style.py): one content map, then the style maps.
 const STYLE_FEATURE_OUTPUTS: [&str; 5] = ["content", "style_1", "style_2", "style_3", "style_4"];
 
-/// The model-level tensors of `spec` (read at the version being served: its labels and image size).
+/// The model-level tensors of `spec` (read at the version being served: its labels and image size), and how
+/// large a request may make them.
 pub fn signature(spec: &ModelSpec) -> Signature {
     use DataType::{Fp32, Int64};
+    let config = &spec.config;
     let labels = spec.labels.as_ref().map_or(-1, |l| l.len() as i64);
     let image_batch = [-1, RGB, -1, -1];
-    let (inputs, outputs) = match spec.config.task {
+    let rows = || Some(Limit::new(config.batching.max_request_rows, "batching.max_request_rows"));
+    let image_bounds = |side: u32, setting: &str| {
+        let side = || Some(Limit::new(side as usize, setting));
+        InputBounds::dims(vec![rows(), None, side(), side()])
+    };
+    let (inputs, outputs, bounds) = match config.task {
         TaskKind::ImageClassification => {
-            let crop = spec.config.image.as_ref().map_or(-1, |i| i64::from(i.crop));
+            let crop = config.image.as_ref().map_or(-1, |i| i64::from(i.crop));
             (
                 vec![TensorSpec::new("image", Fp32, &[-1, RGB, crop, crop])],
                 vec![TensorSpec::new("logits", Fp32, &[-1, labels])],
+                vec![InputBounds::dims(vec![rows()])],
             )
         }
-        TaskKind::TextClassification => (
-            vec![TensorSpec::new("input_ids", Int64, &[-1, -1]), TensorSpec::new("attention_mask", Int64, &[-1, -1])],
-            vec![TensorSpec::new("logits", Fp32, &[-1, labels])],
-        ),
-        // The state's batch is its dimension 1; an all-zero state starts new sequences.
-        TaskKind::TextGeneration => (
-            vec![TensorSpec::new("input_ids", Int64, &[-1, -1]), TensorSpec::new("state", Fp32, &[-1, -1, -1])],
-            vec![
-                TensorSpec::new("logits", Fp32, &[-1, -1, VOCABULARY as i64]),
-                TensorSpec::new("state", Fp32, &[-1, -1, -1]),
-            ],
-        ),
-        TaskKind::StyleTransfer => {
-            (vec![TensorSpec::new("image", Fp32, &image_batch)], vec![TensorSpec::new("stylized", Fp32, &image_batch)])
+        TaskKind::TextClassification => {
+            let tokens = config.text.as_ref().map_or(0, |t| t.max_tokens);
+            let sequence = || InputBounds::dims(vec![rows(), Some(Limit::new(tokens, "text.max_tokens"))]);
+            (
+                vec![
+                    TensorSpec::new("input_ids", Int64, &[-1, -1]),
+                    TensorSpec::new("attention_mask", Int64, &[-1, -1]),
+                ],
+                vec![TensorSpec::new("logits", Fp32, &[-1, labels])],
+                vec![sequence(), sequence()],
+            )
         }
+        // The state's batch is its dimension 1; an all-zero state starts new sequences. One request may run as
+        // many tokens as one prompt: that is what it costs the engine's thread, between everyone's steps.
+        TaskKind::TextGeneration => {
+            let prompt = Limit::new(config.generation.max_prompt_tokens, "generation.max_prompt_tokens");
+            let input_ids = InputBounds {
+                dims: vec![rows(), Some(prompt.clone())],
+                elements: Some(prompt),
+                values: Some(ValueRange { min: 0, max: VOCABULARY as i64 - 1, what: "the byte vocabulary".into() }),
+            };
+            (
+                vec![TensorSpec::new("input_ids", Int64, &[-1, -1]), TensorSpec::new("state", Fp32, &[-1, -1, -1])],
+                vec![
+                    TensorSpec::new("logits", Fp32, &[-1, -1, VOCABULARY as i64]),
+                    TensorSpec::new("state", Fp32, &[-1, -1, -1]),
+                ],
+                vec![input_ids, InputBounds::dims(vec![None, rows()])],
+            )
+        }
+        TaskKind::StyleTransfer => (
+            vec![TensorSpec::new("image", Fp32, &image_batch)],
+            vec![TensorSpec::new("stylized", Fp32, &image_batch)],
+            vec![image_bounds(config.stylize.max_size_limit, "stylize.max_size_limit")],
+        ),
         TaskKind::StyleFeatures => (
             vec![TensorSpec::new("image", Fp32, &image_batch)],
             STYLE_FEATURE_OUTPUTS.iter().map(|name| TensorSpec::new(name, Fp32, &[-1, -1, -1, -1])).collect(),
+            vec![image_bounds(config.optimization.max_size, "optimization.max_size")],
         ),
-        TaskKind::Tensor => (spec.config.inputs.clone(), spec.config.outputs.clone()),
+        // A declared model bounds its batch dimension; its other `-1` dimensions only by the body's size.
+        TaskKind::Tensor => {
+            let bounds = config
+                .inputs
+                .iter()
+                .map(|input| InputBounds::dims(vec![if input.shape.first() == Some(&-1) { rows() } else { None }]))
+                .collect();
+            (config.inputs.clone(), config.outputs.clone(), bounds)
+        }
     };
-    Signature { inputs, outputs }
+    Signature { inputs, outputs, bounds }
 }
 
 /// Checks the `[[inputs]]` / `[[outputs]]` of a model.toml: only `tensor` models declare them, and those must;

@@ -12,8 +12,6 @@ use crate::config::ImagePreprocessing;
 use crate::tasks::generate::Rng;
 use crate::tasks::image;
 
-/// Images this large are refused before decoding (as the server's default --max-image-pixels).
-const MAX_IMAGE_PIXELS: u64 = 40_000_000;
 const IMAGE_EXTENSIONS: [&str; 6] = ["jpg", "jpeg", "png", "webp", "bmp", "gif"];
 
 fn bad(message: impl Into<String>) -> TrainError {
@@ -126,7 +124,7 @@ pub fn image_folder(dir: &Path, prep: &ImagePreprocessing) -> Result<Labelled<Im
 
 /// An image file decoded, or an error naming the file and what is wrong with it.
 pub(crate) fn decode_file(file: &Path) -> Result<DynamicImage, TrainError> {
-    image::decode(&read(file)?, MAX_IMAGE_PIXELS).map_err(|e| bad(format!("{}: {e}", file.display())))
+    image::decode(&read(file)?, image::ImageLimits::TRAINING).map_err(|e| bad(format!("{}: {e}", file.display())))
 }
 
 fn has_image_extension(path: &Path) -> bool {
@@ -297,7 +295,37 @@ fn row(path: &Path, line: usize, text: Option<&str>, label: Option<&str>) -> Res
 
 /// A text file, or every `.txt` file of a folder (sorted, joined by blank lines), as bytes.
 pub fn corpus(path: &Path) -> Result<Vec<u8>, TrainError> {
-    let files = if path.is_dir() {
+    let files = corpus_files(path)?;
+    let mut bytes = Vec::new();
+    for file in &files {
+        if !bytes.is_empty() {
+            bytes.extend_from_slice(CORPUS_SEPARATOR);
+        }
+        bytes.extend_from_slice(&read(file)?);
+    }
+    if bytes.iter().all(u8::is_ascii_whitespace) {
+        return Err(bad(format!("{} holds no text (.txt files)", path.display())));
+    }
+    Ok(bytes)
+}
+
+/// What joins the files of a text folder.
+const CORPUS_SEPARATOR: &[u8] = b"\n\n";
+
+/// The length `corpus` would have, from the files' sizes (nothing is read).
+pub fn corpus_len(path: &Path) -> Result<usize, TrainError> {
+    let files = corpus_files(path)?;
+    let mut len = CORPUS_SEPARATOR.len() * files.len().saturating_sub(1);
+    for file in &files {
+        let size = std::fs::metadata(file).map_err(|e| bad(format!("cannot read {}: {e}", file.display())))?.len();
+        len = len.saturating_add(usize::try_from(size).unwrap_or(usize::MAX));
+    }
+    Ok(len)
+}
+
+/// A text file, or the .txt files of a folder in name order.
+fn corpus_files(path: &Path) -> Result<Vec<PathBuf>, TrainError> {
+    Ok(if path.is_dir() {
         let mut files: Vec<PathBuf> = std::fs::read_dir(path)
             .map_err(|e| bad(format!("cannot read the folder {}: {e}", path.display())))?
             .filter_map(|e| e.ok().map(|e| e.path()))
@@ -307,18 +335,7 @@ pub fn corpus(path: &Path) -> Result<Vec<u8>, TrainError> {
         files
     } else {
         vec![path.to_path_buf()]
-    };
-    let mut bytes = Vec::new();
-    for file in &files {
-        if !bytes.is_empty() {
-            bytes.extend_from_slice(b"\n\n");
-        }
-        bytes.extend_from_slice(&read(file)?);
-    }
-    if bytes.iter().all(u8::is_ascii_whitespace) {
-        return Err(bad(format!("{} holds no text (.txt files)", path.display())));
-    }
-    Ok(bytes)
+    })
 }
 
 /// Indices 0..n shuffled by `seed` (Fisher-Yates).

@@ -159,15 +159,8 @@ pub fn train(job: &TrainJob, progress: &dyn Progress, cancel: &Cancel) -> Result
         }
         TaskKind::TextGeneration => {
             let text = data::corpus(&job.data.path)?;
-            let cut = text.len() - ((text.len() as f64 * settings.validation_split) as usize).max(2);
-            if cut < settings.sequence_length + 1 {
-                return Err(TrainError::Dataset(format!(
-                    "{} holds {} bytes: too little for training sequences of {} bytes plus a validation part",
-                    job.data.path.display(),
-                    text.len(),
-                    settings.sequence_length
-                )));
-            }
+            let cut = text_split(text.len(), settings)
+                .map_err(|message| TrainError::Dataset(format!("{}: {message}", job.data.path.display())))?;
             let mut objective = NextByte {
                 train_text: text[..cut].to_vec(),
                 validation_text: text[cut..].to_vec(),
@@ -215,6 +208,61 @@ pub fn train(job: &TrainJob, progress: &dyn Progress, cancel: &Cancel) -> Result
     let (version, dir) = staging.publish()?;
     progress.note(&format!("published {target} version {version} ({})", dir.display()));
     Ok(Trained { model: target, version, dir, metrics })
+}
+
+/// Where a text of `len` bytes is cut into training and validation parts: the validation part is
+/// `validation_split` of it (at least 2 bytes), and the training part must hold one sequence plus its target.
+fn text_split(len: usize, settings: &TrainSettings) -> Result<usize, String> {
+    let validation = |len: usize| ((len as f64 * settings.validation_split) as usize).max(2);
+    let needed = settings.sequence_length + 1;
+    match len.checked_sub(validation(len)) {
+        Some(cut) if cut >= needed => Ok(cut),
+        _ => {
+            let minimum = (needed + 2..).find(|&n| n.saturating_sub(validation(n)) >= needed).unwrap_or(usize::MAX);
+            let unit = if len == 1 { "byte" } else { "bytes" };
+            Err(format!(
+                "the text holds {len} {unit}; training sequences of {} bytes plus a validation part of {} need at \
+                 least {minimum} bytes",
+                settings.sequence_length, settings.validation_split
+            ))
+        }
+    }
+}
+
+/// Checks, before a job is queued, what can be known of its data cheaply: a text too short to train on is
+/// refused at once (an admin upload answers 422) instead of failing later in the runner.
+pub fn check_data_size(task: TaskKind, data: &DataSource, settings: &TrainSettings) -> Result<(), TrainError> {
+    if task == TaskKind::TextGeneration {
+        let len = data::corpus_len(&data.path)?;
+        text_split(len, settings).map_err(TrainError::Dataset)?;
+    }
+    Ok(())
+}
+
+/// Removes what interrupted runs left behind: staging folders (`.train-<pid>-<time>.partial`) in the repository
+/// and its model folders, and unpacked uploads (`ember-fine-tune-<pid>-*`) in the temporary folder. A folder is
+/// left alone while its process runs on this machine or anything in it changed within the last hour (a run
+/// from another machine sharing the repository may still be writing it). Called once at start-up.
+pub fn sweep_leftovers(repo: &Path) {
+    let model_dirs = std::fs::read_dir(repo).into_iter().flatten().filter_map(|e| e.ok()).map(|e| e.path());
+    let places = std::iter::once(repo.to_path_buf()).chain(model_dirs.filter(|p| p.is_dir()));
+    for place in places.chain(std::iter::once(std::env::temp_dir())) {
+        for entry in std::fs::read_dir(&place).into_iter().flatten().filter_map(|e| e.ok()) {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let Some(pid) = publish::leftover_pid(&name) else { continue };
+            let path = entry.path();
+            if publish::abandoned(&path, pid, std::time::Duration::from_secs(3600)) {
+                match std::fs::remove_dir_all(&path) {
+                    Ok(()) => {
+                        tracing::info!(path = %path.display(), "removed what an interrupted fine-tuning run left")
+                    }
+                    Err(e) => {
+                        tracing::warn!(path = %path.display(), error = %e, "cannot remove a leftover of an interrupted run")
+                    }
+                }
+            }
+        }
+    }
 }
 
 /// Version files beside model.pt that differ from the model-level ones.
@@ -425,4 +473,20 @@ pub fn evaluate(
         other => Err(TrainError::Settings(format!("ember eval does not measure `{other}` models"))),
     })?;
     Ok((version, evaluation))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_text_too_short_is_refused_naming_the_minimum_and_the_minimum_trains() {
+        let settings = TrainSettings { sequence_length: 16, validation_split: 0.1, ..TrainSettings::default() };
+        for len in [0, 1, 2, 17, 18] {
+            let err = text_split(len, &settings).unwrap_err();
+            assert!(err.contains(&format!("holds {len} byte")) && err.contains("at least 19 bytes"), "{err}");
+        }
+        assert_eq!(text_split(19, &settings), Ok(17));
+        assert_eq!(text_split(1000, &settings), Ok(900));
+    }
 }

@@ -76,9 +76,11 @@ impl Staging {
         std::fs::write(&path, bytes).map_err(io(format!("cannot write {}", path.display())))
     }
 
-    /// Moves the finished version into place; returns its number and folder.
+    /// Moves the finished version into place; returns its number and folder. Every file is on disk before the
+    /// rename, so a crash leaves either no version or a whole one. Once renamed, the version exists: a failure to
+    /// sync the folder that now holds it is logged, not reported as a failed run.
     pub fn publish(mut self) -> Result<(u64, PathBuf), TrainError> {
-        sync_dir(&self.version_dir)?;
+        sync_tree(&self.root)?;
         let published = match &self.target {
             Target::NewModel(model_dir) => {
                 std::fs::rename(&self.root, model_dir)
@@ -102,8 +104,12 @@ impl Staging {
             }
         };
         self.published = true;
-        if let Some(parent) = published.1.parent() {
-            sync_dir(parent)?;
+        let parent = match &self.target {
+            Target::NewModel(model_dir) => model_dir.parent().map(Path::to_path_buf),
+            Target::NextVersion(model_dir) => Some(model_dir.clone()),
+        };
+        if let Some(Err(e)) = parent.map(|dir| sync_dir(&dir)) {
+            tracing::warn!(version = %published.1.display(), error = %e, "published, but syncing its folder failed: a crash now may lose it");
         }
         Ok(published)
     }
@@ -119,7 +125,57 @@ impl Drop for Staging {
 
 fn unique_staging_dir(parent: &Path) -> PathBuf {
     let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
-    parent.join(format!(".train-{}-{nanos}.partial", std::process::id()))
+    parent.join(format!("{STAGING_PREFIX}{}-{nanos}{STAGING_SUFFIX}", std::process::id()))
+}
+
+const STAGING_PREFIX: &str = ".train-";
+const STAGING_SUFFIX: &str = ".partial";
+/// The prefix of a fine-tuning upload's folder in the temporary folder, followed by the server's pid and `-`.
+pub const UPLOAD_PREFIX: &str = "ember-fine-tune-";
+
+/// The process id in the name of a staging folder or an upload folder; `None` for any other name.
+pub fn leftover_pid(name: &str) -> Option<u32> {
+    let rest = match name.strip_prefix(STAGING_PREFIX) {
+        Some(rest) => rest.strip_suffix(STAGING_SUFFIX)?,
+        None => name.strip_prefix(UPLOAD_PREFIX)?,
+    };
+    rest.split('-').next()?.parse().ok()
+}
+
+/// Whether a leftover folder of process `pid` is abandoned: that process does not run here (or is this one,
+/// which at start-up has made none yet: a restarted container reuses its pid), and nothing in it changed for
+/// `quiet`.
+pub fn abandoned(path: &Path, pid: u32, quiet: std::time::Duration) -> bool {
+    let alive = pid != std::process::id() && Path::new(&format!("/proc/{pid}")).exists();
+    !alive && newest_change(path).is_some_and(|changed| changed.elapsed().is_ok_and(|age| age >= quiet))
+}
+
+/// The latest modification time of a folder and everything in it.
+fn newest_change(path: &Path) -> Option<std::time::SystemTime> {
+    let mut newest = std::fs::symlink_metadata(path).ok()?.modified().ok()?;
+    if path.is_dir() && !path.is_symlink() {
+        for entry in std::fs::read_dir(path).ok()?.filter_map(|e| e.ok()) {
+            newest = newest.max(newest_change(&entry.path())?);
+        }
+    }
+    Some(newest)
+}
+
+/// Flushes every file and folder under `dir` (not following links) to disk.
+fn sync_tree(dir: &Path) -> Result<(), TrainError> {
+    let entries = std::fs::read_dir(dir).map_err(io(format!("cannot read {}", dir.display())))?;
+    for entry in entries {
+        let path = entry.map_err(io(format!("cannot read {}", dir.display())))?.path();
+        let kind = std::fs::symlink_metadata(&path).map_err(io(format!("cannot read {}", path.display())))?;
+        if kind.is_dir() {
+            sync_tree(&path)?;
+        } else if kind.is_file() {
+            std::fs::File::open(&path)
+                .and_then(|f| f.sync_all())
+                .map_err(io(format!("cannot sync {}", path.display())))?;
+        }
+    }
+    sync_dir(dir)
 }
 
 /// The highest integer-named folder (a version, or one being claimed), or 0.
@@ -149,6 +205,21 @@ mod tests {
         assert_eq!((version, dir.clone()), (4, model.join("4")));
         assert_eq!(std::fs::read(model.join("3/model.pt")).unwrap(), b"old");
         assert_eq!(std::fs::read(dir.join("model.pt")).unwrap(), b"new");
+    }
+
+    #[test]
+    fn leftovers_are_named_by_their_process_and_swept_only_when_abandoned() {
+        assert_eq!(leftover_pid(".train-4242-1700000000000000000.partial"), Some(4242));
+        assert_eq!(leftover_pid("ember-fine-tune-4242-AbC123"), Some(4242));
+        assert_eq!(leftover_pid(".train-4242-17.tmp"), None);
+        assert_eq!(leftover_pid("3"), None);
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("model.pt"), b"half").unwrap();
+        let parent = std::os::unix::process::parent_id(); // a process that runs
+        assert!(!abandoned(dir.path(), parent, std::time::Duration::ZERO), "its process still runs");
+        assert!(abandoned(dir.path(), std::process::id(), std::time::Duration::ZERO), "a restart reuses the pid");
+        assert!(!abandoned(dir.path(), u32::MAX, std::time::Duration::from_secs(3600)), "changed a moment ago");
+        assert!(abandoned(dir.path(), u32::MAX, std::time::Duration::ZERO));
     }
 
     #[test]

@@ -12,6 +12,8 @@ use tch::{Kind, Tensor};
 
 use crate::error::ApiError;
 use crate::tasks::tensor::{DataType, Signature, TensorSpec};
+#[cfg(test)]
+use crate::tasks::tensor::{InputBounds, Limit, ValueRange};
 
 /// The header that says how long the JSON part of a binary body is.
 pub const HEADER_LENGTH: &str = "inference-header-content-length";
@@ -81,10 +83,17 @@ pub fn decode(body: &[u8], header_length: Option<usize>, signature: &Signature) 
         if inputs[index].is_some() {
             return Err(bad(format!("input `{}` is given twice", input.name)));
         }
-        inputs[index] = Some(
-            decode_input(input, &signature.inputs[index], &mut binary)
-                .map_err(|message| bad(format!("input `{}`: {message}", input.name)))?,
-        );
+        let bounds = &signature.bounds[index];
+        // Before any data is read into a tensor: the shape is the client's word, and sizes the work.
+        bounds
+            .check_shape(&input.shape)
+            .map_err(|message| ApiError::PayloadTooLarge(format!("input `{}`: {message}", input.name)))?;
+        let tensor = decode_input(input, &signature.inputs[index], &mut binary)
+            .map_err(|message| bad(format!("input `{}`: {message}", input.name)))?;
+        bounds
+            .check_values(&tensor)
+            .map_err(|message| ApiError::Validation(format!("input `{}`: {message}", input.name)))?;
+        inputs[index] = Some(tensor);
     }
     if !binary.is_empty() {
         return Err(bad(format!(
@@ -252,22 +261,54 @@ struct ResponseOutput<'a> {
     data: Option<TensorData>,
 }
 
+/// Who answers: the model, its version and the request's id.
+pub struct Answer<'a> {
+    pub model: &'a str,
+    pub version: u64,
+    pub id: Option<&'a str>,
+}
+
 /// An encoded answer: the body, and the length of its JSON part when binary data follows it.
 pub struct Encoded {
     pub body: Bytes,
     pub header_length: Option<usize>,
 }
 
-/// Encodes the wanted outputs (each converted to the signature's datatype) as JSON, binary data appended for
-/// the outputs that asked for it.
-pub fn encode(
-    model: &str,
-    version: u64,
-    id: Option<&str>,
+/// The most characters one element takes in a JSON answer (`-1.2345678e-38,`; an i64 takes 21).
+const JSON_BYTES_PER_ELEMENT: usize = 21;
+
+/// Refuses an answer that would be larger than `max_bytes`, before any of it is written.
+fn check_answer_size(
     signature: &Signature,
     outputs: &[Tensor],
     wanted: &[WantedOutput],
+    max_bytes: usize,
+) -> Result<(), ApiError> {
+    let bytes = wanted.iter().fold(0usize, |total, choice| {
+        let per_element =
+            if choice.binary { signature.outputs[choice.index].datatype.byte_size() } else { JSON_BYTES_PER_ELEMENT };
+        total.saturating_add(outputs[choice.index].numel().saturating_mul(per_element))
+    });
+    if bytes > max_bytes {
+        return Err(ApiError::PayloadTooLarge(format!(
+            "the answer would take up to {bytes} bytes; the limit is {max_bytes} (--max-response-bytes): send fewer \
+             rows, ask for fewer outputs, or ask for binary data"
+        )));
+    }
+    Ok(())
+}
+
+/// Encodes the wanted outputs (each converted to the signature's datatype) as JSON, binary data appended for
+/// the outputs that asked for it; an answer over `max_bytes` is refused.
+pub fn encode(
+    answer: Answer<'_>,
+    signature: &Signature,
+    outputs: &[Tensor],
+    wanted: &[WantedOutput],
+    max_bytes: usize,
 ) -> Result<Encoded, ApiError> {
+    check_answer_size(signature, outputs, wanted, max_bytes)?;
+    let Answer { model, version, id } = answer;
     let internal = |e: tch::TchError| ApiError::Internal(format!("reading the model's outputs: {e}"));
     let mut binary = BytesMut::new();
     let mut entries = Vec::with_capacity(wanted.len());
@@ -324,9 +365,62 @@ fn json_data(tensor: &Tensor, datatype: DataType) -> Result<TensorData, tch::Tch
 mod tests {
     use super::*;
 
+    fn who(id: Option<&str>) -> Answer<'_> {
+        Answer { model: "m", version: 1, id }
+    }
+
+    #[test]
+    fn client_chosen_dimensions_and_ids_are_bounded_before_running() {
+        let mut sig = signature(DataType::Int64, &[-1, -1]);
+        let limit = |max, setting: &str| Some(Limit { max, setting: setting.into() });
+        sig.bounds[0] = InputBounds {
+            dims: vec![limit(2, "batching.max_request_rows"), limit(8, "text.max_tokens")],
+            elements: limit(10, "generation.max_prompt_tokens"),
+            values: Some(ValueRange { min: 0, max: 255, what: "the byte vocabulary".into() }),
+        };
+        let body = |shape: &[i64], data: Value| json_body("INT64", shape, data);
+        assert!(decode(&body(&[2, 5], serde_json::json!(vec![0; 10])), None, &sig).is_ok());
+        // The shape is refused before the data is even counted (the claim says 2^40 rows, the data holds 2).
+        match decode(&body(&[1 << 40, 1], serde_json::json!([1, 2])), None, &sig) {
+            Err(ApiError::PayloadTooLarge(m)) => {
+                assert!(m.contains("input `x`") && m.contains("batching.max_request_rows"), "{m}")
+            }
+            other => panic!("{:?}", other.map(|_| ())),
+        }
+        match decode(&body(&[1, 9], serde_json::json!(vec![0; 9])), None, &sig) {
+            Err(ApiError::PayloadTooLarge(m)) => {
+                assert!(m.contains("dimension 1") && m.contains("is 9") && m.contains("text.max_tokens"), "{m}")
+            }
+            other => panic!("{:?}", other.map(|_| ())),
+        }
+        match decode(&body(&[2, 6], serde_json::json!(vec![0; 12])), None, &sig) {
+            Err(ApiError::PayloadTooLarge(m)) => assert!(m.contains("12 elements") && m.contains("limit is 10"), "{m}"),
+            other => panic!("{:?}", other.map(|_| ())),
+        }
+        for bad_id in [256, -1] {
+            match decode(&body(&[1, 2], serde_json::json!([7, bad_id])), None, &sig) {
+                Err(ApiError::Validation(m)) => {
+                    assert!(m.contains(&format!("value {bad_id}")) && m.contains("0..=255"), "{m}")
+                }
+                other => panic!("{:?}", other.map(|_| ())),
+            }
+        }
+    }
+
+    #[test]
+    fn an_answer_over_the_limit_is_refused_before_it_is_written() {
+        let sig = signature(DataType::Fp32, &[-1]);
+        let outputs = [Tensor::zeros([1000], (Kind::Float, tch::Device::Cpu))];
+        let json = [WantedOutput { index: 0, binary: false }];
+        let binary = [WantedOutput { index: 0, binary: true }];
+        assert!(matches!(encode(who(None), &sig, &outputs, &json, 4000), Err(ApiError::PayloadTooLarge(_))));
+        assert!(encode(who(None), &sig, &outputs, &binary, 4000).is_ok());
+        assert!(encode(who(None), &sig, &outputs, &json, 21_000).is_ok());
+    }
+
     fn signature(datatype: DataType, shape: &[i64]) -> Signature {
         let spec = |name: &str| TensorSpec { name: name.into(), datatype, shape: shape.to_vec() };
-        Signature { inputs: vec![spec("x")], outputs: vec![spec("y")] }
+        Signature { inputs: vec![spec("x")], outputs: vec![spec("y")], bounds: vec![InputBounds::default()] }
     }
 
     fn json_body(datatype: &str, shape: &[i64], data: Value) -> Vec<u8> {
@@ -362,7 +456,7 @@ mod tests {
             assert_eq!(decoded.inputs[0].size(), [2, 3]);
 
             let wanted = [WantedOutput { index: 0, binary: false }];
-            let encoded = encode("m", 1, Some("r1"), &sig, &decoded.inputs, &wanted).unwrap();
+            let encoded = encode(who(Some("r1")), &sig, &decoded.inputs, &wanted, usize::MAX).unwrap();
             assert_eq!(encoded.header_length, None);
             let answer: Value = serde_json::from_slice(&encoded.body).unwrap();
             assert_eq!(answer["outputs"][0]["data"], data, "{datatype}");
@@ -370,7 +464,7 @@ mod tests {
             assert_eq!(answer["id"], "r1");
 
             let wanted = [WantedOutput { index: 0, binary: true }];
-            let encoded = encode("m", 1, None, &sig, &decoded.inputs, &wanted).unwrap();
+            let encoded = encode(who(None), &sig, &decoded.inputs, &wanted, usize::MAX).unwrap();
             let length = encoded.header_length.unwrap();
             let header: Value = serde_json::from_slice(&encoded.body[..length]).unwrap();
             let size = 6 * datatype.byte_size();
@@ -392,7 +486,8 @@ mod tests {
     fn fp32_answers_are_written_with_f32_digits() {
         let sig = signature(DataType::Fp32, &[-1]);
         let outputs = [Tensor::from_slice(&[0.1f32, 0.99997854])];
-        let encoded = encode("m", 1, None, &sig, &outputs, &[WantedOutput { index: 0, binary: false }]).unwrap();
+        let encoded =
+            encode(who(None), &sig, &outputs, &[WantedOutput { index: 0, binary: false }], usize::MAX).unwrap();
         let text = String::from_utf8(encoded.body.to_vec()).unwrap();
         assert!(text.contains(r#""data":[0.1,0.99997854]"#), "{text}");
     }

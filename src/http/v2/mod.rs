@@ -4,7 +4,7 @@
 //! Every model answers here with its model-level tensors (`tasks::tensor::signature`); requests join the same
 //! per-model queue and batches as the REST routes.
 
-mod codec;
+pub(crate) mod codec;
 mod repository;
 
 use std::sync::Arc;
@@ -163,7 +163,7 @@ async fn run_infer(state: &AppState, name: &str, version: Option<u64>, request: 
             ApiError::BadRequest(format!("{} must be a byte count, got {value:?}", codec::HEADER_LENGTH))
         })?),
     };
-    let body = read_limited(body, &parts.headers, state.limits.max_body_bytes).await?;
+    let body = read_limited(body, &parts.headers, state.limits.body).await?;
     // Parsing a large JSON tensor takes milliseconds of CPU: off the async workers.
     let for_decoding = Arc::clone(&loaded);
     let decoded =
@@ -180,8 +180,10 @@ async fn run_infer(state: &AppState, name: &str, version: Option<u64>, request: 
     }
     let (model, version, id, wanted) = (name.to_string(), loaded.version, decoded.id, decoded.outputs);
     let for_encoding = Arc::clone(&loaded);
+    let max_response_bytes = state.limits.max_response_bytes;
     let encoded = off_runtime("encoding the infer answer", move || {
-        codec::encode(&model, version, id.as_deref(), &for_encoding.signature, &outputs, &wanted)
+        let answer = codec::Answer { model: &model, version, id: id.as_deref() };
+        codec::encode(answer, &for_encoding.signature, &outputs, &wanted, max_response_bytes)
     })
     .await?;
     let content_type = if encoded.header_length.is_some() { "application/octet-stream" } else { "application/json" };

@@ -33,7 +33,7 @@ struct IndexRequest {
 /// `[{name, version, state, reason}]`, states as Triton names them: READY, LOADING, UNAVAILABLE.
 async fn index(State(state): State<AppState>, request: Request) -> Result<Json<Vec<Value>>, ApiError> {
     let (parts, body) = request.into_parts();
-    let body = read_limited(body, &parts.headers, state.limits.max_body_bytes).await?;
+    let body = read_limited(body, &parts.headers, state.limits.body).await?;
     let params = if body.iter().all(u8::is_ascii_whitespace) {
         serde_json::Map::new()
     } else {
