@@ -27,7 +27,7 @@ DIST := dist/ember-$(VERSION)-linux-x86_64
 # DIST_TARBALL=no packs only the folder (the Dockerfile copies the folder; gzip of the CUDA one takes minutes).
 DIST_TARBALL ?= yes
 
-.PHONY: run setup system-tools dist-tools deploy-tools deploy-check models build test docs lint bench bench-text bench-style \
+.PHONY: run setup system-tools dist-tools deploy-tools deploy-check models build test docs lint bench bench-text bench-style soak \
 	dist dist-cuda dist-clean
 
 ## run: install what is missing, build the models and ember, serve on localhost:8080
@@ -128,6 +128,11 @@ bench: build models
 bench-text: build models
 	cargo build --release --example raw_text --example gen_load
 	bench/text.sh
+
+## soak: the reliability suite of bench/RESULTS.md (overload, half-open connections, 10 minutes of mixed
+## traffic with a fine-tuning job, SIGTERM under load); not part of `make test`
+soak: build models
+	bench/soak.sh
 
 ## bench-style: the stylize and optimisation benchmark of bench/RESULTS.md
 bench-style: build models

@@ -455,3 +455,25 @@ fn check_range(key: &str, value: usize, min: usize, max: usize) -> Result<(), St
         Err(format!("{key} must be between {min} and {max}, got {value}"))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_admin_token_is_trimmed_and_must_be_one_word() {
+        assert_eq!("s3cret-token\n".parse::<AdminToken>().unwrap().0, "s3cret-token");
+        assert_eq!("  s3cret-token \r\n".parse::<AdminToken>().unwrap().0, "s3cret-token");
+        assert!("short\n".parse::<AdminToken>().is_err());
+        assert!("s3cret token".parse::<AdminToken>().is_err());
+    }
+
+    #[test]
+    fn limits_and_timeouts_are_flags_that_refuse_zero() {
+        let config = ServeConfig::from_flags(["--max-image-aspect", "8", "--header-read-timeout-ms", "500"]).unwrap();
+        assert_eq!((config.max_image_aspect, config.header_read_timeout()), (8, Duration::from_millis(500)));
+        for flag in ["--max-image-aspect", "--header-read-timeout-ms", "--body-read-timeout-ms", "--max-connections"] {
+            assert!(ServeConfig::from_flags([flag, "0"]).is_err(), "{flag} 0");
+        }
+    }
+}
