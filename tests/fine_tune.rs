@@ -318,24 +318,7 @@ async fn submit(server: &TestServer, archive: Vec<u8>, settings: &str) -> reqwes
 }
 
 async fn job_until(server: &TestServer, id: u64, done: impl Fn(&Value) -> bool) -> Value {
-    let client = reqwest::Client::new();
-    let deadline = Instant::now() + Duration::from_secs(180);
-    loop {
-        let job: Value = client
-            .get(server.url(&format!("/admin/jobs/{id}")))
-            .bearer_auth(TOKEN)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        if done(&job) {
-            return job;
-        }
-        assert!(Instant::now() < deadline, "job {id} never got there: {job}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    common::job_until(server, TOKEN, id, done).await
 }
 
 async fn admin_post(client: &reqwest::Client, server: &TestServer, path: &str) -> reqwest::Response {

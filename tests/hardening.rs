@@ -36,6 +36,19 @@ async fn an_extreme_aspect_ratio_is_refused_before_resizing() {
     assert_eq!(server.post_image("/v1/classify", "chelsea.png").await.status(), 200);
 }
 
+/// Decodes in flight share --max-decode-bytes: with a budget smaller than one photo's decode, concurrent
+/// requests take turns (each runs alone) and are all answered; the reservation is released after each.
+#[tokio::test(flavor = "multi_thread")]
+async fn decodes_share_a_memory_budget_and_take_turns() {
+    let repo = TempRepo::mobilenet(&[]);
+    let server = TestServer::start_ready(repo.path(), &["--max-decode-bytes", "1"]).await;
+    let answers = (0..8).map(|_| server.post_image("/v1/classify", "chelsea.png"));
+    for response in futures_util::future::join_all(answers).await {
+        assert_eq!(response.status(), 200);
+    }
+    assert_eq!(server.metric("ember_decode_reserved_bytes").await, Some(0.0));
+}
+
 /// The Open Inference Protocol lets a client choose its dimensions; each `-1` is bounded by the model, and token
 /// ids must lie in the vocabulary (on CUDA an id outside it is a device assert that breaks the whole context).
 #[tokio::test(flavor = "multi_thread")]
@@ -272,24 +285,8 @@ async fn a_tiny_fine_tuning_upload_is_refused_and_the_runner_goes_on() {
     let response = submit(corpus).await.unwrap();
     assert_eq!(response.status(), 202);
     let id = response.json::<Value>().await.unwrap()["id"].as_u64().unwrap();
-    let deadline = Instant::now() + Duration::from_secs(180);
-    loop {
-        let job: Value = client
-            .get(server.url(&format!("/admin/jobs/{id}")))
-            .bearer_auth(TOKEN)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        if job["state"] == "succeeded" {
-            break;
-        }
-        assert!(!matches!(job["state"].as_str(), Some("failed" | "cancelled")), "{job}");
-        assert!(Instant::now() < deadline, "{job}");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    let job = common::job_until(&server, TOKEN, id, |job| job["state"] != "queued" && job["state"] != "running").await;
+    assert_eq!(job["state"], "succeeded", "{job}");
     assert!(
         std::fs::read_dir(repo.path().join("shakespeare")).unwrap().all(|e| !e
             .unwrap()

@@ -199,3 +199,22 @@ pub async fn error_of(response: reqwest::Response) -> (u16, String, String) {
     let message = body["error"].as_str().unwrap_or_default().to_string();
     (status, kind, message)
 }
+
+/// Polls GET /admin/jobs/{id} (with the admin `token`) until `done` holds for the job, for up to 3 minutes.
+pub async fn job_until(
+    server: &TestServer,
+    token: &str,
+    id: u64,
+    done: impl Fn(&serde_json::Value) -> bool,
+) -> serde_json::Value {
+    let deadline = Instant::now() + Duration::from_secs(180);
+    loop {
+        let response = client().get(server.url(&format!("/admin/jobs/{id}"))).bearer_auth(token).send().await;
+        let job: serde_json::Value = response.expect("server answers").json().await.expect("a job is JSON");
+        if done(&job) {
+            return job;
+        }
+        assert!(Instant::now() < deadline, "job {id} never got there: {job}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
