@@ -6,6 +6,8 @@ pub mod config;
 pub mod engine;
 pub mod error;
 pub mod fd_limit;
+#[cfg(test)]
+mod fuzz;
 pub mod http;
 pub mod info;
 pub mod jobs;

@@ -45,6 +45,14 @@ pub fn unpack(bytes: &[u8], file_name: &str, into: &Path, limits: UnpackLimits) 
     } else if bytes.starts_with(&[0x1f, 0x8b]) {
         untar(flate2::read::GzDecoder::new(bytes), into, limits)?;
     } else {
+        // A single file is written as it came: it too counts against what an upload may put on disk.
+        if bytes.len() as u64 > limits.max_bytes {
+            return Err(TrainError::Dataset(format!(
+                "the upload is {} bytes; the limit is {} (--max-fine-tune-bytes)",
+                bytes.len(),
+                limits.max_bytes
+            )));
+        }
         let name = Path::new(file_name).file_name().and_then(|n| n.to_str()).filter(|n| !n.starts_with('.'));
         let path = into.join(name.unwrap_or("data"));
         std::fs::write(&path, bytes).map_err(io(format!("cannot write {}", path.display())))?;
