@@ -195,6 +195,7 @@ impl Drop for GenerationEngine {
     fn drop(&mut self) {
         self.shared.lock().closed = true;
         self.shared.wake.notify_all();
+        super::retired::keep(self.thread.lock().unwrap_or_else(PoisonError::into_inner).take());
     }
 }
 

@@ -9,6 +9,7 @@ pub mod generation;
 pub mod module;
 pub mod pool;
 pub mod registry;
+mod retired;
 
 use std::time::Duration;
 

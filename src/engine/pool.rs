@@ -304,8 +304,10 @@ impl<T: BatchTask> WorkerPool<T> {
 
 impl<T: BatchTask> Drop for WorkerPool<T> {
     fn drop(&mut self) {
-        // Without an explicit shutdown, still let the threads drain the queue and exit.
+        // Without an explicit shutdown, still let the threads drain the queue and exit; the server joins them
+        // when it shuts down.
         self.shared.close();
+        super::retired::keep(std::mem::take(&mut *self.threads.lock().unwrap_or_else(PoisonError::into_inner)));
     }
 }
 

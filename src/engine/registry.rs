@@ -416,7 +416,7 @@ impl Registry {
             .collect()
     }
 
-    /// Finishes every queued request and stops every worker. Blocks.
+    /// Finishes every queued request and stops every worker, those of versions swapped out included. Blocks.
     pub fn shutdown(&self) {
         self.stopping.store(true, Ordering::SeqCst);
         for entry in self.entries() {
@@ -424,5 +424,6 @@ impl Registry {
                 loaded.backend.shutdown();
             }
         }
+        super::retired::join_all();
     }
 }
