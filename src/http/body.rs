@@ -68,15 +68,15 @@ impl ImageUpload {
 
 /// Deserialises parameters into `P`; a wrong type or an unknown name is a 422 naming the field.
 pub fn parse_params<P: DeserializeOwned>(params: Map<String, Value>) -> Result<P, ApiError> {
-    serde_path_to_error::deserialize(Value::Object(params)).map_err(|e| {
-        let field = e.path().to_string();
-        let message = e.into_inner().to_string();
-        if field == "." {
-            ApiError::Validation(message)
-        } else {
-            ApiError::Validation(format!("{field}: {message}"))
-        }
-    })
+    serde_path_to_error::deserialize(Value::Object(params)).map_err(|e| invalid_field(e.path(), e.inner()))
+}
+
+/// A 422 for a value of the wrong type or an unknown name, naming the field (none for the whole body).
+fn invalid_field(path: &serde_path_to_error::Path, error: impl std::fmt::Display) -> ApiError {
+    match path.to_string().as_str() {
+        "." => ApiError::Validation(error.to_string()),
+        field => ApiError::Validation(format!("{field}: {error}")),
+    }
 }
 
 /// Reads an image from any of the three accepted body shapes. Body fields override query parameters.
@@ -134,9 +134,7 @@ async fn parse_sized<T: Send + 'static>(
     if body.len() <= PARSE_OFF_RUNTIME_BYTES {
         return parse(body);
     }
-    tokio::task::spawn_blocking(move || parse(body))
-        .await
-        .map_err(|e| ApiError::Internal(format!("parsing the request body stopped: {e}")))?
+    super::off_runtime("parsing the request body", move || parse(body)).await
 }
 
 /// Parses a JSON object body straight into `P`. Syntax errors are 400; a body that is valid JSON but not an
@@ -152,18 +150,9 @@ pub fn parse_json<P: DeserializeOwned>(body: &[u8]) -> Result<P, ApiError> {
         };
     }
     let mut deserializer = serde_json::Deserializer::from_slice(body);
-    let parsed = serde_path_to_error::deserialize(&mut deserializer).map_err(|e| {
-        let field = e.path().to_string();
-        let inner = e.into_inner();
-        if matches!(inner.classify(), serde_json::error::Category::Data) {
-            if field == "." {
-                ApiError::Validation(inner.to_string())
-            } else {
-                ApiError::Validation(format!("{field}: {inner}"))
-            }
-        } else {
-            ApiError::BadRequest(format!("the body is not valid JSON: {inner}"))
-        }
+    let parsed = serde_path_to_error::deserialize(&mut deserializer).map_err(|e| match e.inner().classify() {
+        serde_json::error::Category::Data => invalid_field(e.path(), e.inner()),
+        _ => ApiError::BadRequest(format!("the body is not valid JSON: {}", e.inner())),
     })?;
     deserializer.end().map_err(|e| ApiError::BadRequest(format!("the body is not valid JSON: {e}")))?;
     Ok(parsed)

@@ -52,9 +52,7 @@ const MAX_JPEG_SCANS: u32 = 500;
 /// Reads an image's format and dimensions from its header and checks them against `limits`: refused images
 /// cost no decoding and no allocation sized by what they claim.
 pub fn probe(bytes: &[u8], limits: ImageLimits) -> Result<Probe, ApiError> {
-    let reader = ImageReader::new(Cursor::new(bytes))
-        .with_guessed_format()
-        .map_err(|e| ApiError::BadRequest(format!("cannot read the image: {e}")))?;
+    let reader = reader(bytes)?;
     let Some(format) = reader.format() else {
         return Err(ApiError::BadRequest(
             "the image is not in a supported format: expected JPEG, PNG, WebP, GIF or BMP".into(),
@@ -65,6 +63,13 @@ pub fn probe(bytes: &[u8], limits: ImageLimits) -> Result<Probe, ApiError> {
         .map_err(|e| ApiError::BadRequest(format!("the {format:?} image is corrupt or truncated: {e}")))?;
     check_dimensions(width, height, limits)?;
     Ok(Probe { format, width, height })
+}
+
+/// A reader of `bytes` that has guessed their format from the magic bytes.
+fn reader(bytes: &[u8]) -> Result<ImageReader<Cursor<&[u8]>>, ApiError> {
+    ImageReader::new(Cursor::new(bytes))
+        .with_guessed_format()
+        .map_err(|e| ApiError::BadRequest(format!("cannot read the image: {e}")))
 }
 
 /// The pixel and aspect-ratio limits, in u64 so that no claimed size can overflow the check.
@@ -114,9 +119,7 @@ pub fn decode_probed(bytes: &[u8], probe: Probe) -> Result<DynamicImage, ApiErro
     limits.max_image_width = Some(width);
     limits.max_image_height = Some(height);
     limits.max_alloc = Some(probe.decode_bytes());
-    let mut decoder = ImageReader::new(Cursor::new(bytes))
-        .with_guessed_format()
-        .map_err(|e| ApiError::BadRequest(format!("cannot read the image: {e}")))?;
+    let mut decoder = reader(bytes)?;
     decoder.limits(limits);
     decoder.decode().map_err(|e| ApiError::BadRequest(format!("the {format:?} image is corrupt or truncated: {e}")))
 }

@@ -218,7 +218,7 @@ fn text_split(len: usize, settings: &TrainSettings) -> Result<usize, String> {
     match len.checked_sub(validation(len)) {
         Some(cut) if cut >= needed => Ok(cut),
         _ => {
-            let minimum = (needed + 2..).find(|&n| n.saturating_sub(validation(n)) >= needed).unwrap_or(usize::MAX);
+            let minimum = smallest(needed + 2, |n| n.saturating_sub(validation(n)) >= needed);
             let unit = if len == 1 { "byte" } else { "bytes" };
             Err(format!(
                 "the text holds {len} {unit}; training sequences of {} bytes plus a validation part of {} need at \
@@ -227,6 +227,24 @@ fn text_split(len: usize, settings: &TrainSettings) -> Result<usize, String> {
             ))
         }
     }
+}
+
+/// The smallest `n >= from` for which `fits` holds, for a `fits` that never turns false again as `n` grows: a
+/// binary search, since a validation split near 1 (0.999999999) puts the answer trillions of bytes away.
+fn smallest(from: usize, fits: impl Fn(usize) -> bool) -> usize {
+    let (mut low, mut high) = (from, usize::MAX);
+    if !fits(high) {
+        return usize::MAX;
+    }
+    while low < high {
+        let middle = low + (high - low) / 2;
+        if fits(middle) {
+            high = middle;
+        } else {
+            low = middle + 1;
+        }
+    }
+    low
 }
 
 /// Checks, before a job is queued, what can be known of its data cheaply: a text too short to train on is
@@ -488,5 +506,18 @@ mod tests {
         }
         assert_eq!(text_split(19, &settings), Ok(17));
         assert_eq!(text_split(1000, &settings), Ok(900));
+    }
+
+    /// A split a hair under 1 (valid settings, sent by an admin) puts the minimum trillions of bytes away; it is
+    /// computed at once, not counted up to (that held the upload's thread for hours).
+    #[test]
+    fn the_minimum_for_a_split_near_one_is_found_without_counting_to_it() {
+        let settings =
+            TrainSettings { sequence_length: 4096, validation_split: 0.999_999_999, ..TrainSettings::default() };
+        let err = text_split(1, &settings).unwrap_err();
+        let minimum: u64 = err.split("at least ").nth(1).unwrap().split(' ').next().unwrap().parse().unwrap();
+        assert!((4_000_000_000_000..5_000_000_000_000).contains(&minimum), "{err}");
+        assert_eq!(smallest(5, |n| n >= 1_000_000_000_000), 1_000_000_000_000);
+        assert_eq!(smallest(5, |_| true), 5);
     }
 }

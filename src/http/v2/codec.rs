@@ -192,8 +192,11 @@ fn decode_input(input: &RequestInput, spec: &TensorSpec, binary: &mut &[u8]) -> 
             let (bytes, rest) = binary.split_at(expected);
             *binary = rest;
             // A bool is one byte, 0 or 1; any other byte would be a bool libtorch's kernels are not defined for.
-            if let Some(position) = bytes.iter().position(|&b| b > 1).filter(|_| datatype == DataType::Bool) {
-                return Err(format!("BOOL element {position} is byte {}; binary BOOL data is 0 or 1", bytes[position]));
+            if datatype == DataType::Bool {
+                if let Some(position) = bytes.iter().position(|&b| b > 1) {
+                    let byte = bytes[position];
+                    return Err(format!("BOOL element {position} is byte {byte}; binary BOOL data is 0 or 1"));
+                }
             }
             Tensor::f_from_data_size(bytes, &input.shape, datatype.kind()).map_err(|e| e.to_string())?
         }
