@@ -27,7 +27,7 @@ DIST := dist/ember-$(VERSION)-linux-x86_64
 # DIST_TARBALL=no packs only the folder (the Dockerfile copies the folder; gzip of the CUDA one takes minutes).
 DIST_TARBALL ?= yes
 
-.PHONY: run setup system-tools dist-tools deploy-tools deploy-check models build test docs lint bench bench-text bench-style soak \
+.PHONY: run setup system-tools dist-tools deploy-tools deploy-check models build test docs lint bench bench-text bench-style bench-footprint soak \
 	dist dist-cuda dist-clean
 
 ## run: install what is missing, build the models and ember, serve on localhost:8080
@@ -133,6 +133,10 @@ bench-text: build models
 ## traffic with a fine-tuning job, SIGTERM under load); not part of `make test`
 soak: build models
 	bench/soak.sh
+
+## bench-footprint: start-up time and memory (idle and at concurrency 32) of bench/RESULTS.md
+bench-footprint: build models
+	bench/footprint.sh
 
 ## bench-style: the stylize and optimisation benchmark of bench/RESULTS.md
 bench-style: build models

@@ -1,9 +1,9 @@
 //! Links ember against the libtorch that torch-sys found (the PyTorch wheel in the project's venv).
 //!
-//! Two things torch-sys leaves undone for a binary:
-//! * an rpath to libtorch, so `ember` runs without LD_LIBRARY_PATH;
-//! * a hard dependency on libtorch_cuda. Nothing in ember references a CUDA symbol directly, so the
-//!   linker's default `--as-needed` drops the library and CUDA silently disappears at run time.
+//! torch-sys leaves the rpath to libtorch undone for a binary: without it `ember` would need LD_LIBRARY_PATH.
+//! libtorch_cuda is deliberately not linked (nothing in ember references a CUDA symbol, so `--as-needed` drops
+//! it): src/engine/cuda.rs opens it at run time when a model can use a GPU, and CPU-only serving does not map
+//! the CUDA libraries (about 250 MiB resident).
 //!
 //! It also compiles csrc/inference_module.cpp, the small C++ shim for what tch does not wrap.
 
@@ -17,12 +17,6 @@ fn main() {
     };
     let lib_dir = Path::new(&lib_dir);
     println!("cargo:rustc-link-arg=-Wl,-rpath,{}", lib_dir.display());
-    if lib_dir.join("libtorch_cuda.so").exists() {
-        println!("cargo:rustc-link-arg=-Wl,--no-as-needed");
-        println!("cargo:rustc-link-arg=-L{}", lib_dir.display());
-        println!("cargo:rustc-link-arg=-ltorch_cuda");
-        println!("cargo:rustc-link-arg=-Wl,--as-needed");
-    }
     compile_inference_module(lib_dir);
     println!("cargo:rustc-env=EMBER_LIBTORCH_DIR={}", lib_dir.display());
     println!("cargo:rustc-env=EMBER_LIBTORCH_VERSION={}", libtorch_version(lib_dir));

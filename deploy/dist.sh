@@ -10,12 +10,12 @@
 # the wheel must come from the system (glibc, libstdc++, libgcc_s: every Debian image has them); the script
 # stops if one is missing there too.
 #
-# cpu:  drops the binary's DT_NEEDED on libtorch_cuda.so (build.rs forces it so that CUDA works; ember calls no
-#       CUDA symbol itself), which leaves libtorch_cpu + libc10 + libgomp and the two small CUDA runtime
-#       libraries libtorch_cpu itself needs (libcudart, libcupti; they load without a GPU or a driver).
-# cuda: keeps libtorch_cuda and everything it needs, plus the libraries libtorch and cuDNN open with dlopen
-#       (not visible in DT_NEEDED): cuDNN's engine/ops/cnn sub-libraries, NVRTC and libcaffe2_nvrtc. The driver
-#       (libcuda.so.1) is not bundled: it belongs to the host and the NVIDIA container toolkit mounts it.
+# cpu:  what the binary links: libtorch_cpu + libc10 + libgomp and the two small CUDA runtime libraries
+#       libtorch_cpu itself needs (libcudart, libcupti; they load without a GPU or a driver).
+# cuda: adds libtorch_cuda, which ember opens with dlopen when a GPU is visible (src/engine/cuda.rs), and
+#       everything it needs, plus the libraries libtorch and cuDNN open with dlopen themselves (not visible in
+#       DT_NEEDED): cuDNN's engine/ops/cnn sub-libraries, NVRTC and libcaffe2_nvrtc. The driver (libcuda.so.1)
+#       is not bundled: it belongs to the host and the NVIDIA container toolkit mounts it.
 set -euo pipefail
 
 variant=${1:?usage: deploy/dist.sh cpu|cuda BINARY OUT_DIR}
@@ -40,9 +40,6 @@ cp "$binary" "$out/bin/ember"
 chmod 755 "$out/bin/ember"
 # The release profile keeps DWARF (130 MB of the 150); the symbol table stays, so backtraces still name functions.
 strip --strip-debug "$out/bin/ember"
-if [ "$variant" = cpu ]; then
-  patchelf --remove-needed libtorch_cuda.so "$out/bin/ember"
-fi
 patchelf --set-rpath '$ORIGIN/../lib' "$out/bin/ember"
 
 needed() { readelf -d "$1" | sed -n 's/.*(NEEDED).*\[\(.*\)\]/\1/p'; }
@@ -55,8 +52,9 @@ find_in_wheel() {
 
 queue=($(needed "$out/bin/ember"))
 if [ "$variant" = cuda ]; then
-  # Opened with dlopen by libtorch_cuda (NVRTC for jit kernels) and by libcudnn.so.9 (its split sub-libraries).
-  queue+=(libcaffe2_nvrtc.so libnvrtc.so.13 libnvrtc-builtins.so.13.0)
+  # Opened with dlopen: libtorch_cuda by ember, NVRTC (jit kernels) by libtorch_cuda, and libcudnn.so.9's split
+  # sub-libraries by cuDNN.
+  queue+=(libtorch_cuda.so libcaffe2_nvrtc.so libnvrtc.so.13 libnvrtc-builtins.so.13.0)
   for f in "$site"/nvidia/cudnn/lib/libcudnn_*.so.9; do queue+=("$(basename "$f")"); done
 fi
 declare -A seen=()

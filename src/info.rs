@@ -3,6 +3,7 @@
 use std::fmt::Write as _;
 use std::path::Path;
 
+use crate::engine::cuda;
 use crate::repository::Repository;
 
 /// A human-readable report; never fails (a broken repository is reported, not raised).
@@ -10,15 +11,20 @@ pub fn report(model_repo: &Path) -> String {
     let mut out = String::new();
     let _ = writeln!(out, "ember {}", env!("CARGO_PKG_VERSION"));
     let _ = writeln!(out, "libtorch {} at {}", env!("EMBER_LIBTORCH_VERSION"), loaded_libtorch_dir());
-    let cuda_devices = tch::Cuda::device_count();
+    // What `ember serve --device auto` does here: load libtorch_cuda only if the NVIDIA driver sees a GPU.
+    cuda::auto_finds_gpu();
+    let cuda_devices = cuda::device_count();
     let _ = writeln!(out, "devices: cpu{}", (0..cuda_devices).map(|i| format!(", cuda:{i}")).collect::<String>());
-    let _ = writeln!(
-        out,
-        "cuda: available={} devices={} cudnn={}",
-        tch::Cuda::is_available(),
-        cuda_devices,
-        tch::Cuda::cudnn_is_available()
-    );
+    let _ = match cuda::loaded_from() {
+        Some(library) => writeln!(
+            out,
+            "cuda: loaded from {} devices={} cudnn={}",
+            library.display(),
+            cuda_devices,
+            tch::Cuda::cudnn_is_available()
+        ),
+        None => writeln!(out, "cuda: not loaded (no NVIDIA driver sees a GPU; libtorch_cuda is opened only for one)"),
+    };
     let _ = writeln!(
         out,
         "threads: intra-op={} inter-op={} (cores: {}); openmp={} mkl={} mkldnn={}",
@@ -71,13 +77,5 @@ pub fn report(model_repo: &Path) -> String {
 /// The folder of the libtorch_cpu.so this process mapped (a dist folder's lib/, or the venv the build linked);
 /// the build's own folder when /proc cannot tell.
 fn loaded_libtorch_dir() -> String {
-    std::fs::read_to_string("/proc/self/maps")
-        .ok()
-        .and_then(|maps| {
-            maps.lines()
-                .filter_map(|line| line.split_whitespace().nth(5))
-                .find(|path| path.ends_with("/libtorch_cpu.so"))
-                .and_then(|path| std::path::Path::new(path).parent().map(|dir| dir.display().to_string()))
-        })
-        .unwrap_or_else(|| env!("EMBER_LIBTORCH_DIR").to_string())
+    cuda::libtorch_dir().map_or_else(|| env!("EMBER_LIBTORCH_DIR").to_string(), |dir| dir.display().to_string())
 }

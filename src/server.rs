@@ -18,8 +18,8 @@ use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 
-use crate::config::ServeConfig;
-use crate::engine::Registry;
+use crate::config::{DeviceChoice, ServeConfig};
+use crate::engine::{cuda, device, Registry};
 use crate::http::admin::Admin;
 use crate::http::decode_memory::DecodeMemory;
 use crate::http::{router, AppState, BodyFlags, BodyLimit, Limits};
@@ -53,6 +53,12 @@ impl Server {
             tracing::warn!(repo = %config.repo.model_repo.display(), "the model repository holds no model (no */model.toml)");
         }
         crate::train::sweep_leftovers(&config.repo.model_repo);
+        // CUDA is loaded (or not) before any model: libtorch decides once whether it exists.
+        cuda::prepare(config.device, repository.models.iter().map(|model| model.config.device));
+        if let DeviceChoice::Cuda(_) = config.device {
+            // Asked for explicitly: a machine without it is a deployment mistake, not a per-model failure.
+            device::resolve(config.device, config.device).map_err(anyhow::Error::msg).context("--device")?;
+        }
         let metrics = Arc::new(Metrics::new());
         let registry = Arc::new(Registry::new(repository, config.device, Arc::clone(&metrics)));
         let address = format!("{}:{}", config.host, config.port);

@@ -2,20 +2,25 @@
 
 use tch::Device;
 
+use super::cuda;
 use crate::config::DeviceChoice;
 
 /// The model's own choice wins unless it is `auto`, in which case the server's `--device` decides.
 pub fn resolve(model: DeviceChoice, server: DeviceChoice) -> Result<Device, String> {
     let choice = if model == DeviceChoice::Auto { server } else { model };
     match choice {
-        DeviceChoice::Auto => Ok(Device::cuda_if_available()),
-        DeviceChoice::Cpu => Ok(Device::Cpu),
+        DeviceChoice::Auto if cuda::auto_finds_gpu() => Ok(Device::Cuda(0)),
+        DeviceChoice::Auto | DeviceChoice::Cpu => Ok(Device::Cpu),
         DeviceChoice::Cuda(index) => {
-            let visible = tch::Cuda::device_count() as usize;
+            cuda::load().map_err(|e| format!("device cuda:{index} was asked for but CUDA cannot be loaded: {e}"))?;
+            let visible = cuda::device_count();
             if index < visible {
                 Ok(Device::Cuda(index))
             } else {
-                Err(format!("device cuda:{index} was asked for but libtorch sees {visible} CUDA device(s)"))
+                Err(format!(
+                    "device cuda:{index} was asked for but libtorch sees {visible} CUDA device(s) (no GPU, or no \
+                     NVIDIA driver, is visible to this process; use --device cpu or auto)"
+                ))
             }
         }
     }

@@ -4,6 +4,7 @@
 //! Tokio never runs a forward pass: handlers push a job onto a model's queue and await its oneshot.
 
 pub mod batcher;
+pub mod cuda;
 pub mod device;
 pub mod generation;
 pub mod module;
