@@ -8,6 +8,7 @@ use std::time::Duration;
 use clap::{Args, Parser, ValueEnum};
 use serde::Deserialize;
 
+use crate::cpus::{self, Sizing, Threads};
 use crate::tasks::tensor::{self, TensorSpec};
 use crate::tasks::TaskKind;
 
@@ -256,10 +257,15 @@ pub struct BatchingConfig {
     pub max_delay_ms: u64,
     /// Requests waiting beyond this many are refused at once with 429.
     pub queue_capacity: usize,
-    /// Worker threads, each owning its own copy of the model.
-    pub workers: usize,
-    /// Intra-op threads of each worker.
-    pub intra_op_threads: usize,
+    /// Worker threads taking batches from the model's queue: a number, or "auto" (one per CPU this process may
+    /// use; see `cpus`).
+    pub workers: Threads,
+    /// Intra-op threads of each worker: a number, or "auto" (the CPUs shared out among the workers).
+    pub intra_op_threads: Threads,
+    /// The workers share one copy of the module's weights (its forward runs from several threads at once);
+    /// false gives each worker its own copy (more memory and start-up time, for a model that is not safe to
+    /// share).
+    pub share_weights: bool,
     /// A worker running alone (the others idle, nothing queued) uses the idle workers' threads too, which
     /// lowers latency at low load without oversubscribing the cores under load.
     pub borrow_idle_threads: bool,
@@ -276,8 +282,9 @@ impl Default for BatchingConfig {
             max_batch_size: 4,
             max_delay_ms: 0,
             queue_capacity: 128,
-            workers: 2,
-            intra_op_threads: 1,
+            workers: Threads::Auto,
+            intra_op_threads: Threads::Auto,
+            share_weights: true,
             borrow_idle_threads: true,
             warmup_runs: 1,
             max_request_rows: 64,
@@ -382,8 +389,12 @@ impl ModelToml {
         let b = &self.batching;
         check_range("batching.max_batch_size", b.max_batch_size, 1, 1024)?;
         check_range("batching.queue_capacity", b.queue_capacity, 1, 1_000_000)?;
-        check_range("batching.workers", b.workers, 1, 64)?;
-        check_range("batching.intra_op_threads", b.intra_op_threads, 1, 256)?;
+        if let Threads::Fixed(workers) = b.workers {
+            check_range("batching.workers", workers, 1, cpus::MAX_WORKERS)?;
+        }
+        if let Threads::Fixed(threads) = b.intra_op_threads {
+            check_range("batching.intra_op_threads", threads, 1, 256)?;
+        }
         check_range("batching.warmup_runs", b.warmup_runs, 0, 1000)?;
         check_range("batching.max_request_rows", b.max_request_rows, 1, 1_000_000)?;
         check_range("batching.max_delay_ms", b.max_delay_ms as usize, 0, 10_000)?;
@@ -437,14 +448,20 @@ impl ModelToml {
                 b.max_batch_size
             ));
         }
-        if self.task == TaskKind::TextGeneration && b.workers != 1 {
+        if self.task == TaskKind::TextGeneration && !matches!(b.workers, Threads::Auto | Threads::Fixed(1)) {
             return Err(format!(
-                "batching.workers must be 1 for a text-generation model (one thread advances all its sequences \
-                 together), got {}",
+                "batching.workers must be 1 or \"auto\" for a text-generation model (one thread advances all its \
+                 sequences together), got {}",
                 b.workers
             ));
         }
         Ok(())
+    }
+
+    /// The workers and threads this model runs with on this machine (`auto` resolved on its CPUs).
+    pub fn sizing(&self) -> Sizing {
+        let b = &self.batching;
+        Sizing::of(b.workers, b.intra_op_threads, cpus::available(), self.task == TaskKind::TextGeneration)
     }
 }
 

@@ -54,6 +54,7 @@ pub fn report(model_repo: &Path) -> String {
             for model in &repo.models {
                 let served = model.served_version().map_or("none (run the setup)".to_string(), |v| v.to_string());
                 let default = if repo.defaults.get(&model.config.task) == Some(&model.name) { ", default" } else { "" };
+                let sizing = model.config.sizing();
                 let _ = writeln!(
                     out,
                     "  {} ({}{default}): versions {:?}, serves {served}, device {}, workers {} x {} thread(s), max batch {}",
@@ -61,8 +62,8 @@ pub fn report(model_repo: &Path) -> String {
                     model.config.task,
                     model.versions,
                     model.config.device,
-                    model.config.batching.workers,
-                    model.config.batching.intra_op_threads,
+                    sizing.workers,
+                    sizing.intra_op_threads,
                     model.config.batching.max_batch_size,
                 );
             }

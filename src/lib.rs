@@ -3,6 +3,7 @@
 //! The binary (`src/main.rs`) is a thin CLI over this library; integration tests drive the same `Server`.
 
 pub mod config;
+pub mod cpus;
 pub mod engine;
 pub mod error;
 pub mod fd_limit;

@@ -106,7 +106,7 @@ impl Metrics {
             ),
             model_load_duration: histogram(
                 "ember_model_load_duration_seconds",
-                "Time one worker took to load and warm up its copy of a model, in seconds.",
+                "Time a model version took to load and warm up, in seconds (once per copy of its weights).",
                 &["model"],
                 exponential_buckets(0.05, 2.0, 12).expect("static bucket layout"),
             ),

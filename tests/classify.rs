@@ -219,7 +219,8 @@ async fn metrics_use_the_documented_names() {
         "ember_batch_size_count{model=\"mobilenet_v2\"}",
         "ember_queue_depth{model=\"mobilenet_v2\"}",
         "ember_model_info{device=\"cpu\",model=\"mobilenet_v2\",version=\"1\"} 1",
-        "ember_model_load_duration_seconds_count{model=\"mobilenet_v2\"} 2",
+        // One load per version: its two workers share the module.
+        "ember_model_load_duration_seconds_count{model=\"mobilenet_v2\"} 1",
         "process_resident_memory_bytes",
     ] {
         assert!(text.contains(series), "/metrics lacks {series}");
@@ -233,4 +234,50 @@ async fn every_response_carries_a_request_id() {
     assert_eq!(response.headers()["x-request-id"], "trace-me-42");
     let response = server.post_image("/v1/classify", "coffee.png").await;
     assert!(!response.headers()["x-request-id"].is_empty());
+}
+
+/// A pool's workers share one copy of the weights, so its forward runs on several threads at once. Under load
+/// (8 workers, 96 requests at once, one photo per forward so that batch composition cannot change the numbers,
+/// one thread per forward) every answer is exactly what a single worker answers.
+#[tokio::test(flavor = "multi_thread")]
+async fn workers_sharing_one_module_answer_as_one_worker_does() {
+    let settings = |workers| {
+        common::TempRepo::mobilenet(&[
+            ("workers", workers),
+            ("intra_op_threads", "1"),
+            ("max_batch_size", "1"),
+            ("borrow_idle_threads", "false"),
+        ])
+    };
+    let (one_repo, many_repo) = (settings("1"), settings("8"));
+    let one = TestServer::start_ready(one_repo.path(), &[]).await;
+    let many = TestServer::start_ready(many_repo.path(), &[]).await;
+    let info: Value = client().get(many.url("/v1/models/mobilenet_v2")).send().await.unwrap().json().await.unwrap();
+    assert_eq!(
+        (info["batching"]["workers"].as_u64(), info["batching"]["share_weights"].as_bool()),
+        (Some(8), Some(true))
+    );
+
+    let path = "/v1/classify?top_k=1000";
+    let mut expected = std::collections::HashMap::new();
+    for reference in references() {
+        let body: Value = one.post_image(path, &reference.file).await.json().await.unwrap();
+        expected.insert(reference.file.clone(), body["predictions"].clone());
+    }
+    let files: Vec<String> = expected.keys().cloned().collect();
+    let many = std::sync::Arc::new(many);
+    let requests: Vec<_> = (0..96)
+        .map(|i| {
+            let (many, file) = (std::sync::Arc::clone(&many), files[i % files.len()].clone());
+            tokio::spawn(async move {
+                let response = many.post_image(path, &file).await;
+                assert_eq!(response.status(), 200, "{file}");
+                (file, response.json::<Value>().await.unwrap()["predictions"].clone())
+            })
+        })
+        .collect();
+    for request in requests {
+        let (file, predictions) = request.await.unwrap();
+        assert!(predictions == expected[&file], "{file}: the shared module answered differently under load");
+    }
 }

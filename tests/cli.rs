@@ -26,6 +26,26 @@ fn info_reports_libtorch_devices_threads_and_models() {
     assert!(text.contains("mobilenet_v2 (image-classification, default): versions [1], serves 1"), "{text}");
 }
 
+/// `workers = "auto"` follows the CPUs the process may use (its affinity mask here, as `taskset` or a cpuset
+/// sets it): pinned to one CPU, mobilenet_v2 runs one worker.
+#[test]
+fn auto_workers_follow_the_cpus_the_process_may_use() {
+    let info = |mut command: Command| {
+        let output = command.args(["info", "--model-repo"]).arg(common::models_dir()).output().unwrap();
+        assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+        String::from_utf8(output.stdout).unwrap()
+    };
+    let mobilenet = |text: &str| text.lines().find(|l| l.contains("mobilenet_v2 (")).unwrap_or_default().to_string();
+    let mut taskset = Command::new("taskset");
+    taskset.args(["-c", "0", env!("CARGO_BIN_EXE_ember")]);
+    let pinned = info(taskset);
+    assert!(pinned.contains("(cores: 1)") && mobilenet(&pinned).contains("workers 1 x 1 thread(s)"), "{pinned}");
+    // Unpinned, the CPUs this test process may use.
+    let cpus = std::thread::available_parallelism().unwrap().get().min(ember::cpus::MAX_WORKERS);
+    let unpinned = info(ember());
+    assert!(mobilenet(&unpinned).contains(&format!("workers {cpus} x 1 thread(s)")), "{unpinned}");
+}
+
 /// Whether this machine has an NVIDIA GPU, asked of the driver's own tool rather than of ember.
 fn gpu_present() -> bool {
     Command::new("nvidia-smi")

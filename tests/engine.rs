@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use ember::config::BatchingConfig;
+use ember::cpus::Sizing;
 use ember::engine::{BatchTask, EngineError, InferenceModule, WorkerPool, WorkerSpec};
 use ember::metrics::Metrics;
 use tch::{CModule, Device, Kind, Tensor};
@@ -38,13 +39,14 @@ fn traced_square_model(dir: &Path) -> std::path::PathBuf {
 }
 
 fn start(dir: &Path, metrics: &Metrics, max_batch_size: usize) -> WorkerPool<SquareAndSum> {
-    let batching = BatchingConfig { max_batch_size, workers: 1, intra_op_threads: 1, ..BatchingConfig::default() };
+    let batching = BatchingConfig { max_batch_size, ..BatchingConfig::default() };
     let spec = WorkerSpec {
         model: "square".into(),
         path: traced_square_model(dir),
         device: Device::Cpu,
         optimize: true,
         batching,
+        sizing: Sizing { workers: 1, intra_op_threads: 1, cpus: 1 },
     };
     WorkerPool::start(spec, SquareAndSum, metrics.for_model("square")).expect("pool starts")
 }

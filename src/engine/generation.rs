@@ -201,7 +201,7 @@ impl Drop for GenerationEngine {
 
 fn scheduler_main(shared: &Shared, ready: std::sync::mpsc::Sender<Result<(), String>>) {
     let _no_grad = tch::no_grad_guard();
-    tch::set_num_threads(shared.spec.batching.intra_op_threads as i32);
+    tch::set_num_threads(shared.spec.sizing.intra_op_threads as i32);
     let Some(model) = super::load_reporting(ready, || load_and_warm_up(shared)) else {
         return;
     };

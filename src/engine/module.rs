@@ -30,8 +30,12 @@ pub struct InferenceModule {
     optimized: bool,
 }
 
-// The module is owned by one worker thread at a time; libtorch modules may move between threads.
+// SAFETY: a torch::jit::Module may move between threads, and its forward may run from several threads at
+// once: the graph executor guards its plan cache with a mutex, each call runs in its own interpreter state, and
+// nothing here mutates the module after loading (parameters are frozen constants, or read-only without
+// gradients). A pool's workers share one module this way (tests/engine.rs checks the answers under load).
 unsafe impl Send for InferenceModule {}
+unsafe impl Sync for InferenceModule {}
 
 /// Most outputs a model's forward may return (a tuple's elements).
 const MAX_OUTPUTS: usize = 16;

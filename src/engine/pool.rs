@@ -1,5 +1,5 @@
-//! A model's worker pool: OS threads that each own a copy of the TorchScript module and take batches from one
-//! shared, bounded queue.
+//! A model's worker pool: OS threads that take batches from one shared, bounded queue and run them through one
+//! TorchScript module they share (or, with `batching.share_weights = false`, a copy each).
 //!
 //! Why a mutex + condvar rather than a channel: several workers share one queue, and the batching decision
 //! (`Batcher::next_batch`) needs to see the whole queue, not one message at a time.
@@ -17,6 +17,7 @@ use super::batcher::{BatchPolicy, Batcher, Next};
 use super::module::InferenceModule;
 use super::EngineError;
 use crate::config::BatchingConfig;
+use crate::cpus::Sizing;
 use crate::metrics::ModelMetrics;
 
 /// What a task does on a worker thread. One implementation per task in `tasks/`.
@@ -53,6 +54,8 @@ pub struct WorkerSpec {
     /// Freeze and optimise the module for inference at load time (model.toml `optimize`).
     pub optimize: bool,
     pub batching: BatchingConfig,
+    /// Workers and their intra-op threads (model.toml's `auto` resolved on this machine's CPUs).
+    pub sizing: Sizing,
 }
 
 /// What a job asks of a worker: the task's own input (the REST routes), or the model-level tensors of the Open
@@ -147,57 +150,47 @@ pub struct WorkerPool<T: BatchTask> {
 }
 
 impl<T: BatchTask> WorkerPool<T> {
-    /// Starts `batching.workers` threads, each loading and warming up its own copy of the model. Returns once
-    /// every worker is ready, or the first load error (after stopping the others).
+    /// Loads and warms up the module (one copy, or one per worker without `share_weights`) on the calling
+    /// thread, then starts the workers. Returns once they are serving, or the load error.
     pub fn start(spec: WorkerSpec, task: T, metrics: ModelMetrics) -> Result<Self, EngineError> {
-        let batching = spec.batching.clone();
+        let workers = spec.sizing.workers;
         let shared = Arc::new(Shared {
             policy: BatchPolicy {
-                max_size: batching.max_batch_size,
-                max_delay: Duration::from_millis(batching.max_delay_ms),
+                max_size: spec.batching.max_batch_size,
+                max_delay: Duration::from_millis(spec.batching.max_delay_ms),
             },
             state: Mutex::new(PoolState {
-                batcher: Batcher::new(batching.queue_capacity),
+                batcher: Batcher::new(spec.batching.queue_capacity),
                 closed: false,
-                idle: Vec::with_capacity(batching.workers),
+                idle: Vec::with_capacity(workers),
                 busy: 0,
             }),
-            wakers: (0..batching.workers).map(|_| Condvar::new()).collect(),
+            wakers: (0..workers).map(|_| Condvar::new()).collect(),
             spec,
             task,
             metrics,
         });
-        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
-        let mut threads = Vec::with_capacity(batching.workers);
-        for index in 0..batching.workers {
-            let (worker_shared, worker_ready) = (Arc::clone(&shared), ready_tx.clone());
+        let load_error = |message| shared.error(|model| EngineError::Load { model, message });
+        let copies = if shared.spec.batching.share_weights { 1 } else { workers };
+        let modules: Vec<Arc<InferenceModule>> = (0..copies)
+            .map(|_| load_and_warm_up(&shared).map(Arc::new))
+            .collect::<Result<_, _>>()
+            .map_err(load_error)?;
+        let pool = WorkerPool { shared: Arc::clone(&shared), threads: Mutex::new(Vec::with_capacity(workers)) };
+        for index in 0..workers {
+            let (worker_shared, module) = (Arc::clone(&shared), Arc::clone(&modules[index % copies]));
             let spawned = std::thread::Builder::new()
                 .name(format!("ember-{}-{index}", shared.spec.model))
-                .spawn(move || worker_main(&worker_shared, index, worker_ready));
+                .spawn(move || worker_main(&worker_shared, index, &module));
             match spawned {
-                Ok(handle) => threads.push(handle),
+                Ok(handle) => pool.threads.lock().unwrap_or_else(PoisonError::into_inner).push(handle),
                 Err(e) => {
-                    let _ = ready_tx.send(Err(format!("cannot start a worker thread: {e}")));
+                    pool.shutdown();
+                    return Err(load_error(format!("cannot start a worker thread: {e}")));
                 }
             }
         }
-        drop(ready_tx);
-        let pool = WorkerPool { shared, threads: Mutex::new(threads) };
-        // One message per started worker (or per failed spawn); a closed channel means a worker died while loading.
-        let mut first_error = None;
-        for _ in 0..batching.workers {
-            let result = ready_rx.recv().unwrap_or_else(|_| Err("a worker thread died while loading".into()));
-            if let Err(message) = result {
-                first_error.get_or_insert(message);
-            }
-        }
-        match first_error {
-            None => Ok(pool),
-            Some(message) => {
-                pool.shutdown();
-                Err(pool.shared.error(|model| EngineError::Load { model, message }))
-            }
-        }
+        Ok(pool)
     }
 
     /// Queues one input and waits for its output, for at most `timeout` in all.
@@ -311,13 +304,11 @@ impl<T: BatchTask> Drop for WorkerPool<T> {
     }
 }
 
-fn worker_main<T: BatchTask>(shared: &Shared<T>, index: usize, ready: std::sync::mpsc::Sender<Result<(), String>>) {
+fn worker_main<T: BatchTask>(shared: &Shared<T>, index: usize, model: &InferenceModule) {
     // Gradients are never needed for serving; grad mode is per thread in libtorch.
     let _no_grad = tch::no_grad_guard();
-    let Some(model) = super::load_reporting(ready, || load_and_warm_up(shared)) else {
-        return;
-    };
-    let (own, borrowed) = thread_counts(&shared.spec.batching);
+    let (own, borrowed) = thread_counts(&shared.spec);
+    tch::set_num_threads(own);
     let mut threads = own;
     while let Some((batch, alone)) = next_batch(shared, index) {
         let wanted = if alone { borrowed } else { own };
@@ -325,7 +316,7 @@ fn worker_main<T: BatchTask>(shared: &Shared<T>, index: usize, ready: std::sync:
             tch::set_num_threads(wanted);
             threads = wanted;
         }
-        run_batch(shared, &model, batch);
+        run_batch(shared, model, batch);
         shared.lock().busy -= 1;
     }
 }
@@ -333,20 +324,21 @@ fn worker_main<T: BatchTask>(shared: &Shared<T>, index: usize, ready: std::sync:
 /// Intra-op threads of a worker: its own, and what it runs with when it is alone (the other workers idle and
 /// nothing queued) and may borrow theirs. Borrowing cuts latency at low load (MobileNetV2 at concurrency 1:
 /// p50 about 37 -> 31 ms on 2 cores); under load every worker runs with its own threads.
-fn thread_counts(batching: &BatchingConfig) -> (i32, i32) {
-    let own = batching.intra_op_threads as i32;
-    let borrowed = if batching.borrow_idle_threads { own * batching.workers as i32 } else { own };
+fn thread_counts(spec: &WorkerSpec) -> (i32, i32) {
+    let own = spec.sizing.intra_op_threads as i32;
+    let borrowed = if spec.batching.borrow_idle_threads { own * spec.sizing.workers as i32 } else { own };
     (own, borrowed)
 }
 
 fn load_and_warm_up<T: BatchTask>(shared: &Shared<T>) -> Result<InferenceModule, String> {
+    let _no_grad = tch::no_grad_guard();
     let spec = &shared.spec;
     let started = Instant::now();
     let model = spec.load_module()?;
     // Every batch size the batcher can produce gets a pass, so that no request pays for first-use setup
     // (allocations, oneDNN primitive creation) of its shape.
     let sizes = 1..=spec.batching.max_batch_size.min(16);
-    let (own, borrowed) = thread_counts(&spec.batching);
+    let (own, borrowed) = thread_counts(spec);
     let mut thread_settings = vec![borrowed, own]; // ending on `own`, the setting the worker starts with
     thread_settings.dedup();
     for threads in thread_settings {
@@ -358,7 +350,7 @@ fn load_and_warm_up<T: BatchTask>(shared: &Shared<T>) -> Result<InferenceModule,
         }
     }
     shared.metrics.load_duration.observe(started.elapsed().as_secs_f64());
-    tracing::info!(model = %spec.model, optimized = model.is_optimized(), seconds = started.elapsed().as_secs_f64(), "worker loaded and warmed up");
+    tracing::info!(model = %spec.model, optimized = model.is_optimized(), seconds = started.elapsed().as_secs_f64(), "model loaded and warmed up");
     Ok(model)
 }
 

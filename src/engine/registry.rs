@@ -320,6 +320,7 @@ impl Registry {
             device,
             optimize: spec.config.optimize,
             batching: spec.config.batching.clone(),
+            sizing: spec.config.sizing(),
         };
         let backend = Backend::start(&spec, worker, &self.metrics)?;
         let signature = backend.signature(&spec);

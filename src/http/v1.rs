@@ -9,7 +9,7 @@ use axum::{Json, Router};
 use serde::Serialize;
 
 use super::{classify, generate, sentiment, style_transfer, stylize, AppState};
-use crate::config::BatchingConfig;
+use crate::config::ModelToml;
 use crate::engine::{device, ModelEntry, ModelState};
 use crate::tasks::TaskKind;
 
@@ -66,17 +66,34 @@ struct BatchingInfo {
     queue_capacity: usize,
     workers: usize,
     intra_op_threads: usize,
+    cpus: usize,
+    configured: ConfiguredThreads,
+    share_weights: bool,
     borrow_idle_threads: bool,
 }
 
-impl From<&BatchingConfig> for BatchingInfo {
-    fn from(b: &BatchingConfig) -> Self {
+/// model.toml's own words for the thread counts: a number or "auto".
+#[derive(Serialize)]
+struct ConfiguredThreads {
+    workers: String,
+    intra_op_threads: String,
+}
+
+impl From<&ModelToml> for BatchingInfo {
+    fn from(config: &ModelToml) -> Self {
+        let (b, sizing) = (&config.batching, config.sizing());
         BatchingInfo {
             max_batch_size: b.max_batch_size,
             max_delay_ms: b.max_delay_ms,
             queue_capacity: b.queue_capacity,
-            workers: b.workers,
-            intra_op_threads: b.intra_op_threads,
+            workers: sizing.workers,
+            intra_op_threads: sizing.intra_op_threads,
+            cpus: sizing.cpus,
+            configured: ConfiguredThreads {
+                workers: b.workers.to_string(),
+                intra_op_threads: b.intra_op_threads.to_string(),
+            },
+            share_weights: b.share_weights,
             borrow_idle_threads: b.borrow_idle_threads,
         }
     }
@@ -103,7 +120,7 @@ fn model_info(state: &AppState, entry: &ModelEntry) -> ModelInfo {
         error,
         device,
         default: state.registry.default_for(spec.config.task) == Some(spec.name.as_str()),
-        batching: BatchingInfo::from(&spec.config.batching),
+        batching: BatchingInfo::from(&spec.config),
     }
 }
 
