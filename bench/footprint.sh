@@ -1,7 +1,11 @@
 #!/usr/bin/env bash
 # Footprint benchmark of bench/RESULTS.md: start-up time, idle memory and memory under load.
 #
-#   bench/footprint.sh [seconds-of-load]      (default 10; run `make build models` first, or `make bench-footprint`)
+#   bench/footprint.sh [seconds-of-load] [BINARY...]   (default 10 s and target/release/ember; run `make build
+#                                                        models` first, or `make bench-footprint`)
+#
+# Several binaries (say, a build of an older commit) are measured one after the other in the same run. The
+# rows name MALLOC_ARENA_MAX when it is set, to compare glibc's arena cap with ember's own.
 #
 # For mobilenet_v2 alone (its model.toml as committed) and for the whole default repository (models/):
 #   ready    seconds from starting the process to GET /health/ready answering 200 (polled every 20 ms)
@@ -11,6 +15,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 seconds=${1:-10}
+shift || true
 port=18090
 image=tests/data/images/china.jpg
 source bench/lib.sh
@@ -22,7 +27,7 @@ cuda_mapped() { grep -q 'libtorch_cuda.so' "/proc/$server_pid/maps" && echo yes 
 
 # measure NAME REPO [MODEL]: one table row; MODEL (default: the server's default model) is the one loaded.
 measure() {
-  local name=$1 repo=$2 model=${3:-}
+  local name="$(basename "$ember")${MALLOC_ARENA_MAX:+ MALLOC_ARENA_MAX=$MALLOC_ARENA_MAX}, $1" repo=$2 model=${3:-}
   local started ready idle peak rps
   started=$(date +%s.%N)
   "$ember" serve --port "$port" --model-repo "$repo" > "$workdir/server.log" 2>&1 &
@@ -44,7 +49,10 @@ measure() {
 
 echo "## Run of $(date -u +%Y-%m-%dT%H:%MZ) on $(nproc) cores, commit $(git rev-parse --short HEAD), ${seconds}s of load"
 echo
-echo "| models | ready s | idle RSS MiB | peak RSS MiB at c=32 | requests/s at c=32 | libtorch_cuda mapped |"
+echo "| binary, models | ready s | idle RSS MiB | peak RSS MiB at c=32 | requests/s at c=32 | libtorch_cuda mapped |"
 echo "|---|---|---|---|---|---|"
-measure "mobilenet_v2 alone" "$(make_repo mobilenet_v2 '' alone)"
-measure "all default models" models mobilenet_v2
+alone=$(make_repo mobilenet_v2 '' alone)
+for ember in "${@:-$ember}"; do
+  measure "mobilenet_v2 alone" "$alone"
+  measure "all default models" models mobilenet_v2
+done

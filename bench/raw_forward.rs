@@ -6,7 +6,11 @@
 //!
 //! Prints, per batch size 1, 2, 4 and 8: images/s of one loop with 2 intra-op threads, and of two loops side
 //! by side with 1 thread each (ember's default worker layout); then the median latency of one decode +
-//! preprocess + forward of the JPEG at batch 1 on one thread, the floor for ember's latency at concurrency 1.
+//! preprocess + forward of the JPEG at batch 1 on one thread, the floor for ember's latency at concurrency 1;
+//! then the median forward time with the input in channels-last memory order against contiguous NCHW (what
+//! ember's preprocessing makes), the two interleaved on one thread so that a noisy machine affects both alike;
+//! and, first of all while the process is cold, what warm-up saves: the first and the second forward of a
+//! freshly loaded module at each batch size.
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -24,6 +28,8 @@ fn main() -> anyhow::Result<()> {
     let optimize = args.get(4).is_none_or(|mode| mode != "plain");
     let preprocessing = preprocessing_of(&model_path)?;
     let _no_grad = tch::no_grad_guard();
+    // First, while nothing has run yet in this process (oneDNN caches its kernels per shape process-wide).
+    first_use_costs(&model_path, optimize)?;
 
     println!(
         "model {} (optimized: {optimize})  image {}  {seconds}s per case",
@@ -39,6 +45,13 @@ fn main() -> anyhow::Result<()> {
 
     tch::set_num_threads(1);
     let model = InferenceModule::load(&model_path, Device::Cpu, optimize).map_err(anyhow::Error::msg)?;
+    for batch in [1, 4] {
+        let [channels_last, nchw] = layout_medians(&model, batch, seconds)?;
+        println!(
+            "forward, batch {batch}, 1 thread, interleaved: channels-last input median {channels_last:.2} ms, NCHW {nchw:.2} ms ({:.2}x)",
+            nchw / channels_last
+        );
+    }
     let jpeg = std::fs::read(&jpeg_path)?;
     let (mut total, mut decode, mut preprocess) = (Vec::new(), Vec::new(), Vec::new());
     let until = Instant::now() + Duration::from_secs_f64(seconds);
@@ -102,6 +115,52 @@ fn throughput(
         total += images as f64 / elapsed.as_secs_f64();
     }
     Ok(total)
+}
+
+/// The first forward at each batch size of a module loaded without warm-up, against the second: what a request
+/// pays when warm-up skipped its batch size (one thread, then two).
+fn first_use_costs(path: &Path, optimize: bool) -> anyhow::Result<()> {
+    for threads in [1, 2] {
+        tch::set_num_threads(threads);
+        let model = InferenceModule::load(path, Device::Cpu, optimize).map_err(anyhow::Error::msg)?;
+        let mut costs = Vec::new();
+        for batch in [1, 2, 3, 4] {
+            let input = Tensor::rand([batch, 3, 224, 224], (Kind::Float, Device::Cpu));
+            let run = || -> anyhow::Result<f64> {
+                let started = Instant::now();
+                let _ = model.forward_one(&[&input]).map_err(anyhow::Error::msg)?;
+                Ok(started.elapsed().as_secs_f64() * 1e3)
+            };
+            let (first, second) = (run()?, run()?);
+            costs.push(format!("batch {batch}: {first:.1} then {second:.1} ms"));
+        }
+        println!("fresh module, {threads} thread(s), first then second forward: {}", costs.join(", "));
+    }
+    tch::set_num_threads(1);
+    Ok(())
+}
+
+/// Median forward times (ms) of a channels-last and a contiguous NCHW input of the same values, alternating.
+fn layout_medians(model: &InferenceModule, batch: i64, seconds: f64) -> anyhow::Result<[f64; 2]> {
+    let nchw = Tensor::rand([batch, 3, 224, 224], (Kind::Float, Device::Cpu));
+    let channels_last = nchw.permute([0, 2, 3, 1]).contiguous().permute([0, 3, 1, 2]);
+    let inputs = [channels_last, nchw];
+    let mut times: [Vec<Duration>; 2] = [Vec::new(), Vec::new()];
+    let until = Instant::now() + Duration::from_secs_f64(seconds);
+    for round in 0.. {
+        if round >= 10 && Instant::now() >= until {
+            break;
+        }
+        for (input, samples) in inputs.iter().zip(times.iter_mut()) {
+            let started = Instant::now();
+            let _ = model.forward_one(&[input]).map_err(anyhow::Error::msg)?;
+            if round >= 3 {
+                samples.push(started.elapsed()); // the first rounds are warm-up
+            }
+        }
+    }
+    let [mut a, mut b] = times;
+    Ok([median_ms(&mut a), median_ms(&mut b)])
 }
 
 fn median_ms(samples: &mut [Duration]) -> f64 {

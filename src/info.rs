@@ -35,6 +35,7 @@ pub fn report(model_repo: &Path) -> String {
         tch::utils::has_mkl(),
         tch::utils::has_mkldnn(),
     );
+    let _ = writeln!(out, "{}", crate::malloc_arenas::describe());
     let _ = match crate::fd_limit::raise() {
         Some(files) => writeln!(
             out,

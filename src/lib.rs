@@ -12,6 +12,7 @@ mod fuzz;
 pub mod http;
 pub mod info;
 pub mod jobs;
+pub mod malloc_arenas;
 pub mod metrics;
 pub mod reference;
 pub mod repository;

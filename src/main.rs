@@ -34,6 +34,7 @@ enum Command {
 }
 
 fn main() -> std::process::ExitCode {
+    ember::malloc_arenas::cap();
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Serve(config) => serve(config),

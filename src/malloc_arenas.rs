@@ -1,0 +1,31 @@
+//! Caps glibc's malloc arenas at one per CPU this process may use.
+//!
+//! glibc gives threads that contend for malloc arenas of their own, up to 8 per core, and each arena keeps the
+//! memory it once held. ember's decodes run on tokio's blocking threads, and tensors are allocated on the
+//! workers' threads, so under load the arenas multiply and RSS with them: mobilenet_v2 alone at concurrency 32
+//! peaked at 445-483 MiB with glibc's default and 360-364 MiB with two arenas on 2 cores (bench/RESULTS.md).
+//! An operator's own `MALLOC_ARENA_MAX` wins (glibc reads it at start; this only sets the cap when it is unset).
+
+/// Call first thing in `main`, before any thread starts. Returns the cap it set, if it set one.
+pub fn cap() -> Option<usize> {
+    if std::env::var_os("MALLOC_ARENA_MAX").is_some() {
+        return None;
+    }
+    let arenas = default_cap();
+    // SAFETY: mallopt only adjusts glibc's allocator settings; called before other threads allocate.
+    let set = unsafe { libc::mallopt(libc::M_ARENA_MAX, i32::try_from(arenas).unwrap_or(i32::MAX)) } == 1;
+    set.then_some(arenas)
+}
+
+/// The cap ember sets: one arena per CPU, at least 2.
+pub fn default_cap() -> usize {
+    crate::cpus::available().max(2)
+}
+
+/// For `ember info`: the cap in force and where it comes from.
+pub fn describe() -> String {
+    match std::env::var("MALLOC_ARENA_MAX") {
+        Ok(value) => format!("malloc arenas: MALLOC_ARENA_MAX={value}"),
+        Err(_) => format!("malloc arenas: at most {} (one per CPU; MALLOC_ARENA_MAX overrides)", default_cap()),
+    }
+}
