@@ -3,7 +3,7 @@
 //! glibc gives threads that contend for malloc arenas of their own, up to 8 per core, and each arena keeps the
 //! memory it once held. ember's decodes run on tokio's blocking threads, and tensors are allocated on the
 //! workers' threads, so under load the arenas multiply and RSS with them: mobilenet_v2 alone at concurrency 32
-//! peaked at 445-483 MiB with glibc's default and 360-364 MiB with two arenas on 2 cores (bench/RESULTS.md).
+//! peaked at 460-500 MiB with glibc's default (16 on 2 cores) and 422 MiB with this cap (bench/RESULTS.md).
 //! An operator's own `MALLOC_ARENA_MAX` wins (glibc reads it at start; this only sets the cap when it is unset).
 
 /// Call first thing in `main`, before any thread starts. Returns the cap it set, if it set one.
