@@ -38,6 +38,15 @@ pub trait BatchTask: Send + Sync + 'static {
     /// A representative input for warm-up.
     fn warmup_input(&self) -> Self::Input;
 
+    /// Whether every input of this task has one shape (image classification: the crop), so that each batch
+    /// size is a shape serving will meet and is worth warming. Tasks whose shapes change with every request
+    /// (text lengths, image sizes) warm batch size 1 only: one pass runs every kernel once, and warming the
+    /// other sizes at one made-up shape cost sentiment and the style networks 1.3-1.7 s of start-up each
+    /// (bench/RESULTS.md).
+    fn fixed_input_shape(&self) -> bool {
+        true
+    }
+
     /// Checks a warm-up output against what the task expects (e.g. one score per label), so a mismatched
     /// model fails at load time with a clear message instead of at the first request.
     fn check_output(&self, _output: &Self::Output) -> Result<(), String> {
@@ -336,8 +345,9 @@ fn load_and_warm_up<T: BatchTask>(shared: &Shared<T>) -> Result<InferenceModule,
     let started = Instant::now();
     let model = spec.load_module()?;
     // Every batch size the batcher can produce gets a pass, so that no request pays for first-use setup
-    // (allocations, oneDNN primitive creation) of its shape.
-    let sizes = 1..=spec.batching.max_batch_size.min(16);
+    // (allocations, oneDNN primitive creation) of its shape; for tasks without one shape, batch size 1.
+    let largest = if shared.task.fixed_input_shape() { spec.batching.max_batch_size.min(16) } else { 1 };
+    let sizes = 1..=largest;
     let (own, borrowed) = thread_counts(spec);
     let mut thread_settings = vec![borrowed, own]; // ending on `own`, the setting the worker starts with
     thread_settings.dedup();

@@ -107,6 +107,10 @@ impl BatchTask for TextClassifier {
         softmax_rows(&logits, inputs.len())
     }
 
+    fn fixed_input_shape(&self) -> bool {
+        false
+    }
+
     fn warmup_input(&self) -> TokenizedText {
         // Shapes vary with every batch, so no length is "the" warm one: a sentence-sized input is enough to
         // run every kernel once.

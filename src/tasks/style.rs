@@ -115,6 +115,10 @@ impl BatchTask for Stylizer {
         outputs.into_iter().map(|o| o.ok_or_else(|| anyhow::anyhow!("an image was left out of every group"))).collect()
     }
 
+    fn fixed_input_shape(&self) -> bool {
+        false
+    }
+
     fn warmup_input(&self) -> Tensor {
         Tensor::full([3, WARMUP_SIDE, WARMUP_SIDE], 0.5, (Kind::Float, Device::Cpu))
     }
