@@ -38,17 +38,19 @@ fn traced_square_model(dir: &Path) -> std::path::PathBuf {
     path
 }
 
-fn start(dir: &Path, metrics: &Metrics, max_batch_size: usize) -> WorkerPool<SquareAndSum> {
-    let batching = BatchingConfig { max_batch_size, ..BatchingConfig::default() };
-    let spec = WorkerSpec {
+fn square_spec(dir: &Path, max_batch_size: usize) -> WorkerSpec {
+    WorkerSpec {
         model: "square".into(),
         path: traced_square_model(dir),
         device: Device::Cpu,
         optimize: true,
-        batching,
+        batching: BatchingConfig { max_batch_size, ..BatchingConfig::default() },
         sizing: Sizing { workers: 1, intra_op_threads: 1, cpus: 1 },
-    };
-    WorkerPool::start(spec, SquareAndSum, metrics.for_model("square")).expect("pool starts")
+    }
+}
+
+fn start(dir: &Path, metrics: &Metrics, max_batch_size: usize) -> WorkerPool<SquareAndSum> {
+    WorkerPool::start(square_spec(dir, max_batch_size), SquareAndSum, metrics.for_model("square")).expect("pool starts")
 }
 
 fn batches_run(metrics: &Metrics) -> f64 {
@@ -128,4 +130,37 @@ async fn shutdown_finishes_queued_requests_then_refuses_new_ones() {
     }
     let refused = pool.infer(ones(2), Duration::from_secs(1)).await;
     assert!(matches!(refused, Err(EngineError::Stopped { .. })), "{refused:?}");
+}
+
+/// The square model behind a task whose own code panics on every batch, warm-up's included.
+struct PanicsOnEveryBatch;
+
+impl BatchTask for PanicsOnEveryBatch {
+    type Input = Tensor;
+    type Output = f64;
+
+    fn run_batch(&self, _model: &InferenceModule, _device: Device, _inputs: Vec<Tensor>) -> anyhow::Result<Vec<f64>> {
+        panic!("this task cannot handle its input")
+    }
+
+    fn warmup_input(&self) -> Tensor {
+        ones(2)
+    }
+}
+
+/// A panic in task code while a pool warms up fails that start with a load error naming it, as a panic while
+/// serving fails only its batch: it must not unwind into the thread that loads the model (a registry thread,
+/// which would leave the model `loading` for good and the replica never ready).
+#[test]
+fn a_panic_during_warm_up_fails_the_start_and_not_its_caller() {
+    let dir = tempfile::tempdir().unwrap();
+    let metrics = Metrics::new();
+    match WorkerPool::start(square_spec(dir.path(), 2), PanicsOnEveryBatch, metrics.for_model("square")) {
+        Err(EngineError::Load { model, message }) => {
+            assert_eq!(model, "square");
+            assert!(message.contains("panic: this task cannot handle its input"), "{message}");
+        }
+        Err(other) => panic!("expected a load error, got {other:?}"),
+        Ok(_) => panic!("a pool whose warm-up panics started"),
+    }
 }

@@ -243,6 +243,29 @@ async fn a_broken_model_is_reported_without_taking_the_replica_out() {
     assert_eq!(server.post_image("/v1/classify", "chelsea.png").await.status(), 200);
 }
 
+/// A classifier that returns no scores at all (shape [batch, 0], traced here from a real TorchScript graph) made
+/// splitting the scores into rows panic during warm-up, on the thread that loads the model: it stayed `loading`
+/// and the replica never turned ready. It fails alone, naming the shape.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_classifier_without_scores_fails_alone() {
+    let repo = TempRepo::mobilenet(&[]);
+    add_broken_model(repo.path(), "scoreless", &[], &[]);
+    let version = repo.path().join("scoreless/1");
+    std::fs::create_dir_all(&version).unwrap();
+    let example = tch::Tensor::zeros([1, 3, 224, 224], (tch::Kind::Float, tch::Device::Cpu));
+    let module = tch::CModule::create_by_tracing("Scoreless", "forward", &[example], &mut |xs| {
+        vec![xs[0].flatten(1, -1).narrow(1, 0, 0)]
+    })
+    .unwrap();
+    module.save(version.join("model.pt")).unwrap();
+    let server = TestServer::start(repo.path(), &[]);
+    let info = model_info(&server, "scoreless").await;
+    assert_eq!(info["state"], "failed", "{info}");
+    assert!(info["error"].as_str().unwrap().contains("shape [1, 0]"), "{info}");
+    server.wait_ready().await;
+    assert_eq!(server.post_image("/v1/classify", "chelsea.png").await.status(), 200);
+}
+
 /// A version.toml goes through the same checks as model.toml: std = 0 would divide by zero.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_version_toml_with_impossible_preprocessing_is_refused() {

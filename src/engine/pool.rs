@@ -366,10 +366,8 @@ fn load_and_warm_up<T: BatchTask>(shared: &Shared<T>) -> Result<InferenceModule,
 
 fn warm_up_once<T: BatchTask>(shared: &Shared<T>, model: &InferenceModule, size: usize) -> Result<(), String> {
     let inputs = (0..size).map(|_| shared.task.warmup_input()).collect();
-    let outputs = shared
-        .task
-        .run_batch(model, shared.spec.device, inputs)
-        .map_err(|e| format!("failed: {}", torch_error_summary(&e.to_string())))?;
+    let outputs =
+        run_guarded(shared, model, inputs).map_err(|e| format!("failed: {}", torch_error_summary(&e.to_string())))?;
     check_outputs(shared, size, &outputs)
 }
 
@@ -442,10 +440,7 @@ fn run_task_batch<T: BatchTask>(
 ) {
     let size = inputs.len();
     // A libtorch error or a panic fails this batch only; the worker keeps serving.
-    let result =
-        std::panic::catch_unwind(AssertUnwindSafe(|| shared.task.run_batch(model, shared.spec.device, inputs)))
-            .unwrap_or_else(|panic| Err(anyhow::anyhow!("panic: {}", panic_message(&panic))));
-    match result {
+    match run_guarded(shared, model, inputs) {
         Ok(outputs) if outputs.len() == size => {
             for (reply, output) in replies.into_iter().zip(outputs) {
                 let _ = reply.send(Ok(Answer::Task(output)));
@@ -456,6 +451,17 @@ fn run_task_batch<T: BatchTask>(
         }
         Err(e) => fail_all(shared, replies, torch_error_summary(&e.to_string())),
     }
+}
+
+/// The task's `run_batch`, with a panic in it turned into an error: task code fails its own batch (or, at
+/// warm-up, its own load), never the thread that runs it.
+fn run_guarded<T: BatchTask>(
+    shared: &Shared<T>,
+    model: &InferenceModule,
+    inputs: Vec<T::Input>,
+) -> anyhow::Result<Vec<T::Output>> {
+    std::panic::catch_unwind(AssertUnwindSafe(|| shared.task.run_batch(model, shared.spec.device, inputs)))
+        .unwrap_or_else(|panic| Err(anyhow::anyhow!("panic: {}", panic_message(&panic))))
 }
 
 /// Requests of model-level tensors: the model may refuse one request's tensors (its shapes, its values), which

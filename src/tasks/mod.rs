@@ -195,7 +195,8 @@ pub fn number_in_range(name: &str, value: Option<f64>, default: f64, min: f64, m
 fn softmax_rows(logits: &Tensor, batch: usize) -> anyhow::Result<Vec<Vec<f32>>> {
     let size = logits.size();
     ensure!(
-        size.len() == 2 && size[0] == batch as i64,
+        // A row of no scores would also leave nothing to split the rows by.
+        size.len() == 2 && size[0] == batch as i64 && size[1] > 0,
         "the model returned a tensor of shape {size:?}; expected [batch, labels] with batch {batch}"
     );
     let probabilities = logits.f_softmax(-1, Kind::Float)?.f_to_device(Device::Cpu)?.f_contiguous()?;
