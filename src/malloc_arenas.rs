@@ -6,15 +6,12 @@
 //! peaked at 460-500 MiB with glibc's default (16 on 2 cores) and 422 MiB with this cap (bench/RESULTS.md).
 //! An operator's own `MALLOC_ARENA_MAX` wins (glibc reads it at start; this only sets the cap when it is unset).
 
-/// Call first thing in `main`, before any thread starts. Returns the cap it set, if it set one.
-pub fn cap() -> Option<usize> {
-    if std::env::var_os("MALLOC_ARENA_MAX").is_some() {
-        return None;
+/// Call first thing in `main`, before any thread starts.
+pub fn cap() {
+    if std::env::var_os("MALLOC_ARENA_MAX").is_none() {
+        // SAFETY: mallopt only adjusts glibc's allocator settings; called before other threads allocate.
+        unsafe { libc::mallopt(libc::M_ARENA_MAX, i32::try_from(default_cap()).unwrap_or(i32::MAX)) };
     }
-    let arenas = default_cap();
-    // SAFETY: mallopt only adjusts glibc's allocator settings; called before other threads allocate.
-    let set = unsafe { libc::mallopt(libc::M_ARENA_MAX, i32::try_from(arenas).unwrap_or(i32::MAX)) } == 1;
-    set.then_some(arenas)
 }
 
 /// The cap ember sets: one arena per CPU, at least 2.

@@ -4,7 +4,7 @@ mod common;
 
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::{content_type_of, photo};
 
@@ -204,14 +204,7 @@ fn serve(repo: &std::path::Path, flags: &[&str]) -> Serving {
 
 impl Serving {
     async fn wait_ready(&self) {
-        let client = common::client();
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while client.get(format!("{}/health/ready", self.base)).send().await.map(|r| r.status()).ok()
-            != Some(reqwest::StatusCode::OK)
-        {
-            assert!(Instant::now() < deadline, "never ready");
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        common::wait_ready(&self.base).await
     }
 }
 

@@ -6,7 +6,8 @@
 //! `--device` or a model asks for CUDA, or when `auto` finds a GPU through the NVIDIA driver.
 //!
 //! libtorch decides once per process whether CUDA exists (the first call that asks caches the answer), so this
-//! happens at start-up, before any model is loaded: `prepare` is called by `ember serve` and `ember train`.
+//! happens before any model is loaded: `ember serve` calls `prepare` for every model of the repository, and
+//! `device::resolve` (which `ember train` and `ember eval` go through first) loads it on demand.
 
 use std::ffi::{c_int, c_void, CStr, CString};
 use std::os::unix::ffi::OsStrExt;
@@ -20,18 +21,15 @@ static TORCH_CUDA: OnceLock<Result<PathBuf, String>> = OnceLock::new();
 /// Opens libtorch_cuda, before any model loads, if the server's device or one of the models' devices may be
 /// CUDA: an explicit `cuda` always, `auto` when the NVIDIA driver sees a GPU.
 pub fn prepare(server: DeviceChoice, models: impl IntoIterator<Item = DeviceChoice>) {
-    for choice in models.into_iter().map(|model| if model == DeviceChoice::Auto { server } else { model }) {
-        match choice {
-            DeviceChoice::Cuda(_) => {
-                if let Err(e) = load() {
-                    tracing::warn!(error = %e, "a model asks for CUDA but libtorch_cuda cannot be loaded");
-                }
-            }
-            DeviceChoice::Auto => {
-                auto_finds_gpu();
-            }
-            DeviceChoice::Cpu => {}
+    let choices: Vec<DeviceChoice> =
+        models.into_iter().map(|model| if model == DeviceChoice::Auto { server } else { model }).collect();
+    if choices.iter().any(|choice| matches!(choice, DeviceChoice::Cuda(_))) {
+        if let Err(e) = load() {
+            tracing::warn!(error = %e, "a model asks for CUDA but libtorch_cuda cannot be loaded");
         }
+    }
+    if choices.contains(&DeviceChoice::Auto) {
+        auto_finds_gpu();
     }
 }
 

@@ -33,7 +33,7 @@ pub struct InferenceModule {
 // SAFETY: a torch::jit::Module may move between threads, and its forward may run from several threads at
 // once: the graph executor guards its plan cache with a mutex, each call runs in its own interpreter state, and
 // nothing here mutates the module after loading (parameters are frozen constants, or read-only without
-// gradients). A pool's workers share one module this way (tests/engine.rs checks the answers under load).
+// gradients). A pool's workers share one module this way (tests/classify.rs checks the answers under load).
 unsafe impl Send for InferenceModule {}
 unsafe impl Sync for InferenceModule {}
 

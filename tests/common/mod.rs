@@ -136,17 +136,7 @@ impl TestServer {
     }
 
     pub async fn wait_ready(&self) {
-        let deadline = Instant::now() + Duration::from_secs(120);
-        loop {
-            let response = reqwest::get(self.url("/health/ready")).await.expect("server answers");
-            if response.status() == 200 {
-                return;
-            }
-            let body = response.text().await.unwrap_or_default();
-            assert!(!body.contains("failed"), "a model failed to load: {body}");
-            assert!(Instant::now() < deadline, "not ready after 120s: {body}");
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        wait_ready(&self.base).await
     }
 
     /// POSTs a sample photo as raw bytes to `path`.
@@ -184,6 +174,21 @@ impl TestServer {
 impl Drop for TestServer {
     fn drop(&mut self) {
         self.stop_inner();
+    }
+}
+
+/// Polls `{base}/health/ready` until it answers 200 (at most 120 s), failing fast when a model failed to load.
+pub async fn wait_ready(base: &str) {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let response = reqwest::get(format!("{base}/health/ready")).await.expect("server answers");
+        if response.status() == 200 {
+            return;
+        }
+        let body = response.text().await.unwrap_or_default();
+        assert!(!body.contains("failed"), "a model failed to load: {body}");
+        assert!(Instant::now() < deadline, "not ready after 120s: {body}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
 
