@@ -1,5 +1,6 @@
 //! Configuration: the server's settings (from the CLI / `EMBER_*` variables) and the `model.toml` schema.
 
+use std::collections::HashMap;
 use std::fmt;
 use std::path::PathBuf;
 use std::str::FromStr;
@@ -9,8 +10,7 @@ use clap::{Args, Parser, ValueEnum};
 use serde::Deserialize;
 
 use crate::cpus::{self, Sizing, Threads};
-use crate::tasks::tensor::{self, TensorSpec};
-use crate::tasks::TaskKind;
+use crate::signature::TensorSpec;
 
 /// Settings of `ember serve`. Every flag is also an `EMBER_*` environment variable.
 #[derive(Debug, Clone, Args)]
@@ -405,7 +405,7 @@ impl ModelToml {
                 return Err(format!("image.std must be positive and finite, got {s}"));
             }
         }
-        tensor::validate_declared(self.task, &self.inputs, &self.outputs, b.max_batch_size)?;
+        validate_declared(self.task, &self.inputs, &self.outputs, b.max_batch_size)?;
         if self.version == Some(0) {
             return Err("version must be a positive integer, got 0".into());
         }
@@ -473,6 +473,94 @@ fn check_range(key: &str, value: usize, min: usize, max: usize) -> Result<(), St
     }
 }
 
+/// The task a model performs, as named by `task = "..."` in model.toml.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum TaskKind {
+    ImageClassification,
+    TextClassification,
+    TextGeneration,
+    StyleTransfer,
+    StyleFeatures,
+    Tensor,
+}
+
+impl TaskKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TaskKind::ImageClassification => "image-classification",
+            TaskKind::TextClassification => "text-classification",
+            TaskKind::TextGeneration => "text-generation",
+            TaskKind::StyleTransfer => "style-transfer",
+            TaskKind::StyleFeatures => "style-features",
+            TaskKind::Tensor => "tensor",
+        }
+    }
+
+    pub fn needs_image_preprocessing(self) -> bool {
+        matches!(self, TaskKind::ImageClassification)
+    }
+
+    /// Tasks whose models need a `tokenizer.json` beside model.toml.
+    pub fn needs_tokenizer(self) -> bool {
+        matches!(self, TaskKind::TextClassification)
+    }
+
+    /// Tasks whose models need a `labels.txt` beside model.toml.
+    pub fn needs_labels(self) -> bool {
+        matches!(self, TaskKind::ImageClassification | TaskKind::TextClassification)
+    }
+}
+
+impl fmt::Display for TaskKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Checks the `[[inputs]]` / `[[outputs]]` of a model.toml: only `tensor` models declare them, and those must;
+/// names are unique; dimensions are -1 or positive; a model that batches requests has -1 as its first dimension.
+pub fn validate_declared(
+    task: TaskKind,
+    inputs: &[TensorSpec],
+    outputs: &[TensorSpec],
+    max_batch_size: usize,
+) -> Result<(), String> {
+    if task != TaskKind::Tensor {
+        return match inputs.is_empty() && outputs.is_empty() {
+            true => Ok(()),
+            false => Err(format!("inputs and outputs are declared only by `tensor` models; a {task} model's tensors follow from its task")),
+        };
+    }
+    for (what, specs) in [("inputs", inputs), ("outputs", outputs)] {
+        if specs.is_empty() {
+            return Err(format!(
+                "a tensor model declares its {what}: add [[{what}]] tables with name, datatype and shape"
+            ));
+        }
+        let mut seen = HashMap::new();
+        for (index, spec) in specs.iter().enumerate() {
+            let at = format!("{what}[{index}]");
+            if spec.name.is_empty() {
+                return Err(format!("{at}.name must not be empty"));
+            }
+            if let Some(first) = seen.insert(spec.name.as_str(), index) {
+                return Err(format!("{at}.name `{}` is also {what}[{first}].name", spec.name));
+            }
+            if let Some(dim) = spec.shape.iter().find(|&&d| d == 0 || d < -1) {
+                return Err(format!("{at}.shape: dimensions are -1 (any size) or positive, got {dim}"));
+            }
+            if max_batch_size > 1 && spec.shape.first() != Some(&-1) {
+                return Err(format!(
+                    "{at}.shape must start with -1, the batch dimension, since batching.max_batch_size is {max_batch_size} (requests are joined along it); got {:?}",
+                    spec.shape
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -492,5 +580,27 @@ mod tests {
         for flag in ["--max-image-aspect", "--header-read-timeout-ms", "--body-read-timeout-ms", "--max-connections"] {
             assert!(ServeConfig::from_flags([flag, "0"]).is_err(), "{flag} 0");
         }
+    }
+
+    #[test]
+    fn declared_tensors_are_checked() {
+        let task = TaskKind::Tensor;
+        assert!(validate_declared(task, &[tensor("x", &[-1, 4])], &[tensor("y", &[-1])], 8).is_ok());
+        let err = validate_declared(task, &[], &[tensor("y", &[-1])], 8).unwrap_err();
+        assert!(err.contains("[[inputs]]"), "{err}");
+        let err =
+            validate_declared(task, &[tensor("x", &[-1]), tensor("x", &[-1])], &[tensor("y", &[-1])], 8).unwrap_err();
+        assert!(err.contains("inputs[1].name `x`"), "{err}");
+        let err = validate_declared(task, &[tensor("x", &[-1, 0])], &[tensor("y", &[-1])], 8).unwrap_err();
+        assert!(err.contains("inputs[0].shape") && err.contains("got 0"), "{err}");
+        let err = validate_declared(task, &[tensor("x", &[4])], &[tensor("y", &[-1])], 8).unwrap_err();
+        assert!(err.contains("must start with -1"), "{err}");
+        assert!(validate_declared(task, &[tensor("x", &[4])], &[tensor("y", &[2])], 1).is_ok());
+        let err = validate_declared(TaskKind::ImageClassification, &[tensor("x", &[-1])], &[], 8).unwrap_err();
+        assert!(err.contains("only by `tensor` models"), "{err}");
+    }
+
+    fn tensor(name: &str, shape: &[i64]) -> TensorSpec {
+        TensorSpec::new(name, crate::signature::DataType::Fp32, shape)
     }
 }

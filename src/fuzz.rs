@@ -21,7 +21,7 @@ use proptest::prelude::*;
 use proptest::sample::{select, Index};
 use proptest::test_runner::{RngAlgorithm, RngSeed};
 
-use crate::error::ApiError;
+use crate::http::error::ApiError;
 
 /// The seed of every run that does not set `EMBER_FUZZ_SEED`.
 const SEED: u64 = 0x454d_4245_525f_465a;
@@ -44,7 +44,8 @@ fn config(cases: u32) -> ProptestConfig {
 }
 
 /// A refusal of what a client sent must be the client's error (4xx), never a 500.
-fn assert_client_error(error: &ApiError) -> Result<(), TestCaseError> {
+fn assert_client_error(error: impl Into<ApiError>) -> Result<(), TestCaseError> {
+    let error = error.into();
     prop_assert!(error.status().is_client_error(), "a malformed input answered {}: {error:?}", error.status());
     Ok(())
 }
@@ -136,6 +137,7 @@ mod image {
     use super::*;
     use crate::config::ImagePreprocessing;
     use crate::tasks::image::{decode, decode_probed, probe, resize_and_crop, ImageLimits};
+    use crate::tasks::TaskError;
 
     const LIMITS: ImageLimits = ImageLimits { max_pixels: 1_000_000, max_aspect: 32 };
 
@@ -275,7 +277,7 @@ mod image {
     fn check_preprocessing(image: DynamicImage, prep: &ImagePreprocessing) -> Result<(), TestCaseError> {
         match resize_and_crop(image, prep) {
             Ok(cropped) => prop_assert_eq!(cropped.dimensions(), (prep.crop, prep.crop)),
-            Err(error) => prop_assert!(!matches!(error, ApiError::Internal(_)), "{error:?}"),
+            Err(error) => prop_assert!(!matches!(error, TaskError::Failed(_)), "{error:?}"),
         }
         Ok(())
     }
@@ -287,13 +289,13 @@ mod image {
             Ok(probed) => probed,
             Err(error) => {
                 prop_assert!(decode(bytes, LIMITS).is_err());
-                return assert_client_error(&error);
+                return assert_client_error(error.clone());
             }
         };
         within_limits(probed.width, probed.height)?;
         let image = match decode_probed(bytes, probed) {
             Ok(image) => image,
-            Err(error) => return assert_client_error(&error),
+            Err(error) => return assert_client_error(error.clone()),
         };
         prop_assert_eq!((image.width(), image.height()), (probed.width, probed.height), "not the probed size");
         within_limits(image.width(), image.height())?;
@@ -385,7 +387,7 @@ mod codec {
 
     use super::*;
     use crate::http::v2::codec::{decode, Decoded};
-    use crate::tasks::tensor::{DataType, InputBounds, Limit, Signature, TensorSpec, ValueRange};
+    use crate::signature::{DataType, InputBounds, Limit, Signature, TensorSpec, ValueRange};
 
     const INPUT_NAMES: [&str; 3] = ["x", "y", "z"];
 
@@ -720,7 +722,7 @@ mod codec {
     fn check_decoded(result: Result<Decoded, ApiError>, signature: &Signature) -> Result<(), TestCaseError> {
         let decoded = match result {
             Ok(decoded) => decoded,
-            Err(error) => return assert_client_error(&error),
+            Err(error) => return assert_client_error(error.clone()),
         };
         prop_assert_eq!(decoded.inputs.len(), signature.inputs.len());
         for ((tensor, spec), bounds) in decoded.inputs.iter().zip(&signature.inputs).zip(&signature.bounds) {
@@ -906,7 +908,7 @@ mod body {
             (Ok(_), Some(None)) => prop_assert!(false, "an invalid form was accepted"),
             (Ok(files), None) => prop_assert!(files.iter().all(|file| !file.is_empty()), "an empty file was accepted"),
             (Err(error), Some(Some(_))) => prop_assert!(false, "a valid form was refused: {error:?}"),
-            (Err(error), _) => assert_client_error(&error)?,
+            (Err(error), _) => assert_client_error(error.clone())?,
         }
         Ok(())
     }
@@ -922,20 +924,20 @@ mod body {
         match parse_json::<Map<String, Value>>(body) {
             Ok(parsed) => prop_assert_eq!(Some(&Value::Object(parsed)), object.as_ref()),
             Err(error) => {
-                assert_client_error(&error)?;
+                assert_client_error(error.clone())?;
                 prop_assert!(object.is_none(), "a JSON object was refused: {error:?}");
             }
         }
         match parse_json::<Typed>(body) {
             Ok(parsed) => prop_assert_eq!(Some(parsed), serde_json::from_slice::<Typed>(body).ok()),
             Err(error) => {
-                assert_client_error(&error)?;
+                assert_client_error(error.clone())?;
                 prop_assert!(!starts_as_object || serde_json::from_slice::<Typed>(body).is_err(), "{error:?}");
             }
         }
         match read_json_image(body) {
             Ok((_, params)) => prop_assert!(object.is_some() && !params.contains_key("image")),
-            Err(error) => assert_client_error(&error)?,
+            Err(error) => assert_client_error(error.clone())?,
         }
         Ok(())
     }
@@ -1021,7 +1023,7 @@ mod body {
         ) {
             match query_params(Some(&query)) {
                 Ok(params) => prop_assert!(params.len() <= query.split('&').count()),
-                Err(error) => assert_client_error(&error)?,
+                Err(error) => assert_client_error(error.clone())?,
             }
         }
     }
@@ -1076,7 +1078,7 @@ mod tokenizer {
                 }
                 Err(_) => {
                     let error = classifier.tokenize(&text).err().ok_or_else(|| TestCaseError::fail("tokenize ok"))?;
-                    assert_client_error(&error)?;
+                    assert_client_error(error.clone())?;
                 }
             }
         }

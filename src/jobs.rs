@@ -10,9 +10,8 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde::Serialize;
 
-use crate::engine::Registry;
-use crate::error::ApiError;
 use crate::metrics::Metrics;
+use crate::registry::Registry;
 use crate::train::{self, Cancel, DataSource, Progress, Snapshot, TrainError, TrainJob, TrainSettings, Trained};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -38,6 +37,22 @@ impl JobState {
             JobState::Cancelled => "cancelled",
         }
     }
+}
+
+/// Why the job queue refused a request.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum JobError {
+    #[error(
+        "{waiting} fine-tuning job(s) already wait behind the running one; retry when one finishes (GET /admin/jobs)"
+    )]
+    QueueFull { waiting: usize },
+    #[error("no fine-tuning job {id}")]
+    NotFound { id: u64 },
+}
+
+impl JobError {
+    /// A queued job waits for whole fine-tuning runs: asking again within a minute is pointless.
+    pub const RETRY_AFTER_SECS: u64 = 60;
 }
 
 /// What `GET /admin/jobs/{id}` answers.
@@ -152,23 +167,17 @@ impl Jobs {
         Jobs { shared }
     }
 
-    /// Queues a job; refused with 429 when `max_waiting` jobs wait already.
+    /// Queues a job; refused when `max_waiting` jobs wait already.
     pub fn submit(
         &self,
         model: &str,
         data: JobData,
         settings: TrainSettings,
         publish: bool,
-    ) -> Result<JobStatus, ApiError> {
+    ) -> Result<JobStatus, JobError> {
         let mut queue = self.shared.lock();
         if queue.waiting.len() >= self.shared.max_waiting {
-            return Err(ApiError::Overloaded {
-                message: format!(
-                    "{} fine-tuning job(s) already wait behind the running one; retry when one finishes (GET /admin/jobs)",
-                    queue.waiting.len()
-                ),
-                retry_after_secs: 60,
-            });
+            return Err(JobError::QueueFull { waiting: queue.waiting.len() });
         }
         queue.next_id += 1;
         let status = JobStatus {
@@ -202,18 +211,17 @@ impl Jobs {
         self.shared.lock().jobs.values().map(|job| job.status().clone()).collect()
     }
 
-    pub fn get(&self, id: u64) -> Result<JobStatus, ApiError> {
+    pub fn get(&self, id: u64) -> Result<JobStatus, JobError> {
         let queue = self.shared.lock();
-        let job = queue.jobs.get(&id).ok_or_else(|| ApiError::NotFound(format!("no fine-tuning job {id}")))?;
+        let job = queue.jobs.get(&id).ok_or(JobError::NotFound { id })?;
         let status = job.status().clone();
         Ok(status)
     }
 
     /// A waiting job is cancelled at once; a running one stops at its next step and leaves no version.
-    pub fn cancel(&self, id: u64) -> Result<JobStatus, ApiError> {
+    pub fn cancel(&self, id: u64) -> Result<JobStatus, JobError> {
         let mut queue = self.shared.lock();
-        let job =
-            Arc::clone(queue.jobs.get(&id).ok_or_else(|| ApiError::NotFound(format!("no fine-tuning job {id}")))?);
+        let job = Arc::clone(queue.jobs.get(&id).ok_or(JobError::NotFound { id })?);
         job.cancel.cancel();
         if let Some(position) = queue.waiting.iter().position(|waiting| Arc::ptr_eq(waiting, &job)) {
             queue.waiting.remove(position);

@@ -5,7 +5,6 @@
 pub mod config;
 pub mod cpus;
 pub mod engine;
-pub mod error;
 pub mod fd_limit;
 #[cfg(test)]
 mod fuzz;
@@ -15,8 +14,12 @@ pub mod jobs;
 pub mod malloc_arenas;
 pub mod metrics;
 pub mod reference;
+pub mod registry;
 pub mod repository;
+pub mod rng;
 pub mod server;
+pub mod shutdown;
+pub mod signature;
 pub mod tasks;
 pub mod telemetry;
 pub mod train;

@@ -3,7 +3,8 @@
 use clap::{CommandFactory, Parser, Subcommand};
 
 use ember::config::{RepoArgs, ServeConfig};
-use ember::server::{shutdown_signal, Server};
+use ember::server::Server;
+use ember::shutdown::shutdown_signal;
 
 #[derive(Parser)]
 #[command(name = "ember", version, about = "Serve TorchScript models over HTTP (REST and KServe v2)")]

@@ -4,7 +4,7 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use crate::config::ModelToml;
-use crate::tasks::TaskKind;
+use crate::config::TaskKind;
 
 #[derive(Debug, thiserror::Error)]
 pub enum RepoError {

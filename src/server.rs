@@ -19,12 +19,13 @@ use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 
 use crate::config::{DeviceChoice, ServeConfig};
-use crate::engine::{cuda, device, Registry};
+use crate::engine::{cuda, device};
 use crate::http::admin::Admin;
 use crate::http::decode_memory::DecodeMemory;
 use crate::http::{router, AppState, BodyFlags, BodyLimit, Limits};
 use crate::jobs::Jobs;
 use crate::metrics::Metrics;
+use crate::registry::Registry;
 use crate::repository::Repository;
 use crate::tasks::image::ImageLimits;
 use crate::train::upload::UnpackLimits;
@@ -179,29 +180,4 @@ fn connection_cap(wanted: u32) -> usize {
         );
     }
     wanted.min(files.connections()) as usize
-}
-
-/// Completes on SIGINT (Ctrl-C) or SIGTERM (what Kubernetes and Docker send).
-pub async fn shutdown_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
-    #[cfg(unix)]
-    let terminate = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut signal) => {
-                signal.recv().await;
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot listen for SIGTERM");
-                std::future::pending::<()>().await
-            }
-        }
-    };
-    #[cfg(not(unix))]
-    let terminate = std::future::pending::<()>();
-    tokio::select! {
-        _ = ctrl_c => tracing::info!("SIGINT received: shutting down"),
-        _ = terminate => tracing::info!("SIGTERM received: shutting down"),
-    }
 }

@@ -1,23 +1,23 @@
-//! Model lifecycle and execution: worker threads that own the TorchScript modules, the per-model queue and
-//! batcher feeding them, the registry of loaded models, and device choice.
+//! Model execution: worker threads that run TorchScript modules, the per-model queue and batcher feeding them,
+//! and device choice. It knows nothing of tasks: a task plugs in through `BatchTask`.
 //!
 //! Tokio never runs a forward pass: handlers push a job onto a model's queue and await its oneshot.
 
 pub mod batcher;
 pub mod cuda;
 pub mod device;
-pub mod generation;
+pub mod fault;
+mod forward;
 pub mod module;
 pub mod pool;
-pub mod registry;
-mod retired;
+pub mod retired;
 
 use std::time::Duration;
 
-pub use generation::{GenerationEngine, GenerationEvent};
+pub use fault::{panic_message, torch_error_summary};
+pub use forward::forward_batched;
 pub use module::InferenceModule;
 pub use pool::{BatchTask, WorkerPool, WorkerSpec};
-pub use registry::{ModelEntry, ModelState, Registry};
 
 /// What can go wrong between queueing a request and getting its answer.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -51,15 +51,15 @@ impl EngineError {
 
 impl WorkerSpec {
     /// Loads this worker's copy of the module; the error names the file and libtorch's one-line reason.
-    fn load_module(&self) -> Result<InferenceModule, String> {
+    pub fn load_module(&self) -> Result<InferenceModule, String> {
         InferenceModule::load(&self.path, self.device, self.optimize)
-            .map_err(|e| format!("cannot load {}: {}", self.path.display(), pool::torch_error_summary(&e)))
+            .map_err(|e| format!("cannot load {}: {}", self.path.display(), torch_error_summary(&e)))
     }
 }
 
 /// Runs a worker thread's `load`, tells the thread that started it how it went (on `ready`), and gives back the
 /// module to serve with, or `None` if the worker should exit.
-fn load_reporting(
+pub fn load_reporting(
     ready: std::sync::mpsc::Sender<Result<(), String>>,
     load: impl FnOnce() -> Result<InferenceModule, String>,
 ) -> Option<InferenceModule> {

@@ -79,7 +79,7 @@ impl InferenceModule {
                 Ok(raw) => return Ok(InferenceModule { raw, optimized: true }),
                 Err(message) => tracing::warn!(
                     path = %path.display(),
-                    error = %super::pool::torch_error_summary(&message),
+                    error = %super::fault::torch_error_summary(&message),
                     "optimize_for_inference failed; serving the model unoptimised (set `optimize = false` in model.toml to skip the attempt)"
                 ),
             }

@@ -11,10 +11,10 @@ use serde_json::json;
 
 use super::body::{positive_integer, read_multipart_images, BodyLimit};
 use super::{off_runtime, AppState};
-use crate::engine::registry::Reloaded;
-use crate::error::ApiError;
+use crate::config::TaskKind;
+use crate::http::error::ApiError;
 use crate::jobs::{JobData, Jobs};
-use crate::tasks::TaskKind;
+use crate::registry::Reloaded;
 use crate::train::publish::UPLOAD_PREFIX;
 use crate::train::upload::{self, UnpackLimits};
 use crate::train::{self, DataSource, TrainSettings};
@@ -41,9 +41,10 @@ pub fn routes(state: AppState) -> Router<AppState> {
 }
 
 fn admin(state: &AppState) -> Result<&Admin, ApiError> {
-    state.admin.as_ref().ok_or_else(|| {
-        ApiError::NotFound("the admin API is off: start ember with --admin-token or EMBER_ADMIN_TOKEN".into())
-    })
+    state
+        .admin
+        .as_ref()
+        .ok_or_else(|| ApiError::not_found("the admin API is off: start ember with --admin-token or EMBER_ADMIN_TOKEN"))
 }
 
 pub(super) async fn require_token(
@@ -71,7 +72,7 @@ fn bearer_token(authorization: &str) -> Option<&str> {
 }
 
 fn unauthorized(message: &str) -> Response {
-    let mut response = ApiError::Unauthorized(message.to_string()).into_response();
+    let mut response = ApiError::unauthorized(message.to_string()).into_response();
     response.headers_mut().insert(header::WWW_AUTHENTICATE, header::HeaderValue::from_static("Bearer"));
     response
 }
@@ -133,7 +134,7 @@ async fn fine_tune(
         TaskKind::TextClassification => Some("data.csv"),
         TaskKind::TextGeneration => Some("data.txt"),
         other => {
-            return Err(ApiError::Validation(format!(
+            return Err(ApiError::validation(format!(
                 "model `{name}` is a {other} model: ember cannot fine-tune those yet"
             )))
         }
@@ -144,21 +145,21 @@ async fn fine_tune(
         Some(serde_json::Value::String(text)) => {
             let mut deserializer = serde_json::Deserializer::from_str(&text);
             serde_path_to_error::deserialize(&mut deserializer)
-                .map_err(|e| ApiError::Validation(format!("settings: {e}")))?
+                .map_err(|e| ApiError::validation(format!("settings: {e}")))?
         }
-        Some(other) => return Err(ApiError::Validation(format!("settings must be a JSON object, got {other}"))),
+        Some(other) => return Err(ApiError::validation(format!("settings must be a JSON object, got {other}"))),
     };
     let publish = match params.remove("publish") {
         None => true,
         Some(serde_json::Value::Bool(publish)) => publish,
-        Some(other) => return Err(ApiError::Validation(format!("publish must be true or false, got {other}"))),
+        Some(other) => return Err(ApiError::validation(format!("publish must be true or false, got {other}"))),
     };
     if let Some(field) = params.keys().next() {
-        return Err(ApiError::Validation(format!(
+        return Err(ApiError::validation(format!(
             "unknown parameter `{field}`: send `data`, `settings` and `publish`"
         )));
     }
-    settings.validate().map_err(|e| ApiError::Validation(format!("settings: {e}")))?;
+    settings.validate().map_err(|e| ApiError::validation(format!("settings: {e}")))?;
     let limits = admin.unpack;
     let model = name.clone();
     let checked_settings = settings.clone();
@@ -167,22 +168,22 @@ async fn fine_tune(
         let folder = tempfile::Builder::new()
             .prefix(&format!("{}{}-", UPLOAD_PREFIX, std::process::id()))
             .tempdir()
-            .map_err(|e| ApiError::Internal(format!("cannot create a folder for the upload: {e}")))?;
+            .map_err(|e| ApiError::internal(format!("cannot create a folder for the upload: {e}")))?;
         let name = match single_file {
             Some(name) if data.trim_ascii_start().starts_with(b"{") && name == "data.csv" => "data.jsonl",
             Some(name) => name,
             None => "data.bin",
         };
         let unpacked =
-            upload::unpack(&data, name, folder.path(), limits).map_err(|e| ApiError::BadRequest(e.to_string()))?;
+            upload::unpack(&data, name, folder.path(), limits).map_err(|e| ApiError::bad_request(e.to_string()))?;
         if single_file.is_none() && matches!(unpacked, upload::Unpacked::File(_)) {
-            return Err(ApiError::BadRequest(format!(
+            return Err(ApiError::bad_request(format!(
                 "model `{model}` learns from images: upload a zip or tar.gz of a folder (one subfolder per label for a \
                  classifier; style.jpg and content/ for a style)"
             )));
         }
         let source = DataSource { path: unpacked.path().to_path_buf(), class_names: None };
-        train::check_data_size(task, &source, &checked_settings).map_err(|e| ApiError::Validation(e.to_string()))?;
+        train::check_data_size(task, &source, &checked_settings).map_err(|e| ApiError::validation(e.to_string()))?;
         Ok(JobData { source, folder })
     })
     .await?;

@@ -14,7 +14,7 @@ use http_body_util::{BodyExt, LengthLimitError, Limited};
 use serde::de::DeserializeOwned;
 use serde_json::{Map, Value};
 
-use crate::error::ApiError;
+use crate::http::error::ApiError;
 
 const IMAGE_FIELD: &str = "image";
 const ACCEPTED_IMAGE_BODIES: &str =
@@ -74,8 +74,8 @@ pub fn parse_params<P: DeserializeOwned>(params: Map<String, Value>) -> Result<P
 /// A 422 for a value of the wrong type or an unknown name, naming the field (none for the whole body).
 fn invalid_field(path: &serde_path_to_error::Path, error: impl std::fmt::Display) -> ApiError {
     match path.to_string().as_str() {
-        "." => ApiError::Validation(error.to_string()),
-        field => ApiError::Validation(format!("{field}: {error}")),
+        "." => ApiError::validation(error.to_string()),
+        field => ApiError::validation(format!("{field}: {error}")),
     }
 }
 
@@ -98,13 +98,13 @@ pub async fn read_image_upload(request: Request, limit: BodyLimit) -> Result<Ima
             image
         }
         _ => {
-            return Err(ApiError::UnsupportedMediaType(format!(
+            return Err(ApiError::unsupported_media_type(format!(
                 "Content-Type `{content_type}` is not accepted here: {ACCEPTED_IMAGE_BODIES}"
             )))
         }
     };
     if image.is_empty() {
-        return Err(ApiError::BadRequest("the image is empty (0 bytes)".into()));
+        return Err(ApiError::bad_request("the image is empty (0 bytes)"));
     }
     Ok(ImageUpload { image, params })
 }
@@ -120,7 +120,7 @@ pub async fn read_json_body<P: DeserializeOwned + Send + 'static>(
     let accepted = format!("this route takes Content-Type application/json with a body like {shape}");
     let content_type = content_type(&parts.headers, &accepted)?;
     if (content_type.type_(), content_type.subtype()) != (mime::APPLICATION, mime::JSON) {
-        return Err(ApiError::UnsupportedMediaType(format!("Content-Type `{content_type}`: {accepted}")));
+        return Err(ApiError::unsupported_media_type(format!("Content-Type `{content_type}`: {accepted}")));
     }
     let body = read_limited(body, &parts.headers, limit).await?;
     parse_sized(body, |body| parse_json(&body)).await
@@ -142,19 +142,19 @@ async fn parse_sized<T: Send + 'static>(
 pub fn parse_json<P: DeserializeOwned>(body: &[u8]) -> Result<P, ApiError> {
     if let Some(first) = body.iter().find(|b| !b.is_ascii_whitespace()).filter(|b| **b != b'{') {
         return match serde_json::from_slice::<serde::de::IgnoredAny>(body) {
-            Ok(_) => Err(ApiError::Validation(format!(
+            Ok(_) => Err(ApiError::validation(format!(
                 "the JSON body must be an object, got {}",
                 json_kind_of_first_byte(*first)
             ))),
-            Err(e) => Err(ApiError::BadRequest(format!("the body is not valid JSON: {e}"))),
+            Err(e) => Err(ApiError::bad_request(format!("the body is not valid JSON: {e}"))),
         };
     }
     let mut deserializer = serde_json::Deserializer::from_slice(body);
     let parsed = serde_path_to_error::deserialize(&mut deserializer).map_err(|e| match e.inner().classify() {
         serde_json::error::Category::Data => invalid_field(e.path(), e.inner()),
-        _ => ApiError::BadRequest(format!("the body is not valid JSON: {}", e.inner())),
+        _ => ApiError::bad_request(format!("the body is not valid JSON: {}", e.inner())),
     })?;
-    deserializer.end().map_err(|e| ApiError::BadRequest(format!("the body is not valid JSON: {e}")))?;
+    deserializer.end().map_err(|e| ApiError::bad_request(format!("the body is not valid JSON: {e}")))?;
     Ok(parsed)
 }
 
@@ -172,12 +172,12 @@ fn json_kind_of_first_byte(byte: u8) -> &'static str {
 fn content_type(headers: &HeaderMap, accepted: &str) -> Result<mime::Mime, ApiError> {
     let value = headers
         .get(header::CONTENT_TYPE)
-        .ok_or_else(|| ApiError::UnsupportedMediaType(format!("the request has no Content-Type: {accepted}")))?;
+        .ok_or_else(|| ApiError::unsupported_media_type(format!("the request has no Content-Type: {accepted}")))?;
     value
         .to_str()
         .ok()
         .and_then(|s| s.parse::<mime::Mime>().ok())
-        .ok_or_else(|| ApiError::UnsupportedMediaType(format!("Content-Type `{value:?}` cannot be parsed")))
+        .ok_or_else(|| ApiError::unsupported_media_type(format!("Content-Type `{value:?}` cannot be parsed")))
 }
 
 /// A path segment that must be a positive integer (a version, a job id); anything else is a 400 naming it.
@@ -187,7 +187,7 @@ pub fn positive_integer(what: &str, segment: &str) -> Result<u64, ApiError> {
         .parse::<u64>()
         .ok()
         .filter(|n| *n > 0)
-        .ok_or_else(|| ApiError::BadRequest(format!("{what} `{segment}` is not a positive integer")))
+        .ok_or_else(|| ApiError::bad_request(format!("{what} `{segment}` is not a positive integer")))
 }
 
 /// Reads at most `limit.max_bytes` bytes within `limit.read_timeout`; a larger body (announced or actual) is a
@@ -195,28 +195,29 @@ pub fn positive_integer(what: &str, segment: &str) -> Result<u64, ApiError> {
 pub async fn read_limited(body: Body, headers: &HeaderMap, limit: BodyLimit) -> Result<Bytes, ApiError> {
     let (size_flag, time_flag) = limit.flags.names();
     let max = limit.max_bytes;
-    let too_large =
-        || ApiError::PayloadTooLarge(format!("the request body is larger than the limit of {max} bytes ({size_flag})"));
+    let too_large = || {
+        ApiError::payload_too_large(format!("the request body is larger than the limit of {max} bytes ({size_flag})"))
+    };
     let announced =
         headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
     if announced.is_some_and(|length| length > max as u64) {
         return Err(too_large());
     }
     match tokio::time::timeout(limit.read_timeout, Limited::new(body, max).collect()).await {
-        Err(_) => Err(ApiError::RequestTimeout(format!(
+        Err(_) => Err(ApiError::request_timeout(format!(
             "the request body did not arrive within {} ms ({time_flag})",
             limit.read_timeout.as_millis()
         ))),
         Ok(Ok(collected)) => Ok(collected.to_bytes()),
         Ok(Err(e)) if e.downcast_ref::<LengthLimitError>().is_some() => Err(too_large()),
-        Ok(Err(e)) => Err(ApiError::BadRequest(format!("cannot read the request body: {e}"))),
+        Ok(Err(e)) => Err(ApiError::bad_request(format!("cannot read the request body: {e}"))),
     }
 }
 
 /// Query parameters as JSON values: numbers and booleans are recognised, everything else stays a string.
 pub(crate) fn query_params(query: Option<&str>) -> Result<Map<String, Value>, ApiError> {
     let pairs: Vec<(String, String)> = serde_urlencoded::from_str(query.unwrap_or(""))
-        .map_err(|e| ApiError::BadRequest(format!("cannot parse the query string: {e}")))?;
+        .map_err(|e| ApiError::bad_request(format!("cannot parse the query string: {e}")))?;
     Ok(pairs.into_iter().map(|(name, value)| (name, text_value(value))).collect())
 }
 
@@ -234,10 +235,10 @@ pub(crate) async fn read_multipart<const N: usize>(
     params: &mut Map<String, Value>,
 ) -> Result<[Bytes; N], ApiError> {
     let boundary = multer::parse_boundary(content_type.as_ref())
-        .map_err(|e| ApiError::BadRequest(format!("multipart body without a usable boundary: {e}")))?;
+        .map_err(|e| ApiError::bad_request(format!("multipart body without a usable boundary: {e}")))?;
     let stream = futures_util::stream::once(async move { Ok::<Bytes, std::convert::Infallible>(body) });
     let mut multipart = multer::Multipart::new(stream, boundary);
-    let malformed = |e: multer::Error| ApiError::BadRequest(format!("malformed multipart body: {e}"));
+    let malformed = |e: multer::Error| ApiError::bad_request(format!("malformed multipart body: {e}"));
     let mut found: [Option<Bytes>; N] = std::array::from_fn(|_| None);
     while let Some(field) = multipart.next_field().await.map_err(malformed)? {
         let name = field.name().unwrap_or_default().to_string();
@@ -246,15 +247,15 @@ pub(crate) async fn read_multipart<const N: usize>(
             found[slot] = Some(data);
         } else {
             let text = String::from_utf8(data.to_vec())
-                .map_err(|_| ApiError::Validation(format!("multipart field `{name}` must be UTF-8 text")))?;
+                .map_err(|_| ApiError::validation(format!("multipart field `{name}` must be UTF-8 text")))?;
             params.insert(name, text_value(text));
         }
     }
     for (name, data) in files.iter().zip(&found) {
         match data {
-            None => return Err(ApiError::BadRequest(format!("the multipart body has no field `{name}`: {accepted}"))),
+            None => return Err(ApiError::bad_request(format!("the multipart body has no field `{name}`: {accepted}"))),
             Some(data) if data.is_empty() => {
-                return Err(ApiError::BadRequest(format!("the file `{name}` is empty (0 bytes)")))
+                return Err(ApiError::bad_request(format!("the file `{name}` is empty (0 bytes)")))
             }
             Some(_) => {}
         }
@@ -275,7 +276,7 @@ pub async fn read_multipart_images<const N: usize>(
     let mut params = query_params(parts.uri.query())?;
     let content_type = content_type(&parts.headers, &accepted)?;
     if (content_type.type_(), content_type.subtype()) != (mime::MULTIPART, mime::FORM_DATA) {
-        return Err(ApiError::UnsupportedMediaType(format!("Content-Type `{content_type}`: {accepted}")));
+        return Err(ApiError::unsupported_media_type(format!("Content-Type `{content_type}`: {accepted}")));
     }
     let body = read_limited(body, &parts.headers, limit).await?;
     let images = read_multipart(body, &content_type, files, &accepted, &mut params).await?;
@@ -295,17 +296,17 @@ pub(crate) fn read_json_image(body: &[u8]) -> Result<(Bytes, Map<String, Value>)
     let encoded = match image {
         Some(Value::String(text)) => text,
         Some(other) => {
-            return Err(ApiError::Validation(format!("image: expected a base64 string, got {}", json_kind(&other))))
+            return Err(ApiError::validation(format!("image: expected a base64 string, got {}", json_kind(&other))))
         }
         None => {
-            return Err(ApiError::Validation(format!("image: required field is missing ({ACCEPTED_IMAGE_BODIES})")))
+            return Err(ApiError::validation(format!("image: required field is missing ({ACCEPTED_IMAGE_BODIES})")))
         }
     };
     // Accept data URLs (`data:image/png;base64,...`) as browsers produce them.
     let payload = encoded.split_once(";base64,").map_or(encoded.as_str(), |(_, data)| data);
     let image = base64::engine::general_purpose::STANDARD
         .decode(payload.trim())
-        .map_err(|e| ApiError::Validation(format!("image: not valid base64: {e}")))?;
+        .map_err(|e| ApiError::validation(format!("image: not valid base64: {e}")))?;
     Ok((Bytes::from(image), params))
 }
 
@@ -323,6 +324,7 @@ fn json_kind(value: &Value) -> &'static str {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::http::error::ErrorKind;
 
     #[derive(serde::Deserialize, Debug)]
     #[serde(deny_unknown_fields)]
@@ -335,7 +337,10 @@ mod tests {
         let params: Params = parse_params(query_params(Some("top_k=3")).unwrap()).unwrap();
         assert_eq!(params.top_k, Some(3));
         let err = parse_params::<Params>(query_params(Some("top_k=three")).unwrap()).unwrap_err();
-        assert!(matches!(&err, ApiError::Validation(m) if m.starts_with("top_k:")), "{err:?}");
+        assert!(
+            matches!(&err, ApiError { kind: ErrorKind::Validation, message: m, .. } if m.starts_with("top_k:")),
+            "{err:?}"
+        );
         let err = parse_params::<Params>(query_params(Some("topk=3")).unwrap()).unwrap_err();
         assert!(err.to_string().contains("unknown field `topk`"), "{err}");
     }
@@ -351,11 +356,14 @@ mod tests {
 
     #[test]
     fn json_errors_distinguish_syntax_from_content() {
-        assert!(matches!(read_json_image(b"{\"image\": "), Err(ApiError::BadRequest(_))));
-        assert!(matches!(read_json_image(b"[1]"), Err(ApiError::Validation(_))));
-        assert!(matches!(read_json_image(br#"{"image": 5}"#), Err(ApiError::Validation(_))));
-        assert!(matches!(read_json_image(br#"{"image": "%%%"}"#), Err(ApiError::Validation(_))));
-        assert!(matches!(read_json_image(br#"{"image": "aGVsbG8="} trailing"#), Err(ApiError::BadRequest(_))));
+        assert!(matches!(read_json_image(b"{\"image\": "), Err(ApiError { kind: ErrorKind::BadRequest, .. })));
+        assert!(matches!(read_json_image(b"[1]"), Err(ApiError { kind: ErrorKind::Validation, .. })));
+        assert!(matches!(read_json_image(br#"{"image": 5}"#), Err(ApiError { kind: ErrorKind::Validation, .. })));
+        assert!(matches!(read_json_image(br#"{"image": "%%%"}"#), Err(ApiError { kind: ErrorKind::Validation, .. })));
+        assert!(matches!(
+            read_json_image(br#"{"image": "aGVsbG8="} trailing"#),
+            Err(ApiError { kind: ErrorKind::BadRequest, .. })
+        ));
     }
 
     #[test]
@@ -363,17 +371,29 @@ mod tests {
         let ok: Params = parse_json(br#"{"top_k": 3}"#).unwrap();
         assert_eq!(ok.top_k, Some(3));
         let err = parse_json::<Params>(br#"{"top_k": "three"}"#).unwrap_err();
-        assert!(matches!(&err, ApiError::Validation(m) if m.starts_with("top_k:")), "{err:?}");
+        assert!(
+            matches!(&err, ApiError { kind: ErrorKind::Validation, message: m, .. } if m.starts_with("top_k:")),
+            "{err:?}"
+        );
         let err = parse_json::<Params>(br#"{"topk": 3}"#).unwrap_err();
-        assert!(matches!(&err, ApiError::Validation(m) if m.contains("unknown field `topk`")), "{err:?}");
+        assert!(
+            matches!(&err, ApiError { kind: ErrorKind::Validation, message: m, .. } if m.contains("unknown field `topk`")),
+            "{err:?}"
+        );
         for (body, kind) in
             [(&b"[1, 2]"[..], "an array"), (b" 7", "a number"), (b"null", "null"), (b"\"x\"", "a string")]
         {
             let err = parse_json::<Params>(body).unwrap_err();
-            assert!(matches!(&err, ApiError::Validation(m) if m.ends_with(kind)), "{err:?}");
+            assert!(
+                matches!(&err, ApiError { kind: ErrorKind::Validation, message: m, .. } if m.ends_with(kind)),
+                "{err:?}"
+            );
         }
         for body in [&b"{\"top_k\": "[..], b"", b"[1,", b"{} {}"] {
-            assert!(matches!(parse_json::<Params>(body), Err(ApiError::BadRequest(_))), "{body:?}");
+            assert!(
+                matches!(parse_json::<Params>(body), Err(ApiError { kind: ErrorKind::BadRequest, .. })),
+                "{body:?}"
+            );
         }
     }
 
@@ -382,12 +402,21 @@ mod tests {
         let limit = BodyLimit { max_bytes: 10, read_timeout: Duration::from_millis(50), flags: BodyFlags::Request };
         let body = Body::from_stream(futures_util::stream::pending::<Result<Bytes, std::io::Error>>());
         let err = read_limited(body, &HeaderMap::new(), limit).await.unwrap_err();
-        assert!(matches!(&err, ApiError::RequestTimeout(m) if m.contains("--body-read-timeout-ms")), "{err:?}");
+        assert!(
+            matches!(&err, ApiError { kind: ErrorKind::RequestTimeout, message: m, .. } if m.contains("--body-read-timeout-ms")),
+            "{err:?}"
+        );
         let err = read_limited(Body::from(vec![0u8; 11]), &HeaderMap::new(), limit).await.unwrap_err();
-        assert!(matches!(&err, ApiError::PayloadTooLarge(m) if m.contains("--max-body-bytes")), "{err:?}");
+        assert!(
+            matches!(&err, ApiError { kind: ErrorKind::PayloadTooLarge, message: m, .. } if m.contains("--max-body-bytes")),
+            "{err:?}"
+        );
         let upload = BodyLimit { flags: BodyFlags::Upload, ..limit };
         let err = read_limited(Body::from(vec![0u8; 11]), &HeaderMap::new(), upload).await.unwrap_err();
-        assert!(matches!(&err, ApiError::PayloadTooLarge(m) if m.contains("--max-upload-bytes")), "{err:?}");
+        assert!(
+            matches!(&err, ApiError { kind: ErrorKind::PayloadTooLarge, message: m, .. } if m.contains("--max-upload-bytes")),
+            "{err:?}"
+        );
         assert_eq!(&read_limited(Body::from("0123456789"), &HeaderMap::new(), limit).await.unwrap()[..], b"0123456789");
     }
 }

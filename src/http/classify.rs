@@ -8,9 +8,10 @@ use serde::{Deserialize, Serialize};
 use super::body::read_image_upload;
 use super::v1::on_default_model;
 use super::{decode_off_runtime, wrong_backend, AppState};
-use crate::error::ApiError;
+use crate::config::TaskKind;
+use crate::http::error::ApiError;
 use crate::tasks::classify::Prediction;
-use crate::tasks::{Backend, TaskKind};
+use crate::tasks::Backend;
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]

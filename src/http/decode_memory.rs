@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
-use crate::error::ApiError;
+use crate::http::error::ApiError;
 
 /// Reservations are counted in MiB, so that a u32 of permits covers any budget.
 const UNIT_BYTES: u64 = 1 << 20;
@@ -34,15 +34,15 @@ impl DecodeMemory {
         let units = u32::try_from(bytes.div_ceil(UNIT_BYTES)).unwrap_or(u32::MAX).clamp(1, self.total_units);
         match tokio::time::timeout(wait, Arc::clone(&self.units).acquire_many_owned(units)).await {
             Ok(Ok(permit)) => Ok(permit),
-            Ok(Err(_)) => Err(ApiError::Unavailable("image decoding has stopped: the server is shutting down".into())),
-            Err(_) => Err(ApiError::Overloaded {
-                message: format!(
+            Ok(Err(_)) => Err(ApiError::unavailable("image decoding has stopped: the server is shutting down")),
+            Err(_) => Err(ApiError::overloaded(
+                format!(
                     "image decodes in flight hold the memory limit of {} MiB (--max-decode-bytes) for longer than \
                      this request's deadline; retry later",
                     self.total_units
                 ),
-                retry_after_secs: 1,
-            }),
+                1,
+            )),
         }
     }
 
@@ -55,6 +55,7 @@ impl DecodeMemory {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::http::error::ErrorKind;
 
     #[tokio::test]
     async fn decodes_beyond_the_budget_wait_and_a_huge_one_runs_alone() {
@@ -63,10 +64,7 @@ mod tests {
         let first = memory.reserve(60 * UNIT_BYTES, wait).await.unwrap();
         assert_eq!(memory.reserved_bytes(), 60 * UNIT_BYTES);
         let err = memory.reserve(60 * UNIT_BYTES, wait).await.unwrap_err();
-        assert!(
-            matches!(&err, ApiError::Overloaded { message, .. } if message.contains("--max-decode-bytes")),
-            "{err:?}"
-        );
+        assert!(err.kind == ErrorKind::Overloaded && err.message.contains("--max-decode-bytes"), "{err:?}");
         let small = memory.reserve(1, wait).await.unwrap();
         drop((first, small));
         let huge = memory.reserve(u64::MAX, wait).await.unwrap();

@@ -16,10 +16,12 @@ use tokio::sync::mpsc::UnboundedReceiver;
 use super::body::read_json_body;
 use super::v1::on_default_model;
 use super::{wrong_backend, AppState};
-use crate::engine::{EngineError, GenerationEvent};
-use crate::error::ApiError;
+use crate::config::TaskKind;
+use crate::engine::EngineError;
+use crate::http::error::ApiError;
+use crate::tasks::generate::GenerationEvent;
 use crate::tasks::generate::{FinishReason, GenerateRequest};
-use crate::tasks::{Backend, TaskKind};
+use crate::tasks::Backend;
 
 #[derive(Serialize)]
 struct GenerateResponse {
@@ -175,8 +177,8 @@ fn to_sse(event: Option<GenerationEvent>, origin: &Origin) -> Event {
             "done",
             &DoneEvent { model: &origin.model, version: origin.version, tokens, finish_reason, seed: origin.seed },
         ),
-        Some(GenerationEvent::Error(e)) => json_event("error", &ApiError::from(e).body()),
-        None => json_event("error", &lost(&origin.model).body()),
+        Some(GenerationEvent::Error(e)) => json_event("error", &ApiError::from(e).event_body()),
+        None => json_event("error", &lost(&origin.model).event_body()),
     }
 }
 

@@ -4,6 +4,7 @@ pub mod admin;
 pub(crate) mod body;
 mod classify;
 pub mod decode_memory;
+pub mod error;
 mod generate;
 mod ops;
 mod sentiment;
@@ -32,13 +33,12 @@ use tracing::Level;
 pub use body::{BodyFlags, BodyLimit};
 use decode_memory::DecodeMemory;
 
-use crate::engine::registry::Loaded;
-use crate::engine::{ModelEntry, ModelState, Registry};
-use crate::error::ApiError;
+use crate::config::TaskKind;
 use crate::metrics::Metrics;
+use crate::registry::{Loaded, ModelEntry, ModelState, Registry};
 use crate::tasks::image::{self, ImageLimits, Probe};
 use crate::tasks::style::OutputFormat;
-use crate::tasks::TaskKind;
+use error::ApiError;
 
 const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
@@ -65,7 +65,7 @@ impl AppState {
     /// The named model, or a 404 that lists the models there are.
     fn model(&self, name: &str) -> Result<Arc<ModelEntry>, ApiError> {
         self.registry.get(name).ok_or_else(|| {
-            ApiError::NotFound(format!("model `{name}` does not exist; models: {}", self.registry.names().join(", ")))
+            ApiError::not_found(format!("model `{name}` does not exist; models: {}", self.registry.names().join(", ")))
         })
     }
 
@@ -74,7 +74,7 @@ impl AppState {
         let entry = self.model(name)?;
         let actual = entry.spec().config.task;
         if actual != task {
-            return Err(ApiError::BadRequest(format!(
+            return Err(ApiError::bad_request(format!(
                 "model `{name}` is a {actual} model; this route needs a {task} model"
             )));
         }
@@ -84,7 +84,7 @@ impl AppState {
     /// The model behind a task's short route.
     fn default_model(&self, task: TaskKind) -> Result<String, ApiError> {
         self.registry.default_for(task).map(str::to_string).ok_or_else(|| {
-            ApiError::NotFound(format!("no model serves {task}: set `default = true` in one such model's model.toml"))
+            ApiError::not_found(format!("no model serves {task}: set `default = true` in one such model's model.toml"))
         })
     }
 }
@@ -93,13 +93,13 @@ impl AppState {
 fn serving(name: &str, state: ModelState) -> Result<Arc<Loaded>, ApiError> {
     match state {
         ModelState::Ready(loaded) => Ok(loaded),
-        ModelState::Loading => Err(ApiError::Unavailable(format!(
+        ModelState::Loading => Err(ApiError::unavailable(format!(
             "model `{name}` is still loading; retry when GET /health/ready answers 200"
         ))),
         ModelState::Failed(message) => {
-            Err(ApiError::Unavailable(format!("model `{name}` is not available: {message}")))
+            Err(ApiError::unavailable(format!("model `{name}` is not available: {message}")))
         }
-        ModelState::Unloaded => Err(ApiError::Unavailable(format!(
+        ModelState::Unloaded => Err(ApiError::unavailable(format!(
             "model `{name}` is unloaded; an operator can serve it again with POST /admin/models/{name}/load"
         ))),
     }
@@ -107,26 +107,27 @@ fn serving(name: &str, state: ModelState) -> Result<Arc<Loaded>, ApiError> {
 
 /// Runs CPU work of a request (decoding, resizing, tokenising, encoding: milliseconds) on tokio's blocking pool,
 /// off the async workers; `what` names the work in the error if it panics.
-async fn off_runtime<T: Send + 'static>(
+async fn off_runtime<T: Send + 'static, E: Into<ApiError> + Send + 'static>(
     what: &'static str,
-    work: impl FnOnce() -> Result<T, ApiError> + Send + 'static,
+    work: impl FnOnce() -> Result<T, E> + Send + 'static,
 ) -> Result<T, ApiError> {
-    tokio::task::spawn_blocking(work).await.map_err(|e| ApiError::Internal(format!("{what} stopped: {e}")))?
+    let finished = tokio::task::spawn_blocking(work).await;
+    finished.map_err(|e| ApiError::internal(format!("{what} stopped: {e}")))?.map_err(Into::into)
 }
 
 impl AppState {
     /// Reads an uploaded image's header and checks it against the image limits (no pixel is decoded yet).
     fn probe_image(&self, bytes: &[u8]) -> Result<Probe, ApiError> {
-        image::probe(bytes, self.limits.image)
+        Ok(image::probe(bytes, self.limits.image)?)
     }
 }
 
 /// Decodes and preprocesses images on the blocking pool within `--max-decode-bytes`: what the `probes`' images
 /// may take is reserved before `work` starts and released when it returns.
-async fn decode_off_runtime<T: Send + 'static>(
+async fn decode_off_runtime<T: Send + 'static, E: Into<ApiError> + Send + 'static>(
     state: &AppState,
     probes: &[Probe],
-    work: impl FnOnce() -> Result<T, ApiError> + Send + 'static,
+    work: impl FnOnce() -> Result<T, E> + Send + 'static,
 ) -> Result<T, ApiError> {
     let bytes = probes.iter().fold(0u64, |sum, probe| sum.saturating_add(probe.decode_bytes()));
     let reservation = state.decode_memory.reserve(bytes, state.limits.request_timeout).await?;
@@ -155,7 +156,7 @@ fn image_response(bytes: Vec<u8>, format: OutputFormat, model: &str, version: u6
 
 /// A ready model whose backend is not its task's: `ready_model` checked the task, so this is a bug in ember.
 fn wrong_backend(name: &str, task: TaskKind) -> ApiError {
-    ApiError::Internal(format!("model `{name}` is not running a {task} backend"))
+    ApiError::internal(format!("model `{name}` is not running a {task} backend"))
 }
 
 /// Tags a response with the model it concerns, for the `model` label of the request metrics.
@@ -196,12 +197,14 @@ pub fn router(state: AppState) -> Router {
                         // One line per request at info: status and latency, inside the span above.
                         .on_response(DefaultOnResponse::new().level(Level::INFO).latency_unit(LatencyUnit::Micros))
                         // Not also an error line per 5xx: a 503 while models load is expected, and a 500 is
-                        // logged with its cause where ApiError::Internal is turned into a response.
+                        // logged with its cause by error::report_internal_errors.
                         .on_failure(()),
                 )
                 .layer(PropagateRequestIdLayer::new(REQUEST_ID))
-                .layer(CatchPanicLayer::custom(|_| {
-                    ApiError::Internal("the handler panicked; see the server log".into()).into_response()
+                .layer(middleware::from_fn(|request, next| error::report_internal_errors(REQUEST_ID, request, next)))
+                .layer(CatchPanicLayer::custom(|panic| {
+                    let message = crate::engine::panic_message(&panic);
+                    ApiError::internal(format!("the handler panicked: {message}")).into_response()
                 }))
                 .layer(CompressionLayer::new()),
         )
@@ -209,11 +212,11 @@ pub fn router(state: AppState) -> Router {
 }
 
 async fn no_route(method: Method, uri: Uri) -> ApiError {
-    ApiError::NotFound(format!("no route for {method} {}; see GET /openapi.yaml", uri.path()))
+    ApiError::not_found(format!("no route for {method} {}; see GET /openapi.yaml", uri.path()))
 }
 
 async fn method_not_allowed(method: Method, uri: Uri) -> ApiError {
-    ApiError::MethodNotAllowed(format!("{method} is not allowed on {}; see GET /openapi.yaml", uri.path()))
+    ApiError::method_not_allowed(format!("{method} is not allowed on {}; see GET /openapi.yaml", uri.path()))
 }
 
 /// Counts every request by model, route template and status, and times it.

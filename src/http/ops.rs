@@ -8,8 +8,8 @@ use axum::{Json, Router};
 use serde_json::json;
 
 use super::AppState;
-use crate::engine::ModelState;
-use crate::error::ApiError;
+use crate::http::error::ApiError;
+use crate::registry::ModelState;
 
 /// The committed spec, served as is so that it cannot drift from what is in the repository.
 pub const OPENAPI_YAML: &str = include_str!("../../openapi.yaml");
@@ -45,7 +45,7 @@ pub(super) fn readiness(state: &AppState) -> Result<(), ApiError> {
             other => format!("`{name}` is {}", other.name()),
         })
         .collect();
-    Err(ApiError::Unavailable(format!("not ready: {}", reasons.join("; "))))
+    Err(ApiError::unavailable(format!("not ready: {}", reasons.join("; "))))
 }
 
 async fn metrics(State(state): State<AppState>) -> Response {

@@ -9,9 +9,11 @@ use serde::{Deserialize, Serialize};
 use super::body::read_json_body;
 use super::v1::on_default_model;
 use super::{off_runtime, wrong_backend, AppState};
-use crate::error::ApiError;
+use crate::config::TaskKind;
+use crate::http::error::ApiError;
 use crate::tasks::sentiment::{Classification, TokenizedText};
-use crate::tasks::{Backend, TaskKind};
+use crate::tasks::Backend;
+use crate::tasks::TaskError;
 
 /// Most texts in one request.
 pub const MAX_TEXTS: usize = 64;
@@ -53,7 +55,7 @@ async fn sentiment(state: &AppState, name: &str, request: Request) -> Result<Jso
     let tokenizer = pool.task().clone();
     // Tokenising up to MAX_TEXTS long texts takes milliseconds: keep it off the async workers.
     let inputs = off_runtime("tokenisation", move || {
-        texts.iter().map(|text| tokenizer.tokenize(text)).collect::<Result<Vec<TokenizedText>, ApiError>>()
+        texts.iter().map(|text| tokenizer.tokenize(text)).collect::<Result<Vec<TokenizedText>, TaskError>>()
     })
     .await?;
 
@@ -67,7 +69,7 @@ async fn sentiment(state: &AppState, name: &str, request: Request) -> Result<Jso
 
 /// Exactly one of `text` and `texts`; 1 to MAX_TEXTS texts, each non-blank and at most MAX_TEXT_BYTES.
 fn validate(params: SentimentParams) -> Result<Vec<String>, ApiError> {
-    let invalid = |message: String| Err(ApiError::Validation(message));
+    let invalid = |message: String| Err(ApiError::validation(message));
     let (texts, field) = match (params.text, params.texts) {
         (Some(text), None) => (vec![text], None),
         (None, Some(texts)) => (texts, Some("texts")),

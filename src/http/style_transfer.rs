@@ -12,10 +12,12 @@ use bytes::Bytes;
 
 use super::body::{parse_params, read_multipart_images};
 use super::{decode_off_runtime, image_response, off_runtime, wrong_backend, AppState};
-use crate::error::ApiError;
+use crate::config::TaskKind;
+use crate::http::error::ApiError;
 use crate::tasks::image;
 use crate::tasks::style_transfer::{OptimizationJob, OptimizationParams};
-use crate::tasks::{Backend, TaskKind};
+use crate::tasks::Backend;
+use crate::tasks::TaskError;
 
 const CONTENT: &str = "content";
 const STYLE: &str = "style";
@@ -43,17 +45,17 @@ async fn style_transfer(state: &AppState, name: &str, request: Request) -> Resul
     let format = params.format.unwrap_or_default();
 
     pool.check_room()?;
-    let in_field = |field: &'static str| move |e: ApiError| e.map_message(|message| format!("{field}: {message}"));
+    let in_field = |field: &'static str| move |e: TaskError| e.map_message(|message| format!("{field}: {message}"));
     let probes = [
-        state.probe_image(&content_bytes).map_err(in_field(CONTENT))?,
-        state.probe_image(&style_bytes).map_err(in_field(STYLE))?,
+        image::probe(&content_bytes, state.limits.image).map_err(in_field(CONTENT))?,
+        image::probe(&style_bytes, state.limits.image).map_err(in_field(STYLE))?,
     ];
     let (content, style) = decode_off_runtime(state, &probes, move || {
         let prepare = |bytes: Bytes, probe, field| {
             let decoded = image::decode_probed(&bytes, probe).map_err(in_field(field))?;
-            Ok::<_, ApiError>(image::to_unit_tensor(&image::fit_within(decoded, settings.size)?))
+            Ok::<_, TaskError>(image::to_unit_tensor(&image::fit_within(decoded, settings.size)?))
         };
-        Ok((prepare(content_bytes, probes[0], CONTENT)?, prepare(style_bytes, probes[1], STYLE)?))
+        Ok::<_, TaskError>((prepare(content_bytes, probes[0], CONTENT)?, prepare(style_bytes, probes[1], STYLE)?))
     })
     .await?;
 

@@ -8,9 +8,10 @@ use serde::Deserialize;
 
 use super::body::read_image_upload;
 use super::{decode_off_runtime, image_response, off_runtime, wrong_backend, AppState};
-use crate::error::ApiError;
+use crate::config::TaskKind;
+use crate::http::error::ApiError;
 use crate::tasks::style::{OutputFormat, StylizeParams, Stylizer};
-use crate::tasks::{Backend, TaskKind};
+use crate::tasks::Backend;
 
 /// Names a style model by its full name or without the `style_` prefix (`?style=starry_night`).
 const STYLE_MODEL_PREFIX: &str = "style_";
@@ -29,7 +30,7 @@ pub async fn named(State(state): State<AppState>, Path(name): Path<String>, requ
     let result = async {
         let (image, params) = read_stylize_request(&state, request).await?;
         if params.style.is_some() {
-            return Err(ApiError::Validation(format!(
+            return Err(ApiError::validation(format!(
                 "style: only POST /v1/stylize takes it; this route already names the model `{name}`"
             )));
         }
@@ -78,7 +79,7 @@ fn style_model(state: &AppState, style: &str) -> Result<String, ApiError> {
             .filter(|entry| entry.spec().config.task == TaskKind::StyleTransfer)
             .map(|entry| entry.name.clone())
             .collect();
-        ApiError::NotFound(format!("style `{style}` does not exist; styles: {}", styles.join(", ")))
+        ApiError::not_found(format!("style `{style}` does not exist; styles: {}", styles.join(", ")))
     })
 }
 

@@ -10,8 +10,9 @@ use serde::Serialize;
 
 use super::{classify, generate, sentiment, style_transfer, stylize, AppState};
 use crate::config::ModelToml;
-use crate::engine::{device, ModelEntry, ModelState};
-use crate::tasks::TaskKind;
+use crate::config::TaskKind;
+use crate::engine::device;
+use crate::registry::{ModelEntry, ModelState};
 
 pub fn routes() -> Router<AppState> {
     Router::new()

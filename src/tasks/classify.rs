@@ -8,7 +8,7 @@ use tch::{Device, Tensor};
 use super::{check_label_count, image, softmax_rows};
 use crate::config::ImagePreprocessing;
 use crate::engine::{BatchTask, InferenceModule};
-use crate::error::ApiError;
+use crate::tasks::TaskError;
 
 pub const DEFAULT_TOP_K: i64 = 5;
 
@@ -27,20 +27,20 @@ pub struct Prediction {
 
 impl ImageClassifier {
     /// Decodes and preprocesses one image whose header `probe` checked. CPU work: call it off the async runtime.
-    pub fn prepare(&self, bytes: &[u8], probe: image::Probe) -> Result<Tensor, ApiError> {
+    pub fn prepare(&self, bytes: &[u8], probe: image::Probe) -> Result<Tensor, TaskError> {
         let decoded = image::decode_probed(bytes, probe)?;
         image::to_normalized_tensor(decoded, &self.preprocessing)
     }
 
     /// `top_k` must lie in 1..=number of labels; absent, it is 5 or the number of labels if fewer (a model
     /// fine-tuned onto two classes answers with both).
-    pub fn validate_top_k(&self, top_k: Option<i64>) -> Result<usize, ApiError> {
+    pub fn validate_top_k(&self, top_k: Option<i64>) -> Result<usize, TaskError> {
         let classes = self.labels.len();
         let top_k = top_k.unwrap_or(DEFAULT_TOP_K.min(classes as i64));
         usize::try_from(top_k)
             .ok()
             .filter(|k| (1..=classes).contains(k))
-            .ok_or_else(|| ApiError::Validation(format!("top_k must be between 1 and {classes}, got {top_k}")))
+            .ok_or_else(|| TaskError::Invalid(format!("top_k must be between 1 and {classes}, got {top_k}")))
     }
 
     /// The `top_k` most probable labels, most probable first.

@@ -9,7 +9,7 @@ use tch::{Device, Kind, Tensor};
 
 use super::style::OutputFormat;
 use crate::config::ImagePreprocessing;
-use crate::error::ApiError;
+use crate::tasks::TaskError;
 
 /// What an image may be before any memory is spent on its pixels (flags `--max-image-pixels` and
 /// `--max-image-aspect`).
@@ -51,42 +51,42 @@ const MAX_JPEG_SCANS: u32 = 500;
 
 /// Reads an image's format and dimensions from its header and checks them against `limits`: refused images
 /// cost no decoding and no allocation sized by what they claim.
-pub fn probe(bytes: &[u8], limits: ImageLimits) -> Result<Probe, ApiError> {
+pub fn probe(bytes: &[u8], limits: ImageLimits) -> Result<Probe, TaskError> {
     let reader = reader(bytes)?;
     let Some(format) = reader.format() else {
-        return Err(ApiError::BadRequest(
+        return Err(TaskError::Unreadable(
             "the image is not in a supported format: expected JPEG, PNG, WebP, GIF or BMP".into(),
         ));
     };
     let (width, height) = reader
         .into_dimensions()
-        .map_err(|e| ApiError::BadRequest(format!("the {format:?} image is corrupt or truncated: {e}")))?;
+        .map_err(|e| TaskError::Unreadable(format!("the {format:?} image is corrupt or truncated: {e}")))?;
     check_dimensions(width, height, limits)?;
     Ok(Probe { format, width, height })
 }
 
 /// A reader of `bytes` that has guessed their format from the magic bytes.
-fn reader(bytes: &[u8]) -> Result<ImageReader<Cursor<&[u8]>>, ApiError> {
+fn reader(bytes: &[u8]) -> Result<ImageReader<Cursor<&[u8]>>, TaskError> {
     ImageReader::new(Cursor::new(bytes))
         .with_guessed_format()
-        .map_err(|e| ApiError::BadRequest(format!("cannot read the image: {e}")))
+        .map_err(|e| TaskError::Unreadable(format!("cannot read the image: {e}")))
 }
 
 /// The pixel and aspect-ratio limits, in u64 so that no claimed size can overflow the check.
-pub fn check_dimensions(width: u32, height: u32, limits: ImageLimits) -> Result<(), ApiError> {
+pub fn check_dimensions(width: u32, height: u32, limits: ImageLimits) -> Result<(), TaskError> {
     let pixels = u64::from(width) * u64::from(height);
     if pixels > limits.max_pixels {
-        return Err(ApiError::PayloadTooLarge(format!(
+        return Err(TaskError::TooLarge(format!(
             "the image is {width}x{height} = {pixels} pixels; the limit is {} (--max-image-pixels)",
             limits.max_pixels
         )));
     }
     let (longer, shorter) = (u64::from(width.max(height)), u64::from(width.min(height)));
     if shorter == 0 {
-        return Err(ApiError::BadRequest(format!("the image is {width}x{height}: it has no pixels")));
+        return Err(TaskError::Unreadable(format!("the image is {width}x{height}: it has no pixels")));
     }
     if longer > shorter.saturating_mul(u64::from(limits.max_aspect)) {
-        return Err(ApiError::Validation(format!(
+        return Err(TaskError::Invalid(format!(
             "the image is {width}x{height}: its sides differ by more than {}:1 (--max-image-aspect)",
             limits.max_aspect
         )));
@@ -96,15 +96,15 @@ pub fn check_dimensions(width: u32, height: u32, limits: ImageLimits) -> Result<
 
 /// Decodes JPEG, PNG, WebP, GIF (first frame) or BMP, refusing images over `limits` before decoding them,
 /// so a small file that expands to gigabytes (a decompression bomb) costs nothing.
-pub fn decode(bytes: &[u8], limits: ImageLimits) -> Result<DynamicImage, ApiError> {
+pub fn decode(bytes: &[u8], limits: ImageLimits) -> Result<DynamicImage, TaskError> {
     decode_probed(bytes, probe(bytes, limits)?)
 }
 
 /// `decode` of an image whose header `probe` has read and checked already.
-pub fn decode_probed(bytes: &[u8], probe: Probe) -> Result<DynamicImage, ApiError> {
+pub fn decode_probed(bytes: &[u8], probe: Probe) -> Result<DynamicImage, TaskError> {
     let Probe { format, width, height } = probe;
     if format == ImageFormat::Jpeg && !jpeg_is_complete(bytes) {
-        return Err(ApiError::BadRequest(
+        return Err(TaskError::Unreadable(
             "the Jpeg image is corrupt or truncated: no end-of-image marker after its last scan".into(),
         ));
     }
@@ -112,7 +112,7 @@ pub fn decode_probed(bytes: &[u8], probe: Probe) -> Result<DynamicImage, ApiErro
         match decode_jpeg_with_libjpeg_turbo(bytes, probe, MAX_JPEG_SCANS) {
             Ok(Some(image)) => return Ok(image),
             Ok(None) => {} // libjpeg-turbo cannot convert some JPEGs to RGB (CMYK, for one): the image crate can.
-            Err(message) => return Err(ApiError::BadRequest(format!("the Jpeg image cannot be decoded: {message}"))),
+            Err(message) => return Err(TaskError::Unreadable(format!("the Jpeg image cannot be decoded: {message}"))),
         }
     }
     let mut limits = Limits::default();
@@ -121,7 +121,7 @@ pub fn decode_probed(bytes: &[u8], probe: Probe) -> Result<DynamicImage, ApiErro
     limits.max_alloc = Some(probe.decode_bytes());
     let mut decoder = reader(bytes)?;
     decoder.limits(limits);
-    decoder.decode().map_err(|e| ApiError::BadRequest(format!("the {format:?} image is corrupt or truncated: {e}")))
+    decoder.decode().map_err(|e| TaskError::Unreadable(format!("the {format:?} image is corrupt or truncated: {e}")))
 }
 
 /// libjpeg-turbo, as PIL and torchvision use it (ISLOW DCT, fancy upsampling): the same pixels the Python side
@@ -168,16 +168,16 @@ const MAX_RESIZED_PIXELS: u64 = 64_000_000;
 
 /// torchvision `Resize(n)` on a PIL image: the shorter side becomes n, the longer `int(n * long / short)`.
 /// Computed in u64 and refused, before anything is allocated, when the result would be too large.
-pub fn resized_dimensions(width: u32, height: u32, shorter: u32) -> Result<(u32, u32), ApiError> {
+pub fn resized_dimensions(width: u32, height: u32, shorter: u32) -> Result<(u32, u32), TaskError> {
     let (long, short) = (u64::from(width.max(height)), u64::from(width.min(height)));
     let too_large = || {
-        ApiError::Validation(format!(
+        TaskError::Invalid(format!(
             "the image is {width}x{height}: resizing its shorter side to {shorter} would make more than \
              {MAX_RESIZED_PIXELS} pixels"
         ))
     };
     if short == 0 {
-        return Err(ApiError::BadRequest(format!("the image is {width}x{height}: it has no pixels")));
+        return Err(TaskError::Unreadable(format!("the image is {width}x{height}: it has no pixels")));
     }
     let scaled = u64::from(shorter) * long / short;
     if scaled.saturating_mul(u64::from(shorter)) > MAX_RESIZED_PIXELS {
@@ -193,7 +193,7 @@ pub fn center_crop_offset(size: u32, crop: u32) -> u32 {
 }
 
 /// Resize (bilinear with antialiasing, as PIL does), centre crop and normalise into a `[3, crop, crop]` tensor.
-pub fn to_normalized_tensor(image: DynamicImage, prep: &ImagePreprocessing) -> Result<Tensor, ApiError> {
+pub fn to_normalized_tensor(image: DynamicImage, prep: &ImagePreprocessing) -> Result<Tensor, TaskError> {
     let cropped = resize_and_crop(image, prep)?;
     let plane = (prep.crop * prep.crop) as usize;
     let mut chw = vec![0f32; 3 * plane];
@@ -210,7 +210,7 @@ pub fn to_normalized_tensor(image: DynamicImage, prep: &ImagePreprocessing) -> R
 
 /// torchvision's `Resize(prep.resize)` then `CenterCrop(prep.crop)`, as 8-bit RGB (training keeps its images so,
 /// a quarter of the memory of normalised floats).
-pub fn resize_and_crop(image: DynamicImage, prep: &ImagePreprocessing) -> Result<RgbImage, ApiError> {
+pub fn resize_and_crop(image: DynamicImage, prep: &ImagePreprocessing) -> Result<RgbImage, TaskError> {
     let rgb: RgbImage = image.into_rgb8(); // no copy when it already is 8-bit RGB
     let (width, height) = rgb.dimensions();
     let (new_width, new_height) = resized_dimensions(width, height, prep.resize)?;
@@ -225,8 +225,8 @@ pub fn resize_and_crop(image: DynamicImage, prep: &ImagePreprocessing) -> Result
 
 /// PIL's BILINEAR resize: a triangle kernel widened by the scale factor when shrinking (antialiasing), in
 /// fixed point. fast_image_resize implements the same convolution with SIMD, about 10x faster than `image`'s.
-fn resize_bilinear(rgb: RgbImage, width: u32, height: u32) -> Result<RgbImage, ApiError> {
-    let internal = |e: &dyn std::fmt::Display| ApiError::Internal(format!("resizing the image failed: {e}"));
+fn resize_bilinear(rgb: RgbImage, width: u32, height: u32) -> Result<RgbImage, TaskError> {
+    let internal = |e: &dyn std::fmt::Display| TaskError::Failed(format!("resizing the image failed: {e}"));
     let (source_width, source_height) = rgb.dimensions();
     let source = fir::images::Image::from_vec_u8(source_width, source_height, rgb.into_raw(), fir::PixelType::U8x3)
         .map_err(|e| internal(&e))?;
@@ -237,7 +237,7 @@ fn resize_bilinear(rgb: RgbImage, width: u32, height: u32) -> Result<RgbImage, A
 }
 
 /// Scales an image down so that its longer side is at most `max_side` (aspect kept; never scaled up).
-pub fn fit_within(image: DynamicImage, max_side: u32) -> Result<RgbImage, ApiError> {
+pub fn fit_within(image: DynamicImage, max_side: u32) -> Result<RgbImage, TaskError> {
     let rgb = image.into_rgb8();
     let (width, height) = rgb.dimensions();
     let longer = width.max(height);
@@ -260,8 +260,8 @@ pub fn to_unit_tensor(rgb: &RgbImage) -> Tensor {
 }
 
 /// The reverse of `to_unit_tensor`: values are clamped to 0..1 and rounded to 8 bits.
-pub fn from_unit_tensor(tensor: &Tensor) -> Result<RgbImage, ApiError> {
-    let internal = |e: &dyn std::fmt::Display| ApiError::Internal(format!("converting the output image failed: {e}"));
+pub fn from_unit_tensor(tensor: &Tensor) -> Result<RgbImage, TaskError> {
+    let internal = |e: &dyn std::fmt::Display| TaskError::Failed(format!("converting the output image failed: {e}"));
     let size = tensor.size();
     let [3, height, width] = size[..] else {
         return Err(internal(&format!("expected a [3, H, W] image, got shape {size:?}")));
@@ -276,8 +276,8 @@ pub fn from_unit_tensor(tensor: &Tensor) -> Result<RgbImage, ApiError> {
 }
 
 /// PNG (fast compression: the network's output has little to gain from more) or JPEG at quality 90.
-pub fn encode(rgb: &RgbImage, format: OutputFormat) -> Result<Vec<u8>, ApiError> {
-    let internal = |e: &dyn std::fmt::Display| ApiError::Internal(format!("encoding the {format:?} image failed: {e}"));
+pub fn encode(rgb: &RgbImage, format: OutputFormat) -> Result<Vec<u8>, TaskError> {
+    let internal = |e: &dyn std::fmt::Display| TaskError::Failed(format!("encoding the {format:?} image failed: {e}"));
     match format {
         OutputFormat::Png => {
             let mut png = Vec::new();
@@ -324,7 +324,7 @@ mod tests {
     #[test]
     fn a_resize_that_would_explode_is_refused_before_allocating() {
         let err = resized_dimensions(1, 1_000_000, 256).unwrap_err();
-        assert!(matches!(&err, ApiError::Validation(m) if m.contains("1x1000000")), "{err:?}");
+        assert!(matches!(&err, TaskError::Invalid(m) if m.contains("1x1000000")), "{err:?}");
         assert!(resized_dimensions(u32::MAX, 1, 8192).is_err());
         assert!(resized_dimensions(0, 5, 256).is_err());
     }
@@ -339,11 +339,11 @@ mod tests {
         };
         for (w, h) in [(1, 1_000_000), (1_000_000, 1), (33, 1)] {
             let err = decode(&png(w, h), limits).unwrap_err();
-            assert!(matches!(&err, ApiError::Validation(m) if m.contains("--max-image-aspect")), "{err:?}");
+            assert!(matches!(&err, TaskError::Invalid(m) if m.contains("--max-image-aspect")), "{err:?}");
         }
         assert!(decode(&png(32, 1), limits).is_ok());
         let err = probe(&png(2000, 1001), limits).unwrap_err();
-        assert!(matches!(err, ApiError::PayloadTooLarge(_)), "{err:?}");
+        assert!(matches!(err, TaskError::TooLarge(_)), "{err:?}");
         let probed = probe(&png(100, 50), limits).unwrap();
         assert_eq!((probed.width, probed.height), (100, 50));
         assert_eq!(probed.decode_bytes(), 100 * 50 * 8 + DECODER_SCRATCH_BYTES);
@@ -400,7 +400,7 @@ mod tests {
         let mut png = Vec::new();
         image::RgbImage::new(300, 200).write_to(&mut Cursor::new(&mut png), image::ImageFormat::Png).unwrap();
         match decode(&png, ImageLimits { max_pixels: 50_000, max_aspect: 32 }) {
-            Err(ApiError::PayloadTooLarge(message)) => assert!(message.contains("300x200"), "{message}"),
+            Err(TaskError::TooLarge(message)) => assert!(message.contains("300x200"), "{message}"),
             other => panic!("expected 413, got {other:?}"),
         }
         assert!(decode(&png, ImageLimits { max_pixels: 60_000, max_aspect: 32 }).is_ok());
@@ -413,14 +413,14 @@ mod tests {
             .write_to(&mut Cursor::new(&mut jpeg), ImageFormat::Jpeg)
             .unwrap();
         assert!(decode(&jpeg, ImageLimits::TRAINING).is_ok());
-        assert!(matches!(decode(&jpeg[..jpeg.len() - 40], ImageLimits::TRAINING), Err(ApiError::BadRequest(_))));
+        assert!(matches!(decode(&jpeg[..jpeg.len() - 40], ImageLimits::TRAINING), Err(TaskError::Unreadable(_))));
     }
 
     #[test]
     fn truncated_and_foreign_bytes_are_bad_requests() {
         let mut png = Vec::new();
         image::RgbImage::new(64, 64).write_to(&mut Cursor::new(&mut png), image::ImageFormat::Png).unwrap();
-        assert!(matches!(decode(&png[..png.len() / 2], ImageLimits::TRAINING), Err(ApiError::BadRequest(_))));
-        assert!(matches!(decode(b"hello, world", ImageLimits::TRAINING), Err(ApiError::BadRequest(_))));
+        assert!(matches!(decode(&png[..png.len() / 2], ImageLimits::TRAINING), Err(TaskError::Unreadable(_))));
+        assert!(matches!(decode(b"hello, world", ImageLimits::TRAINING), Err(TaskError::Unreadable(_))));
     }
 }

@@ -1,6 +1,7 @@
 //! One module per task: how a request becomes tensors and tensors become a response.
 
 pub mod classify;
+mod error;
 pub mod generate;
 pub mod image;
 pub mod sentiment;
@@ -8,64 +9,18 @@ pub mod style;
 pub mod style_transfer;
 pub mod tensor;
 
-use std::fmt;
+use std::sync::Arc;
 
 use anyhow::{ensure, Context};
 use tch::{Device, Kind, Tensor};
 
-use serde::Deserialize;
-
-/// The task a model performs, as named by `task = "..."` in model.toml.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize, serde::Serialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum TaskKind {
-    ImageClassification,
-    TextClassification,
-    TextGeneration,
-    StyleTransfer,
-    StyleFeatures,
-    Tensor,
-}
-
-impl TaskKind {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            TaskKind::ImageClassification => "image-classification",
-            TaskKind::TextClassification => "text-classification",
-            TaskKind::TextGeneration => "text-generation",
-            TaskKind::StyleTransfer => "style-transfer",
-            TaskKind::StyleFeatures => "style-features",
-            TaskKind::Tensor => "tensor",
-        }
-    }
-
-    pub fn needs_image_preprocessing(self) -> bool {
-        matches!(self, TaskKind::ImageClassification)
-    }
-
-    /// Tasks whose models need a `tokenizer.json` beside model.toml.
-    pub fn needs_tokenizer(self) -> bool {
-        matches!(self, TaskKind::TextClassification)
-    }
-
-    /// Tasks whose models need a `labels.txt` beside model.toml.
-    pub fn needs_labels(self) -> bool {
-        matches!(self, TaskKind::ImageClassification | TaskKind::TextClassification)
-    }
-}
-
-impl fmt::Display for TaskKind {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-use std::sync::Arc;
-
-use crate::engine::{EngineError, GenerationEngine, WorkerPool, WorkerSpec};
-use crate::error::ApiError;
+use crate::config::TaskKind;
+use crate::engine::{EngineError, WorkerPool, WorkerSpec};
 use crate::metrics::Metrics;
 use crate::repository::ModelSpec;
+use crate::signature::Signature;
+pub use error::TaskError;
+use generate::GenerationEngine;
 
 /// A loaded model's execution backend, by task. Adding a task adds a variant here and its module above.
 pub enum Backend {
@@ -144,7 +99,7 @@ impl Backend {
 
     /// The model-level tensors of `spec` as this backend serves them: a text classifier's token ids are bounded
     /// by its tokenizer's vocabulary, which only the loaded tokenizer knows.
-    pub fn signature(&self, spec: &ModelSpec) -> tensor::Signature {
+    pub fn signature(&self, spec: &ModelSpec) -> Signature {
         let mut signature = tensor::signature(spec);
         if let Backend::TextClassification(pool) = self {
             signature.bound_token_ids("input_ids", pool.task().vocabulary_size(), "the tokenizer's vocabulary");
@@ -173,21 +128,21 @@ pub fn integer_in_range(
     default: usize,
     min: usize,
     max: usize,
-) -> Result<usize, ApiError> {
+) -> Result<usize, TaskError> {
     let value = value.unwrap_or(default as i64);
     usize::try_from(value)
         .ok()
         .filter(|v| (min..=max).contains(v))
-        .ok_or_else(|| ApiError::Validation(format!("{name} must be between {min} and {max}, got {value}")))
+        .ok_or_else(|| TaskError::Invalid(format!("{name} must be between {min} and {max}, got {value}")))
 }
 
 /// A request's number parameter, or `default` when absent, if it lies in `min..=max`; else a 422 as above.
-pub fn number_in_range(name: &str, value: Option<f64>, default: f64, min: f64, max: f64) -> Result<f64, ApiError> {
+pub fn number_in_range(name: &str, value: Option<f64>, default: f64, min: f64, max: f64) -> Result<f64, TaskError> {
     let value = value.unwrap_or(default);
     if (min..=max).contains(&value) {
         Ok(value)
     } else {
-        Err(ApiError::Validation(format!("{name} must be between {min} and {max}, got {value}")))
+        Err(TaskError::Invalid(format!("{name} must be between {min} and {max}, got {value}")))
     }
 }
 

@@ -11,7 +11,7 @@ use tokenizers::{Tokenizer, TruncationParams};
 
 use super::{check_label_count, softmax_rows};
 use crate::engine::{BatchTask, InferenceModule};
-use crate::error::ApiError;
+use crate::tasks::TaskError;
 
 /// Warm-up input: a sentence-sized run of some token id (any id within every vocabulary).
 const WARMUP_TOKEN: i64 = 1;
@@ -60,8 +60,8 @@ impl TextClassifier {
         Ok((encoding.get_ids().to_vec(), encoding.get_attention_mask().to_vec()))
     }
 
-    pub fn tokenize(&self, text: &str) -> Result<TokenizedText, ApiError> {
-        let (ids, _) = self.encode(text).map_err(ApiError::Validation)?;
+    pub fn tokenize(&self, text: &str) -> Result<TokenizedText, TaskError> {
+        let (ids, _) = self.encode(text).map_err(TaskError::Invalid)?;
         Ok(TokenizedText(ids.into_iter().map(i64::from).collect()))
     }
 

@@ -8,7 +8,7 @@ use super::image as pixels;
 use super::{integer_in_range, number_in_range};
 use crate::config::StylizeConfig;
 use crate::engine::{BatchTask, InferenceModule};
-use crate::error::ApiError;
+use crate::tasks::TaskError;
 
 /// The side of the square images the workers warm up with.
 const WARMUP_SIDE: i64 = 256;
@@ -47,7 +47,7 @@ impl StylizeParams {
         max_size: Option<i64>,
         format: Option<OutputFormat>,
         config: &StylizeConfig,
-    ) -> Result<StylizeParams, ApiError> {
+    ) -> Result<StylizeParams, TaskError> {
         let strength = number_in_range("strength", strength, 1.0, 0.0, 1.0)?;
         let max_size = integer_in_range(
             "max_size",
@@ -69,12 +69,12 @@ pub struct Stylizer {
 impl Stylizer {
     /// Decodes an image whose header `probe` checked and scales it so that its longer side is at most `max_size`. CPU work: call it off the
     /// async runtime. The tensor is both the network's input and the original that `finish` blends with.
-    pub fn prepare(bytes: &[u8], probe: pixels::Probe, max_size: u32) -> Result<Tensor, ApiError> {
+    pub fn prepare(bytes: &[u8], probe: pixels::Probe, max_size: u32) -> Result<Tensor, TaskError> {
         let image = pixels::decode_probed(bytes, probe)?;
         let rgb = pixels::fit_within(image, max_size)?;
         let (width, height) = rgb.dimensions();
         if width.min(height) < MIN_SIDE {
-            return Err(ApiError::Validation(format!(
+            return Err(TaskError::Invalid(format!(
                 "the image is {width}x{height} after scaling to max_size {max_size}; both sides must be at least {MIN_SIDE} pixels"
             )));
         }
@@ -82,7 +82,7 @@ impl Stylizer {
     }
 
     /// `original + strength * (styled - original)`, encoded. CPU work: call it off the async runtime.
-    pub fn finish(original: &Tensor, styled: &Tensor, params: StylizeParams) -> Result<Vec<u8>, ApiError> {
+    pub fn finish(original: &Tensor, styled: &Tensor, params: StylizeParams) -> Result<Vec<u8>, TaskError> {
         let blended =
             if params.strength >= 1.0 { styled.shallow_clone() } else { original.lerp(styled, params.strength) };
         pixels::encode(&pixels::from_unit_tensor(&blended)?, params.format)

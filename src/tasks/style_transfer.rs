@@ -19,7 +19,7 @@ use super::style::OutputFormat;
 use super::{integer_in_range, number_in_range};
 use crate::config::OptimizationConfig;
 use crate::engine::{BatchTask, InferenceModule};
-use crate::error::ApiError;
+use crate::tasks::TaskError;
 
 /// The smallest working size: below it the deepest style maps are a pixel or two.
 const MIN_SIZE: u32 = 32;
@@ -51,7 +51,7 @@ pub struct OptimizationSettings {
 }
 
 impl OptimizationParams {
-    pub fn validate(&self, config: &OptimizationConfig) -> Result<OptimizationSettings, ApiError> {
+    pub fn validate(&self, config: &OptimizationConfig) -> Result<OptimizationSettings, TaskError> {
         let steps = integer_in_range("steps", self.steps, config.default_steps, 1, config.max_steps)?;
         let size = integer_in_range(
             "size",
@@ -65,7 +65,7 @@ impl OptimizationParams {
         let style_weight = weight("style_weight", self.style_weight, config.default_style_weight)?;
         let content_weight = weight("content_weight", self.content_weight, config.default_content_weight)?;
         if style_weight == 0.0 && content_weight == 0.0 {
-            return Err(ApiError::Validation("style_weight and content_weight cannot both be 0".into()));
+            return Err(TaskError::Invalid("style_weight and content_weight cannot both be 0".into()));
         }
         Ok(OptimizationSettings {
             steps,

@@ -92,7 +92,7 @@ fn cancel_on_signal(cancel: Cancel) {
     std::thread::spawn(move || {
         let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build();
         if let Ok(runtime) = runtime {
-            runtime.block_on(crate::server::shutdown_signal());
+            runtime.block_on(crate::shutdown::shutdown_signal());
             cancel.cancel();
         }
     });

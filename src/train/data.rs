@@ -9,7 +9,7 @@ use ::image::{DynamicImage, GrayImage};
 
 use super::TrainError;
 use crate::config::ImagePreprocessing;
-use crate::tasks::generate::Rng;
+use crate::rng::Rng;
 use crate::tasks::image;
 
 const IMAGE_EXTENSIONS: [&str; 6] = ["jpg", "jpeg", "png", "webp", "bmp", "gif"];

@@ -18,9 +18,9 @@ use serde_json::json;
 use tch::Device;
 
 use crate::config::ImagePreprocessing;
+use crate::config::TaskKind;
 use crate::repository::{ModelSpec, Repository, VersionToml};
 use crate::tasks::sentiment::TextClassifier;
-use crate::tasks::TaskKind;
 use data::{Images, Labelled};
 pub use driver::{Cancel, Fitted};
 use model::TrainableModel;
@@ -45,7 +45,7 @@ pub enum TrainError {
     Cancelled,
     #[error("{context}: {source}")]
     Io { context: String, source: std::io::Error },
-    #[error("libtorch: {}", crate::engine::pool::torch_error_summary(&.0.to_string()))]
+    #[error("libtorch: {}", crate::engine::torch_error_summary(&.0.to_string()))]
     Torch(#[from] tch::TchError),
 }
 

@@ -187,7 +187,7 @@ impl Objective for NextByte {
     fn loss(&mut self, model: &TrainableModel, batch: &[usize]) -> Result<Tensor, TrainError> {
         let span = self.sequence_length + 1;
         let last_start = self.train_text.len().saturating_sub(span);
-        let mut rng = crate::tasks::generate::Rng::new(self.seed ^ self.draws.wrapping_mul(0x9E37_79B9));
+        let mut rng = crate::rng::Rng::new(self.seed ^ self.draws.wrapping_mul(0x9E37_79B9));
         self.draws += 1;
         let windows: Vec<&[u8]> = batch
             .iter()

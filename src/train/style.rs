@@ -16,7 +16,7 @@ use super::model::TrainableModel;
 use super::progress::Evaluation;
 use super::TrainError;
 use crate::config::ImagePreprocessing;
-use crate::tasks::generate::Rng;
+use crate::rng::Rng;
 use crate::tasks::image;
 use crate::tasks::style_transfer::{gram, relative_gram_distance, total_variation};
 

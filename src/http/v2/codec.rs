@@ -10,10 +10,10 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use tch::{Kind, Tensor};
 
-use crate::error::ApiError;
-use crate::tasks::tensor::{DataType, Signature, TensorSpec};
+use crate::http::error::ApiError;
+use crate::signature::{DataType, Signature, TensorSpec};
 #[cfg(test)]
-use crate::tasks::tensor::{InputBounds, Limit, ValueRange};
+use crate::signature::{InputBounds, Limit, ValueRange};
 
 /// The header that says how long the JSON part of a binary body is.
 pub const HEADER_LENGTH: &str = "inference-header-content-length";
@@ -59,7 +59,7 @@ pub struct Decoded {
 }
 
 fn bad(message: String) -> ApiError {
-    ApiError::BadRequest(message)
+    ApiError::bad_request(message)
 }
 
 /// Reads an infer body: all JSON, or (with `header_length`) a JSON header followed by binary tensor data.
@@ -87,12 +87,12 @@ pub fn decode(body: &[u8], header_length: Option<usize>, signature: &Signature) 
         // Before any data is read into a tensor: the shape is the client's word, and sizes the work.
         bounds
             .check_shape(&input.shape)
-            .map_err(|message| ApiError::PayloadTooLarge(format!("input `{}`: {message}", input.name)))?;
+            .map_err(|message| ApiError::payload_too_large(format!("input `{}`: {message}", input.name)))?;
         let tensor = decode_input(input, &signature.inputs[index], &mut binary)
             .map_err(|message| bad(format!("input `{}`: {message}", input.name)))?;
         bounds
             .check_values(&tensor)
-            .map_err(|message| ApiError::Validation(format!("input `{}`: {message}", input.name)))?;
+            .map_err(|message| ApiError::validation(format!("input `{}`: {message}", input.name)))?;
         inputs[index] = Some(tensor);
     }
     if !binary.is_empty() {
@@ -297,7 +297,7 @@ fn check_answer_size(
         total.saturating_add(outputs[choice.index].numel().saturating_mul(per_element))
     });
     if bytes > max_bytes {
-        return Err(ApiError::PayloadTooLarge(format!(
+        return Err(ApiError::payload_too_large(format!(
             "the answer would take up to {bytes} bytes; the limit is {max_bytes} (--max-response-bytes): send fewer \
              rows, ask for fewer outputs, or ask for binary data"
         )));
@@ -316,7 +316,7 @@ pub fn encode(
 ) -> Result<Encoded, ApiError> {
     check_answer_size(signature, outputs, wanted, max_bytes)?;
     let Answer { model, version, id } = answer;
-    let internal = |e: tch::TchError| ApiError::Internal(format!("reading the model's outputs: {e}"));
+    let internal = |e: tch::TchError| ApiError::internal(format!("reading the model's outputs: {e}"));
     let mut binary = BytesMut::new();
     let mut entries = Vec::with_capacity(wanted.len());
     for choice in wanted {
@@ -336,7 +336,7 @@ pub fn encode(
         entries.push(ResponseOutput { name: &spec.name, datatype: spec.datatype, shape, parameters, data });
     }
     let response = InferResponse { model_name: model, model_version: version.to_string(), id, outputs: entries };
-    let json = serde_json::to_vec(&response).map_err(|e| ApiError::Internal(format!("encoding the answer: {e}")))?;
+    let json = serde_json::to_vec(&response).map_err(|e| ApiError::internal(format!("encoding the answer: {e}")))?;
     if binary.is_empty() && !wanted.iter().any(|w| w.binary) {
         return Ok(Encoded { body: json.into(), header_length: None });
     }
@@ -371,6 +371,7 @@ fn json_data(tensor: &Tensor, datatype: DataType) -> Result<TensorData, tch::Tch
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::http::error::ErrorKind;
 
     fn who(id: Option<&str>) -> Answer<'_> {
         Answer { model: "m", version: 1, id }
@@ -389,24 +390,26 @@ mod tests {
         assert!(decode(&body(&[2, 5], serde_json::json!(vec![0; 10])), None, &sig).is_ok());
         // The shape is refused before the data is even counted (the claim says 2^40 rows, the data holds 2).
         match decode(&body(&[1 << 40, 1], serde_json::json!([1, 2])), None, &sig) {
-            Err(ApiError::PayloadTooLarge(m)) => {
+            Err(ApiError { kind: ErrorKind::PayloadTooLarge, message: m, .. }) => {
                 assert!(m.contains("input `x`") && m.contains("batching.max_request_rows"), "{m}")
             }
             other => panic!("{:?}", other.map(|_| ())),
         }
         match decode(&body(&[1, 9], serde_json::json!(vec![0; 9])), None, &sig) {
-            Err(ApiError::PayloadTooLarge(m)) => {
+            Err(ApiError { kind: ErrorKind::PayloadTooLarge, message: m, .. }) => {
                 assert!(m.contains("dimension 1") && m.contains("is 9") && m.contains("text.max_tokens"), "{m}")
             }
             other => panic!("{:?}", other.map(|_| ())),
         }
         match decode(&body(&[2, 6], serde_json::json!(vec![0; 12])), None, &sig) {
-            Err(ApiError::PayloadTooLarge(m)) => assert!(m.contains("12 elements") && m.contains("limit is 10"), "{m}"),
+            Err(ApiError { kind: ErrorKind::PayloadTooLarge, message: m, .. }) => {
+                assert!(m.contains("12 elements") && m.contains("limit is 10"), "{m}")
+            }
             other => panic!("{:?}", other.map(|_| ())),
         }
         for bad_id in [256, -1] {
             match decode(&body(&[1, 2], serde_json::json!([7, bad_id])), None, &sig) {
-                Err(ApiError::Validation(m)) => {
+                Err(ApiError { kind: ErrorKind::Validation, message: m, .. }) => {
                     assert!(m.contains(&format!("value {bad_id}")) && m.contains("0..=255"), "{m}")
                 }
                 other => panic!("{:?}", other.map(|_| ())),
@@ -420,7 +423,10 @@ mod tests {
         let outputs = [Tensor::zeros([1000], (Kind::Float, tch::Device::Cpu))];
         let json = [WantedOutput { index: 0, binary: false }];
         let binary = [WantedOutput { index: 0, binary: true }];
-        assert!(matches!(encode(who(None), &sig, &outputs, &json, 4000), Err(ApiError::PayloadTooLarge(_))));
+        assert!(matches!(
+            encode(who(None), &sig, &outputs, &json, 4000),
+            Err(ApiError { kind: ErrorKind::PayloadTooLarge, .. })
+        ));
         assert!(encode(who(None), &sig, &outputs, &binary, 4000).is_ok());
         assert!(encode(who(None), &sig, &outputs, &json, 21_000).is_ok());
     }

@@ -1,7 +1,7 @@
 //! Open Inference Protocol (KServe v2): server metadata, liveness and readiness, model metadata and readiness,
 //! inference (JSON and the binary tensor data extension), and the model repository extension (admin token).
 //!
-//! Every model answers here with its model-level tensors (`tasks::tensor::signature`); requests join the same
+//! Every model answers here with its model-level tensors (`tasks::tensor::signature`, the `signature` module's types); requests join the same
 //! per-model queue and batches as the REST routes.
 
 pub(crate) mod codec;
@@ -20,9 +20,9 @@ use serde_json::{json, Value};
 use super::body::{positive_integer, read_limited};
 use super::ops::readiness;
 use super::{off_runtime, serving, AppState};
-use crate::engine::registry::Loaded;
-use crate::engine::ModelState;
-use crate::error::ApiError;
+use crate::http::error::ApiError;
+use crate::registry::Loaded;
+use crate::registry::ModelState;
 use crate::tasks::tensor;
 
 /// The protocol extensions ember implements (`GET /v2`).
@@ -82,7 +82,7 @@ fn metadata(state: &AppState, name: &str, version: Option<u64>) -> Result<Json<V
     let version = match version.or_else(|| spec.served_version()) {
         Some(version) if spec.versions.contains(&version) => version,
         other => {
-            return Err(ApiError::NotFound(format!(
+            return Err(ApiError::not_found(format!(
                 "model `{name}` has no version {}; versions: {:?}",
                 other.map_or("to serve".to_string(), |v| v.to_string()),
                 spec.versions
@@ -93,7 +93,7 @@ fn metadata(state: &AppState, name: &str, version: Option<u64>) -> Result<Json<V
     // image size may differ from the model's: a fine-tune).
     let signature = match served(state, name, Some(version)) {
         Ok(loaded) => loaded.signature.clone(),
-        Err(_) => tensor::signature(&spec.at_version(version).map_err(|e| ApiError::Unavailable(e.to_string()))?),
+        Err(_) => tensor::signature(&spec.at_version(version).map_err(|e| ApiError::unavailable(e.to_string()))?),
     };
     Ok(Json(json!({
         "name": name,
@@ -123,13 +123,13 @@ async fn model_version_ready(
 fn served(state: &AppState, name: &str, version: Option<u64>) -> Result<Arc<Loaded>, ApiError> {
     let current = state.model(name)?.current();
     if let Some(version) = version.filter(|v| !current.spec.versions.contains(v)) {
-        return Err(ApiError::NotFound(format!(
+        return Err(ApiError::not_found(format!(
             "model `{name}` has no version {version}; versions: {:?}",
             current.spec.versions
         )));
     }
     match (&current.state, version) {
-        (ModelState::Ready(loaded), Some(version)) if loaded.version != version => Err(ApiError::Unavailable(format!(
+        (ModelState::Ready(loaded), Some(version)) if loaded.version != version => Err(ApiError::unavailable(format!(
             "model `{name}` serves version {}, not version {version}",
             loaded.version
         ))),
@@ -160,7 +160,7 @@ async fn run_infer(state: &AppState, name: &str, version: Option<u64>, request: 
     let header_length = match parts.headers.get(codec::HEADER_LENGTH) {
         None => None,
         Some(value) => Some(value.to_str().ok().and_then(|v| v.trim().parse::<usize>().ok()).ok_or_else(|| {
-            ApiError::BadRequest(format!("{} must be a byte count, got {value:?}", codec::HEADER_LENGTH))
+            ApiError::bad_request(format!("{} must be a byte count, got {value:?}", codec::HEADER_LENGTH))
         })?),
     };
     let body = read_limited(body, &parts.headers, state.limits.body).await?;
@@ -172,7 +172,7 @@ async fn run_infer(state: &AppState, name: &str, version: Option<u64>, request: 
     let outputs = loaded.backend.infer_tensors(decoded.inputs, state.limits.request_timeout).await?;
     let signature = &loaded.signature;
     if outputs.len() != signature.outputs.len() {
-        return Err(ApiError::Internal(format!(
+        return Err(ApiError::internal(format!(
             "model `{name}` returned {} tensors; its signature has {} outputs",
             outputs.len(),
             signature.outputs.len()

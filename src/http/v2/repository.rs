@@ -11,8 +11,8 @@ use serde_json::{json, Value};
 use super::super::admin::{load, require_token, unload};
 use super::super::body::{parse_params, read_limited};
 use super::AppState;
-use crate::engine::ModelState;
-use crate::error::ApiError;
+use crate::http::error::ApiError;
+use crate::registry::ModelState;
 
 pub fn routes(state: AppState) -> Router<AppState> {
     Router::new()
@@ -40,13 +40,11 @@ async fn index(State(state): State<AppState>, request: Request) -> Result<Json<V
         match serde_json::from_slice::<Value>(&body) {
             Ok(Value::Object(params)) => params,
             _ => {
-                return Err(ApiError::BadRequest(
-                    "the index request must be a JSON object such as {\"ready\": true}".into(),
-                ))
+                return Err(ApiError::bad_request("the index request must be a JSON object such as {\"ready\": true}"))
             }
         }
     };
-    let request: IndexRequest = parse_params(params).map_err(|e| ApiError::BadRequest(e.to_string()))?;
+    let request: IndexRequest = parse_params(params).map_err(|e| ApiError::bad_request(e.to_string()))?;
     let mut names = state.registry.names();
     names.sort();
     let mut models = Vec::with_capacity(names.len());

@@ -14,12 +14,14 @@ use std::time::{Duration, Instant};
 use tch::{Device, Kind, Tensor};
 use tokio::sync::{mpsc, oneshot};
 
-use super::batcher::{BatchPolicy, Batcher, Next};
-use super::pool::{panic_message, torch_error_summary};
-use super::{EngineError, InferenceModule, WorkerSpec};
+use super::{FinishReason, GenerationRequest, Sampler, TextDecoder, VOCABULARY};
 use crate::config::GenerationConfig;
+use crate::engine::batcher::{BatchPolicy, Batcher, Next};
+use crate::engine::{
+    forward_batched, load_reporting, panic_message, retired, torch_error_summary, EngineError, InferenceModule,
+    WorkerSpec,
+};
 use crate::metrics::{GenerationMetrics, ModelMetrics};
-use crate::tasks::generate::{FinishReason, GenerationRequest, Sampler, TextDecoder, VOCABULARY};
 
 /// What a sequence's caller receives, in order: tokens, then `Done` or `Error`.
 #[derive(Debug)]
@@ -195,14 +197,14 @@ impl Drop for GenerationEngine {
     fn drop(&mut self) {
         self.shared.lock().closed = true;
         self.shared.wake.notify_all();
-        super::retired::keep(self.thread.lock().unwrap_or_else(PoisonError::into_inner).take());
+        retired::keep(self.thread.lock().unwrap_or_else(PoisonError::into_inner).take());
     }
 }
 
 fn scheduler_main(shared: &Shared, ready: std::sync::mpsc::Sender<Result<(), String>>) {
     let _no_grad = tch::no_grad_guard();
     tch::set_num_threads(shared.spec.sizing.intra_op_threads as i32);
-    let Some(model) = super::load_reporting(ready, || load_and_warm_up(shared)) else {
+    let Some(model) = load_reporting(ready, || load_and_warm_up(shared)) else {
         return;
     };
     let mut active: Vec<Sequence> = Vec::new();
@@ -236,7 +238,7 @@ fn run_tensor_job(shared: &Shared, model: &InferenceModule, job: TensorJob) {
     let started = Instant::now();
     shared.metrics.queue_duration.observe(started.duration_since(job.enqueued_at).as_secs_f64());
     let result = std::panic::catch_unwind(AssertUnwindSafe(|| {
-        crate::tasks::tensor::forward_batched(model, shared.spec.device, vec![job.inputs]).pop()
+        forward_batched(model, shared.spec.device, vec![job.inputs]).pop()
     }))
     .unwrap_or_else(|panic| Some(Err(format!("panic: {}", panic_message(&panic)))))
     .unwrap_or_else(|| Err("the request was not run".into()));

@@ -1,13 +1,18 @@
 //! Text generation: request validation, sampling (temperature, top-k, top-p, seeded), stop sequences and
-//! turning byte tokens back into text. The scheduler that advances sequences is `engine::generation`.
+//! turning byte tokens back into text. The scheduler that advances sequences is `scheduler`.
 //!
 //! Tokens are bytes (vocabulary 256): any prompt can be encoded, and the default model was trained on ASCII text,
 //! where a byte is a character.
 
+mod scheduler;
+
+pub use scheduler::{GenerationEngine, GenerationEvent};
+
 use serde::{Deserialize, Serialize};
 
 use crate::config::GenerationConfig;
-use crate::error::ApiError;
+use crate::rng::Rng;
+use crate::tasks::TaskError;
 
 pub const VOCABULARY: usize = 256;
 pub const MAX_STOP_SEQUENCES: usize = 4;
@@ -56,8 +61,8 @@ pub const DEFAULT_TEMPERATURE: f64 = 0.8;
 impl GenerateRequest {
     /// Checks every field against its range; errors name the field, the allowed range and the value.
     /// A request without a seed gets `fallback_seed`, which the response reports so the output can be reproduced.
-    pub fn validate(self, limits: &GenerationConfig, fallback_seed: u64) -> Result<GenerationRequest, ApiError> {
-        let invalid = |message: String| Err(ApiError::Validation(message));
+    pub fn validate(self, limits: &GenerationConfig, fallback_seed: u64) -> Result<GenerationRequest, TaskError> {
+        let invalid = |message: String| Err(TaskError::Invalid(message));
         if self.prompt.is_empty() {
             return invalid("prompt must not be empty".into());
         }
@@ -112,30 +117,6 @@ pub enum FinishReason {
     Length,
     /// The text ended with one of the stop sequences.
     Stop,
-}
-
-/// SplitMix64: tiny, fast, and the same stream for the same seed on every platform and release, which is all
-/// reproducible sampling needs.
-#[derive(Debug, Clone)]
-pub struct Rng(u64);
-
-impl Rng {
-    pub fn new(seed: u64) -> Rng {
-        Rng(seed)
-    }
-
-    pub fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    /// Uniform in [0, 1).
-    pub fn next_f64(&mut self) -> f64 {
-        (self.next_u64() >> 11) as f64 * (1.0 / (1u64 << 53) as f64)
-    }
 }
 
 /// Picks a sequence's next token from its logits.

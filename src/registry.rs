@@ -14,12 +14,13 @@ use std::time::Instant;
 
 use tch::Device;
 
-use super::{device, EngineError, WorkerSpec};
 use crate::config::DeviceChoice;
+use crate::config::TaskKind;
+use crate::engine::{device, retired, EngineError, WorkerSpec};
 use crate::metrics::Metrics;
 use crate::repository::{self, ModelSpec, Repository};
-use crate::tasks::tensor::Signature;
-use crate::tasks::{Backend, TaskKind};
+use crate::signature::Signature;
+use crate::tasks::Backend;
 
 /// A model version that is loaded, warmed up and taking requests.
 pub struct Loaded {
@@ -425,6 +426,6 @@ impl Registry {
                 loaded.backend.shutdown();
             }
         }
-        super::retired::join_all();
+        retired::join_all();
     }
 }

@@ -1,0 +1,279 @@
+//! The one error type of the HTTP layer, and the one table that turns it into a status, an `error_type` and
+//! headers.
+//!
+//! Handlers name a kind for what they check themselves (`ApiError::validation(...)`); what the layers below say
+//! (`TaskError`, `EngineError`, `JobError`) is converted here, so no other module chooses a status. Every error a
+//! client sees is `{"error": "<what and why>", "error_type": "<kind>"}`; the message names the field, the limit
+//! and the value wherever there is one. A 500 is the exception: the client gets a short message and the
+//! request's id, and the details go to the log once, from `report_internal_errors`.
+
+use axum::extract::Request;
+use axum::http::{header, HeaderName, HeaderValue, StatusCode};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde::Serialize;
+
+use crate::engine::EngineError;
+use crate::jobs::JobError;
+use crate::tasks::TaskError;
+
+/// What went wrong, as far as a client is concerned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorKind {
+    /// A well-formed request whose values are out of range or of the wrong type.
+    Validation,
+    /// A malformed request: unparseable JSON, a corrupt image, a missing multipart field.
+    BadRequest,
+    UnsupportedMediaType,
+    PayloadTooLarge,
+    NotFound,
+    MethodNotAllowed,
+    Unauthorized,
+    /// A queue is full; the client should retry after `ApiError::retry_after_secs`.
+    Overloaded,
+    /// The model exists but cannot answer now (loading, failed to load, shutting down).
+    Unavailable,
+    /// The client took too long to send its request; the connection is closed after the answer.
+    RequestTimeout,
+    /// The model took too long to answer.
+    Timeout,
+    /// ember failed: a bug, or the model failed on a request that passed every check.
+    Internal,
+}
+
+impl ErrorKind {
+    /// The table: each kind's status and the `error_type` clients see.
+    pub fn status_and_type(self) -> (StatusCode, &'static str) {
+        match self {
+            ErrorKind::Validation => (StatusCode::UNPROCESSABLE_ENTITY, "validation"),
+            ErrorKind::BadRequest => (StatusCode::BAD_REQUEST, "bad_request"),
+            ErrorKind::UnsupportedMediaType => (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type"),
+            ErrorKind::PayloadTooLarge => (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large"),
+            ErrorKind::NotFound => (StatusCode::NOT_FOUND, "not_found"),
+            ErrorKind::MethodNotAllowed => (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"),
+            ErrorKind::Unauthorized => (StatusCode::UNAUTHORIZED, "unauthorized"),
+            ErrorKind::Overloaded => (StatusCode::TOO_MANY_REQUESTS, "overloaded"),
+            ErrorKind::Unavailable => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
+            ErrorKind::RequestTimeout => (StatusCode::REQUEST_TIMEOUT, "request_timeout"),
+            ErrorKind::Timeout => (StatusCode::GATEWAY_TIMEOUT, "timeout"),
+            ErrorKind::Internal => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
+        }
+    }
+}
+
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{message}")]
+pub struct ApiError {
+    pub kind: ErrorKind,
+    pub message: String,
+    /// What Retry-After says (kind `Overloaded`).
+    pub retry_after_secs: Option<u64>,
+}
+
+/// The JSON every error answers with (also the data of a stream's `error` event).
+#[derive(Debug, Serialize)]
+pub struct ErrorBody {
+    pub error: String,
+    pub error_type: &'static str,
+}
+
+/// The details of a 500, carried from `into_response` to `report_internal_errors`, which logs them.
+#[derive(Clone)]
+struct InternalDetail(String);
+
+/// What a client reads instead of a 500's details.
+const INTERNAL_MESSAGE: &str = "internal error: ember failed this request; the server log has the details";
+
+macro_rules! constructors {
+    ($($name:ident => $kind:ident),* $(,)?) => {
+        $(
+            pub fn $name(message: impl Into<String>) -> ApiError {
+                ApiError { kind: ErrorKind::$kind, message: message.into(), retry_after_secs: None }
+            }
+        )*
+    };
+}
+
+impl ApiError {
+    constructors! {
+        validation => Validation,
+        bad_request => BadRequest,
+        unsupported_media_type => UnsupportedMediaType,
+        payload_too_large => PayloadTooLarge,
+        not_found => NotFound,
+        method_not_allowed => MethodNotAllowed,
+        unauthorized => Unauthorized,
+        unavailable => Unavailable,
+        request_timeout => RequestTimeout,
+        timeout => Timeout,
+        internal => Internal,
+    }
+
+    pub fn overloaded(message: impl Into<String>, retry_after_secs: u64) -> ApiError {
+        ApiError { kind: ErrorKind::Overloaded, message: message.into(), retry_after_secs: Some(retry_after_secs) }
+    }
+
+    pub fn status(&self) -> StatusCode {
+        self.kind.status_and_type().0
+    }
+
+    pub fn error_type(&self) -> &'static str {
+        self.kind.status_and_type().1
+    }
+
+    /// The same error with its message rewritten, e.g. prefixed with the field it concerns.
+    pub fn map_message(self, rewrite: impl FnOnce(String) -> String) -> ApiError {
+        ApiError { message: rewrite(self.message), ..self }
+    }
+
+    /// What the client reads: the message, except a 500's (see the module's doc).
+    pub fn body(&self) -> ErrorBody {
+        let error = match self.kind {
+            ErrorKind::Internal => INTERNAL_MESSAGE.to_string(),
+            _ => self.message.clone(),
+        };
+        ErrorBody { error, error_type: self.error_type() }
+    }
+}
+
+impl ApiError {
+    /// The data of a stream's `error` event. A stream has already answered 200, so no middleware sees this
+    /// error: a 500's details are logged here instead.
+    pub fn event_body(&self) -> ErrorBody {
+        if self.kind == ErrorKind::Internal {
+            tracing::error!(error = %self.message, "internal error in a stream");
+        }
+        self.body()
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let mut response = (self.status(), Json(self.body())).into_response();
+        if let Some(seconds) = self.retry_after_secs {
+            response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(seconds));
+        }
+        match self.kind {
+            // The rest of the body may still be on its way: the connection cannot carry another request.
+            ErrorKind::RequestTimeout => {
+                response.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
+            }
+            ErrorKind::Internal => {
+                response.extensions_mut().insert(InternalDetail(self.message));
+            }
+            _ => {}
+        }
+        response
+    }
+}
+
+/// Middleware: logs each 500's details once, with the request's id, and answers the client that id instead.
+/// `request_id` names the header `SetRequestIdLayer` put on the request (outside this middleware).
+pub async fn report_internal_errors(request_id: HeaderName, request: Request, next: Next) -> Response {
+    let id = request.headers().get(&request_id).and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
+    let response = next.run(request).await;
+    let Some(InternalDetail(detail)) = response.extensions().get::<InternalDetail>().cloned() else {
+        return response;
+    };
+    tracing::error!(request_id = %id, error = %detail, "internal error");
+    let body = ErrorBody {
+        error: format!(
+            "internal error: ember failed this request; the server log has the details under request id {id}"
+        ),
+        error_type: ErrorKind::Internal.status_and_type().1,
+    };
+    // A fresh response: the handler's may already be compressed.
+    (StatusCode::INTERNAL_SERVER_ERROR, Json(body)).into_response()
+}
+
+impl From<TaskError> for ApiError {
+    fn from(err: TaskError) -> Self {
+        match err {
+            TaskError::Invalid(message) => ApiError::validation(message),
+            TaskError::Unreadable(message) => ApiError::bad_request(message),
+            TaskError::TooLarge(message) => ApiError::payload_too_large(message),
+            TaskError::Failed(message) => ApiError::internal(message),
+        }
+    }
+}
+
+impl From<EngineError> for ApiError {
+    fn from(err: EngineError) -> Self {
+        let message = err.to_string();
+        match err {
+            EngineError::QueueFull { retry_after_secs, .. } => ApiError::overloaded(message, retry_after_secs),
+            EngineError::DeadlineExceeded { .. } => ApiError::timeout(message),
+            EngineError::Stopped { .. } | EngineError::Load { .. } => ApiError::unavailable(message),
+            EngineError::Inference { .. } | EngineError::WorkerLost { .. } => ApiError::internal(message),
+            EngineError::NotFound { .. } => ApiError::not_found(message),
+            EngineError::Rejected { .. } => ApiError::bad_request(message),
+        }
+    }
+}
+
+impl From<JobError> for ApiError {
+    fn from(err: JobError) -> Self {
+        let message = err.to_string();
+        match err {
+            JobError::QueueFull { .. } => ApiError::overloaded(message, JobError::RETRY_AFTER_SECS),
+            JobError::NotFound { .. } => ApiError::not_found(message),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use axum::body::{to_bytes, Body};
+    use axum::routing::get;
+    use axum::Router;
+    use tower::ServiceExt;
+
+    use super::*;
+
+    const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
+    async fn answer(error: ApiError) -> (StatusCode, Option<String>, serde_json::Value) {
+        let app = Router::new()
+            .route("/", get(move || async move { error }))
+            .layer(axum::middleware::from_fn(|request, next| report_internal_errors(REQUEST_ID, request, next)));
+        let request = axum::http::Request::get("/").header(&REQUEST_ID, "abc-123").body(Body::empty()).unwrap();
+        let response = app.oneshot(request).await.unwrap();
+        let retry_after = response.headers().get(header::RETRY_AFTER).map(|v| v.to_str().unwrap().to_string());
+        let status = response.status();
+        let body = to_bytes(response.into_body(), 1 << 20).await.unwrap();
+        (status, retry_after, serde_json::from_slice(&body).unwrap())
+    }
+
+    #[tokio::test]
+    async fn a_500_names_the_request_id_and_keeps_its_details_for_the_log() {
+        let (status, _, body) = answer(ApiError::internal("RuntimeError: at /opt/libtorch/secret.cpp:12")).await;
+        assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR);
+        assert_eq!(body["error_type"], "internal");
+        let message = body["error"].as_str().unwrap();
+        assert!(message.contains("request id abc-123"), "{message}");
+        assert!(!message.contains("secret.cpp"), "{message}");
+    }
+
+    #[tokio::test]
+    async fn other_errors_keep_their_message_and_headers() {
+        let (status, retry_after, body) = answer(ApiError::overloaded("queue full", 7)).await;
+        assert_eq!((status, retry_after.as_deref()), (StatusCode::TOO_MANY_REQUESTS, Some("7")));
+        assert_eq!(body, serde_json::json!({"error": "queue full", "error_type": "overloaded"}));
+    }
+
+    #[test]
+    fn lower_layers_errors_map_to_their_statuses() {
+        let status = |e: ApiError| e.status().as_u16();
+        assert_eq!(status(TaskError::Invalid("x".into()).into()), 422);
+        assert_eq!(status(TaskError::Unreadable("x".into()).into()), 400);
+        assert_eq!(status(TaskError::TooLarge("x".into()).into()), 413);
+        assert_eq!(status(TaskError::Failed("x".into()).into()), 500);
+        assert_eq!(status(JobError::QueueFull { waiting: 4 }.into()), 429);
+        assert_eq!(status(JobError::NotFound { id: 3 }.into()), 404);
+        assert_eq!(status(EngineError::queue_full("m", 8).into()), 429);
+        assert_eq!(status(EngineError::Stopped { model: "m".into() }.into()), 503);
+        assert_eq!(status(EngineError::Rejected { model: "m".into(), message: "x".into() }.into()), 400);
+        assert_eq!(status(EngineError::WorkerLost { model: "m".into() }.into()), 500);
+    }
+}
