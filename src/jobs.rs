@@ -6,10 +6,12 @@
 use std::collections::{BTreeMap, VecDeque};
 use std::panic::AssertUnwindSafe;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
+use std::thread::JoinHandle;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde::Serialize;
 
+use crate::engine::panic_message;
 use crate::metrics::Metrics;
 use crate::registry::Registry;
 use crate::train::{self, Cancel, DataSource, Progress, Snapshot, TrainError, TrainJob, TrainSettings, Trained};
@@ -112,7 +114,10 @@ impl Progress for Job {
 struct Queue {
     jobs: BTreeMap<u64, Arc<Job>>,
     waiting: VecDeque<Arc<Job>>,
+    running: Option<Arc<Job>>,
     next_id: u64,
+    /// Set by `Jobs::shutdown`: the runner takes no more jobs and returns.
+    stopping: bool,
 }
 
 /// What runs a job: `train::train`, or a stand-in in tests.
@@ -144,6 +149,7 @@ impl Shared {
 #[derive(Clone)]
 pub struct Jobs {
     shared: Arc<Shared>,
+    runner: Arc<Mutex<Option<JoinHandle<()>>>>,
 }
 
 fn now() -> f64 {
@@ -161,10 +167,33 @@ impl Jobs {
             Arc::new(Shared { queue: Mutex::default(), wake: Condvar::new(), registry, metrics, max_waiting, trainer });
         let runner = Arc::clone(&shared);
         let spawned = std::thread::Builder::new().name("ember-fine-tune".into()).spawn(move || run_jobs(&runner));
-        if let Err(e) = spawned {
-            tracing::error!(error = %e, "cannot start the fine-tuning thread: jobs will stay queued");
+        let runner = spawned
+            .map_err(|e| tracing::error!(error = %e, "cannot start the fine-tuning thread: jobs will stay queued"))
+            .ok();
+        Jobs { shared, runner: Arc::new(Mutex::new(runner)) }
+    }
+
+    /// Cancels the waiting jobs and the running one, and waits for the runner to stop: the running job stops at
+    /// its next step and leaves no version, as a cancelled job does. Blocks. The server calls it when it stops,
+    /// so that the process never exits under a training step (libtorch torn down beneath it).
+    pub fn shutdown(&self) {
+        let mut queue = self.shared.lock();
+        queue.stopping = true;
+        for job in std::mem::take(&mut queue.waiting) {
+            job.cancel.cancel();
+            finish(&job, JobState::Cancelled, None);
         }
-        Jobs { shared }
+        if let Some(job) = &queue.running {
+            tracing::info!(job = job.status().id, "the server is stopping: cancelling the running fine-tuning job");
+            job.cancel.cancel();
+        }
+        self.shared.count_states(&queue);
+        drop(queue);
+        self.shared.wake.notify_all();
+        let runner = self.runner.lock().unwrap_or_else(PoisonError::into_inner).take();
+        if let Some(runner) = runner {
+            let _ = runner.join();
+        }
     }
 
     /// Queues a job; refused when `max_waiting` jobs wait already.
@@ -262,7 +291,11 @@ fn run_jobs(shared: &Shared) {
         let job = {
             let mut queue = shared.lock();
             loop {
+                if queue.stopping {
+                    return;
+                }
                 if let Some(job) = queue.waiting.pop_front() {
+                    queue.running = Some(Arc::clone(&job));
                     break job;
                 }
                 queue = shared.wake.wait(queue).unwrap_or_else(PoisonError::into_inner);
@@ -297,7 +330,9 @@ fn run_jobs(shared: &Shared) {
                 );
             }
         }
-        shared.count_states(&shared.lock());
+        let mut queue = shared.lock();
+        queue.running = None;
+        shared.count_states(&queue);
     }
 }
 
@@ -334,15 +369,6 @@ fn run_one(shared: &Shared, job: &Job) -> Result<u64, TrainError> {
     }
     tracing::info!(job = id, model = %model, version = trained.version, publish, "fine-tuning job succeeded");
     Ok(trained.version)
-}
-
-/// The text of a panic's payload (`panic!` with a message gives a `&str` or a `String`).
-fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
-    payload
-        .downcast_ref::<&str>()
-        .map(|s| s.to_string())
-        .or_else(|| payload.downcast_ref::<String>().cloned())
-        .unwrap_or_else(|| "a panic without a message".into())
 }
 
 /// nice 19 for this thread and the threads it starts (libtorch's), so serving threads always win the CPU.

@@ -8,7 +8,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, RwLock, Weak};
+use std::sync::{Arc, Mutex, RwLock, TryLockError, Weak};
 use std::time::Duration;
 use std::time::Instant;
 
@@ -123,7 +123,7 @@ pub struct Registry {
     entries: RwLock<BTreeMap<String, Arc<ModelEntry>>>,
     server_device: DeviceChoice,
     metrics: Arc<Metrics>,
-    /// Set by `shutdown`: the repository watcher stops loading things.
+    /// Set by `shutdown`: no model starts loading after it.
     stopping: AtomicBool,
 }
 
@@ -312,6 +312,10 @@ impl Registry {
     }
 
     fn start_backend(&self, spec: &ModelSpec, version: u64) -> Result<Loaded, EngineError> {
+        // Nothing starts once shutdown began: it could not be stopped (see `shutdown`).
+        if self.stopping.load(Ordering::SeqCst) {
+            return Err(EngineError::Stopped { model: spec.name.clone() });
+        }
         let load_error = |message: String| EngineError::Load { model: spec.name.clone(), message };
         let spec = spec.at_version(version).map_err(|e| load_error(e.to_string()))?;
         let device = device::resolve(spec.config.device, self.server_device).map_err(load_error)?;
@@ -418,10 +422,21 @@ impl Registry {
             .collect()
     }
 
-    /// Finishes every queued request and stops every worker, those of versions swapped out included. Blocks.
+    /// Finishes every queued request and stops every worker, those of versions swapped out included. Blocks,
+    /// also until the loads in progress finish: a process that exits while a thread loads a module tears libtorch
+    /// down beneath it (SIGSEGV, heap corruption). Loads do not start after this (`start_backend`).
     pub fn shutdown(&self) {
         self.stopping.store(true, Ordering::SeqCst);
         for entry in self.entries() {
+            // Every load holds `changing` from before it checks `stopping` until its backend is installed.
+            let _changing = match entry.changing.try_lock() {
+                Ok(changing) => changing,
+                Err(TryLockError::Poisoned(poisoned)) => poisoned.into_inner(),
+                Err(TryLockError::WouldBlock) => {
+                    tracing::info!(model = %entry.name, "waiting for the model's load in progress before stopping");
+                    entry.changing.lock().unwrap_or_else(|e| e.into_inner())
+                }
+            };
             if let ModelState::Ready(loaded) = entry.state() {
                 loaded.backend.shutdown();
             }

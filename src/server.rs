@@ -111,6 +111,7 @@ impl Server {
     pub async fn serve(self, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
         let Server { listener, state, connections } = self;
         let registry = Arc::clone(&state.registry);
+        let jobs = state.admin.as_ref().map(|admin| admin.jobs.clone());
         let metrics = Arc::clone(&state.metrics);
         tracing::info!(address = %listener.local_addr()?, max_connections = connections.max, "listening on http://{}", listener.local_addr()?);
         let app = router(state);
@@ -159,7 +160,13 @@ impl Server {
             }
         }
         tracing::info!("HTTP server stopped; draining model queues");
-        tokio::task::spawn_blocking(move || registry.shutdown()).await?;
+        tokio::task::spawn_blocking(move || {
+            if let Some(jobs) = jobs {
+                jobs.shutdown();
+            }
+            registry.shutdown();
+        })
+        .await?;
         Ok(())
     }
 }

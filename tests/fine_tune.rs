@@ -460,3 +460,21 @@ fn a_new_style_trains_from_a_painting_and_photos_and_eval_measures_it() {
     let report: Value = serde_json::from_slice(&output.stdout).unwrap();
     assert_eq!((report["version"].clone(), report["evaluation"]["examples"].clone()), (2.into(), 3.into()));
 }
+
+/// Stopping the server (SIGTERM) while a fine-tuning job runs cancels the job and waits for it: the process never
+/// exits under a training step (libtorch torn down beneath it), and the job leaves nothing in the repository.
+/// The job used to go on training after the server had stopped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stopping_the_server_cancels_the_running_job_and_waits_for_it() {
+    let repo = TempRepo::mobilenet(&[]);
+    let scratch = tempfile::tempdir().unwrap();
+    let data = two_class_folder(scratch.path());
+    let server = TestServer::start_ready(repo.path(), &["--admin-token", TOKEN, "--watch-interval-ms", "0"]).await;
+    let before = listing(repo.path());
+    let long = SMALL_JOB.replace("\"epochs\": 3", "\"epochs\": 1000");
+    let id = submit(&server, tar_gz(&data, &[]), &long).await.json::<Value>().await.unwrap()["id"].as_u64().unwrap();
+    job_until(&server, id, |job| job["state"] == "running" && job["progress"]["step"].as_u64() > Some(0)).await;
+    assert_ne!(listing(repo.path()), before, "a running job stages its version in the repository");
+    tokio::task::spawn_blocking(move || server.stop()).await.unwrap();
+    assert_eq!(listing(repo.path()), before, "the stopped job's staging folder is gone");
+}

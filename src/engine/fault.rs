@@ -10,13 +10,14 @@ pub fn torch_error_summary(message: &str) -> String {
     summary.strip_prefix("Internal torch error: ").unwrap_or(summary).to_string()
 }
 
-/// The message a caught panic carried (`panic!` with a literal or a formatted string).
-pub fn panic_message(panic: &Box<dyn std::any::Any + Send>) -> String {
-    panic
+/// The message a caught panic carried (`panic!` with a literal or a formatted string). Pass the payload itself
+/// (`panic.as_ref()`): a `&Box<dyn Any>` would coerce to a `&dyn Any` of the box, which downcasts to nothing.
+pub fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+    payload
         .downcast_ref::<&str>()
         .map(|s| s.to_string())
-        .or_else(|| panic.downcast_ref::<String>().cloned())
-        .unwrap_or_else(|| "unknown panic".to_string())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "a panic without a message".to_string())
 }
 
 #[cfg(test)]

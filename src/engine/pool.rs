@@ -462,7 +462,7 @@ fn run_guarded<T: BatchTask>(
     inputs: Vec<T::Input>,
 ) -> anyhow::Result<Vec<T::Output>> {
     std::panic::catch_unwind(AssertUnwindSafe(|| shared.task.run_batch(model, shared.spec.device, inputs)))
-        .unwrap_or_else(|panic| Err(anyhow::anyhow!("panic: {}", panic_message(&panic))))
+        .unwrap_or_else(|panic| Err(anyhow::anyhow!("panic: {}", panic_message(panic.as_ref()))))
 }
 
 /// Requests of model-level tensors: the model may refuse one request's tensors (its shapes, its values), which
@@ -484,7 +484,7 @@ fn run_tensor_batch<T: BatchTask>(
                 let _ = reply.send(answer);
             }
         }
-        Err(panic) => fail_all(shared, replies, format!("panic: {}", panic_message(&panic))),
+        Err(panic) => fail_all(shared, replies, format!("panic: {}", panic_message(panic.as_ref()))),
     }
 }
 

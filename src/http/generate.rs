@@ -5,7 +5,7 @@ use std::convert::Infallible;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use axum::extract::{Path, Request, State};
+use axum::extract::State;
 use axum::response::sse::{Event, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
@@ -13,15 +13,23 @@ use futures_util::stream::{self, Stream, StreamExt};
 use serde::Serialize;
 use tokio::sync::mpsc::UnboundedReceiver;
 
-use super::body::read_json_body;
-use super::v1::on_default_model;
+use super::error::ApiError;
+use super::extract::{JsonBody, JsonShape, Serving, TaskRoute};
 use super::{wrong_backend, AppState};
 use crate::config::TaskKind;
 use crate::engine::EngineError;
-use crate::http::error::ApiError;
-use crate::tasks::generate::GenerationEvent;
-use crate::tasks::generate::{FinishReason, GenerateRequest};
+use crate::tasks::generate::{FinishReason, GenerateRequest, GenerationEvent};
 use crate::tasks::Backend;
+
+pub struct Generation;
+
+impl TaskRoute for Generation {
+    const TASK: TaskKind = TaskKind::TextGeneration;
+}
+
+impl JsonShape for GenerateRequest {
+    const SHAPE: &'static str = r#"{"prompt": "...", "max_tokens": 200, "stream": false}"#;
+}
 
 #[derive(Serialize)]
 struct GenerateResponse {
@@ -57,25 +65,17 @@ struct Origin {
     seed: u64,
 }
 
-pub async fn named(State(state): State<AppState>, Path(name): Path<String>, request: Request) -> Response {
-    let result = generate(&state, &name, request).await;
-    state.with_model_label(&name, result)
-}
-
-pub async fn default(State(state): State<AppState>, request: Request) -> Response {
-    on_default_model(state, TaskKind::TextGeneration, |state, name| named(State(state), Path(name), request)).await
-}
-
-async fn generate(state: &AppState, name: &str, request: Request) -> Result<Response, ApiError> {
-    let loaded = state.ready_model(name, TaskKind::TextGeneration)?;
+pub async fn generate(
+    State(state): State<AppState>,
+    Serving { name, loaded, .. }: Serving<Generation>,
+    JsonBody(body): JsonBody<GenerateRequest>,
+) -> Result<Response, ApiError> {
     let Backend::TextGeneration(engine) = &loaded.backend else {
-        return Err(wrong_backend(name, TaskKind::TextGeneration));
+        return Err(wrong_backend(&name, Generation::TASK));
     };
-    let shape = r#"{"prompt": "...", "max_tokens": 200, "stream": false}"#;
-    let body: GenerateRequest = read_json_body(request, state.limits.body, shape).await?;
     let stream = body.stream;
     let request = body.validate(engine.limits(), fresh_seed())?;
-    let origin = Origin { model: name.to_string(), version: loaded.version, seed: request.sampling.seed };
+    let origin = Origin { model: name, version: loaded.version, seed: request.sampling.seed };
     // One deadline for all of it: waiting to join, and the whole answer (or a stream's first token).
     let timeout = state.limits.request_timeout;
     let deadline = Deadline { at: Instant::now() + timeout, timeout };

@@ -5,6 +5,7 @@ pub(crate) mod body;
 mod classify;
 pub mod decode_memory;
 pub mod error;
+pub(crate) mod extract;
 mod generate;
 mod ops;
 mod sentiment;
@@ -39,6 +40,7 @@ use crate::registry::{Loaded, ModelEntry, ModelState, Registry};
 use crate::tasks::image::{self, ImageLimits, Probe};
 use crate::tasks::style::OutputFormat;
 use error::ApiError;
+use extract::MetricsLabel;
 
 const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
@@ -159,22 +161,6 @@ fn wrong_backend(name: &str, task: TaskKind) -> ApiError {
     ApiError::internal(format!("model `{name}` is not running a {task} backend"))
 }
 
-/// Tags a response with the model it concerns, for the `model` label of the request metrics.
-#[derive(Clone)]
-struct ModelLabel(String);
-
-impl AppState {
-    /// Labels `response` with `model` if such a model exists. Names of models that do not exist come from
-    /// clients and are left out, so that nobody can grow the metrics without bound by asking for them.
-    fn with_model_label(&self, model: &str, response: impl IntoResponse) -> Response {
-        let mut response = response.into_response();
-        if self.registry.get(model).is_some() {
-            response.extensions_mut().insert(ModelLabel(model.to_string()));
-        }
-        response
-    }
-}
-
 pub fn router(state: AppState) -> Router {
     let metrics = Arc::clone(&state.metrics);
     Router::new()
@@ -202,8 +188,8 @@ pub fn router(state: AppState) -> Router {
                 )
                 .layer(PropagateRequestIdLayer::new(REQUEST_ID))
                 .layer(middleware::from_fn(|request, next| error::report_internal_errors(REQUEST_ID, request, next)))
-                .layer(CatchPanicLayer::custom(|panic| {
-                    let message = crate::engine::panic_message(&panic);
+                .layer(CatchPanicLayer::custom(|panic: Box<dyn std::any::Any + Send>| {
+                    let message = crate::engine::panic_message(panic.as_ref());
                     ApiError::internal(format!("the handler panicked: {message}")).into_response()
                 }))
                 .layer(CompressionLayer::new()),
@@ -220,11 +206,15 @@ async fn method_not_allowed(method: Method, uri: Uri) -> ApiError {
 }
 
 /// Counts every request by model, route template and status, and times it.
-async fn record_request(State(metrics): State<Arc<Metrics>>, request: Request, next: Next) -> Response {
+async fn record_request(State(metrics): State<Arc<Metrics>>, mut request: Request, next: Next) -> Response {
     let route = request.extensions().get::<MatchedPath>().map_or("unmatched".to_string(), |p| p.as_str().to_string());
     let started = Instant::now();
+    // The handler's extractors name the model (extract::MetricsLabel).
+    let label = MetricsLabel::default();
+    request.extensions_mut().insert(label.clone());
     let response = next.run(request).await;
-    let model = response.extensions().get::<ModelLabel>().map_or("", |m| m.0.as_str());
+    let model = label.get().unwrap_or_default();
+    let model = model.as_str();
     metrics.requests_total.with_label_values(&[model, &route, response.status().as_str()]).inc();
     metrics.request_duration.with_label_values(&[model, &route]).observe(started.elapsed().as_secs_f64());
     response

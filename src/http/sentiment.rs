@@ -1,16 +1,14 @@
 //! `POST /v1/models/{name}/sentiment` and `POST /v1/sentiment`: one text or a list of texts in, a label and the
 //! score of every label per text out. The texts of all callers are batched together by the model's pool.
 
-use axum::extract::{Path, Request, State};
-use axum::response::Response;
+use axum::extract::State;
 use axum::Json;
 use serde::{Deserialize, Serialize};
 
-use super::body::read_json_body;
-use super::v1::on_default_model;
+use super::error::ApiError;
+use super::extract::{JsonBody, JsonShape, Serving, TaskRoute};
 use super::{off_runtime, wrong_backend, AppState};
 use crate::config::TaskKind;
-use crate::http::error::ApiError;
 use crate::tasks::sentiment::{Classification, TokenizedText};
 use crate::tasks::Backend;
 use crate::tasks::TaskError;
@@ -22,34 +20,37 @@ pub const MAX_TEXT_BYTES: usize = 10_000;
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct SentimentParams {
+pub(super) struct SentimentParams {
     text: Option<String>,
     texts: Option<Vec<String>>,
 }
 
+impl JsonShape for SentimentParams {
+    const SHAPE: &'static str = r#"{"text": "..."} or {"texts": ["...", ...]}"#;
+}
+
+pub struct Sentiment;
+
+impl TaskRoute for Sentiment {
+    const TASK: TaskKind = TaskKind::TextClassification;
+}
+
 #[derive(Serialize)]
-struct SentimentResponse {
+pub(super) struct SentimentResponse {
     model: String,
     version: u64,
     results: Vec<Classification>,
 }
 
-pub async fn named(State(state): State<AppState>, Path(name): Path<String>, request: Request) -> Response {
-    let result = sentiment(&state, &name, request).await;
-    state.with_model_label(&name, result)
-}
-
-pub async fn default(State(state): State<AppState>, request: Request) -> Response {
-    on_default_model(state, TaskKind::TextClassification, |state, name| named(State(state), Path(name), request)).await
-}
-
-async fn sentiment(state: &AppState, name: &str, request: Request) -> Result<Json<SentimentResponse>, ApiError> {
-    let loaded = state.ready_model(name, TaskKind::TextClassification)?;
+pub async fn sentiment(
+    State(state): State<AppState>,
+    Serving { name, loaded, .. }: Serving<Sentiment>,
+    JsonBody(params): JsonBody<SentimentParams>,
+) -> Result<Json<SentimentResponse>, ApiError> {
     let Backend::TextClassification(pool) = &loaded.backend else {
-        return Err(wrong_backend(name, TaskKind::TextClassification));
+        return Err(wrong_backend(&name, Sentiment::TASK));
     };
-    let shape = r#"{"text": "..."} or {"texts": ["...", ...]}"#;
-    let texts = validate(read_json_body(request, state.limits.body, shape).await?)?;
+    let texts = validate(params)?;
 
     pool.check_room()?;
     let tokenizer = pool.task().clone();
@@ -61,7 +62,7 @@ async fn sentiment(state: &AppState, name: &str, request: Request) -> Result<Jso
 
     let probabilities = pool.infer_all(inputs, state.limits.request_timeout).await?;
     Ok(Json(SentimentResponse {
-        model: name.to_string(),
+        model: name,
         version: loaded.version,
         results: probabilities.iter().map(|p| pool.task().classification(p)).collect(),
     }))

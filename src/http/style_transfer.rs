@@ -7,13 +7,14 @@ use std::time::Duration;
 
 use axum::extract::{Request, State};
 use axum::http::HeaderValue;
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
 use bytes::Bytes;
 
 use super::body::{parse_params, read_multipart_images};
+use super::error::ApiError;
+use super::extract::{Serving, TaskRoute};
 use super::{decode_off_runtime, image_response, off_runtime, wrong_backend, AppState};
 use crate::config::TaskKind;
-use crate::http::error::ApiError;
 use crate::tasks::image;
 use crate::tasks::style_transfer::{OptimizationJob, OptimizationParams};
 use crate::tasks::Backend;
@@ -22,20 +23,23 @@ use crate::tasks::TaskError;
 const CONTENT: &str = "content";
 const STYLE: &str = "style";
 
-pub async fn handle(State(state): State<AppState>, request: Request) -> Response {
-    match state.default_model(TaskKind::StyleFeatures) {
-        Ok(name) => {
-            let result = style_transfer(&state, &name, request).await;
-            state.with_model_label(&name, result)
-        }
-        Err(e) => e.into_response(),
-    }
+pub struct StyleTransfer;
+
+impl TaskRoute for StyleTransfer {
+    const TASK: TaskKind = TaskKind::StyleFeatures;
 }
 
-async fn style_transfer(state: &AppState, name: &str, request: Request) -> Result<Response, ApiError> {
-    let loaded = state.ready_model(name, TaskKind::StyleFeatures)?;
+/// Runs on the default style-features model. The body is a multipart form of two images, which
+/// `read_multipart_images` reads from the request itself.
+pub async fn style_transfer(
+    State(state): State<AppState>,
+    Serving { name, loaded, .. }: Serving<StyleTransfer>,
+    request: Request,
+) -> Result<Response, ApiError> {
+    let state = &state;
+    let name = name.as_str();
     let Backend::StyleFeatures(pool) = &loaded.backend else {
-        return Err(wrong_backend(name, TaskKind::StyleFeatures));
+        return Err(wrong_backend(name, StyleTransfer::TASK));
     };
     let ([content_bytes, style_bytes], params) =
         read_multipart_images(request, state.limits.body, [CONTENT, STYLE]).await?;

@@ -1,17 +1,27 @@
 //! `POST /v1/models/{name}/stylize` and `POST /v1/stylize?style=`: an image in (as for classify), the image
 //! restyled by one pass of a fast style network out, as PNG or JPEG.
 
-use axum::extract::{Path, Request, State};
-use axum::response::{IntoResponse, Response};
+use std::sync::Arc;
+
+use axum::extract::State;
+use axum::response::Response;
 use bytes::Bytes;
 use serde::Deserialize;
 
-use super::body::read_image_upload;
+use super::body::ImageUpload;
+use super::error::ApiError;
+use super::extract::{MetricsLabel, Serving, TaskRoute};
 use super::{decode_off_runtime, image_response, off_runtime, wrong_backend, AppState};
 use crate::config::TaskKind;
-use crate::http::error::ApiError;
+use crate::registry::Loaded;
 use crate::tasks::style::{OutputFormat, StylizeParams, Stylizer};
 use crate::tasks::Backend;
+
+pub struct Stylize;
+
+impl TaskRoute for Stylize {
+    const TASK: TaskKind = TaskKind::StyleTransfer;
+}
 
 /// Names a style model by its full name or without the `style_` prefix (`?style=starry_night`).
 const STYLE_MODEL_PREFIX: &str = "style_";
@@ -26,43 +36,35 @@ struct StylizeRequest {
     style: Option<String>,
 }
 
-pub async fn named(State(state): State<AppState>, Path(name): Path<String>, request: Request) -> Response {
-    let result = async {
-        let (image, params) = read_stylize_request(&state, request).await?;
-        if params.style.is_some() {
-            return Err(ApiError::validation(format!(
-                "style: only POST /v1/stylize takes it; this route already names the model `{name}`"
-            )));
-        }
-        stylize(&state, &name, image, params).await
-    };
-    state.with_model_label(&name, result.await)
+pub async fn named(
+    State(state): State<AppState>,
+    Serving { name, loaded, .. }: Serving<Stylize>,
+    upload: ImageUpload,
+) -> Result<Response, ApiError> {
+    let params: StylizeRequest = upload.params()?;
+    if params.style.is_some() {
+        return Err(ApiError::validation(format!(
+            "style: only POST /v1/stylize takes it; this route already names the model `{name}`"
+        )));
+    }
+    stylize(&state, &name, &loaded, upload.image, params).await
 }
 
 /// The short route: the model named by `style` (query or body, like every other parameter), else the default
-/// style-transfer model.
-pub async fn default(State(state): State<AppState>, request: Request) -> Response {
-    let (image, params) = match read_stylize_request(&state, request).await {
-        Ok(read) => read,
-        Err(e) => return e.into_response(),
-    };
+/// style-transfer model. The body is read first, since it may name the model.
+pub async fn default(
+    State(state): State<AppState>,
+    label: MetricsLabel,
+    upload: ImageUpload,
+) -> Result<Response, ApiError> {
+    let params: StylizeRequest = upload.params()?;
     let name = match &params.style {
-        Some(style) => style_model(&state, style),
-        None => state.default_model(TaskKind::StyleTransfer),
+        Some(style) => style_model(&state, style)?,
+        None => state.default_model(Stylize::TASK)?,
     };
-    match name {
-        Ok(name) => {
-            let result = stylize(&state, &name, image, params).await;
-            state.with_model_label(&name, result)
-        }
-        Err(e) => e.into_response(),
-    }
-}
-
-async fn read_stylize_request(state: &AppState, request: Request) -> Result<(Bytes, StylizeRequest), ApiError> {
-    let upload = read_image_upload(request, state.limits.body).await?;
-    let params = upload.params()?;
-    Ok((upload.image, params))
+    label.set(&state, &name);
+    let loaded = state.ready_model(&name, Stylize::TASK)?;
+    stylize(&state, &name, &loaded, upload.image, params).await
 }
 
 /// The model a `style` parameter names; a 404 lists the styles there are.
@@ -83,10 +85,15 @@ fn style_model(state: &AppState, style: &str) -> Result<String, ApiError> {
     })
 }
 
-async fn stylize(state: &AppState, name: &str, image: Bytes, request: StylizeRequest) -> Result<Response, ApiError> {
-    let loaded = state.ready_model(name, TaskKind::StyleTransfer)?;
+async fn stylize(
+    state: &AppState,
+    name: &str,
+    loaded: &Arc<Loaded>,
+    image: Bytes,
+    request: StylizeRequest,
+) -> Result<Response, ApiError> {
     let Backend::StyleTransfer(pool) = &loaded.backend else {
-        return Err(wrong_backend(name, TaskKind::StyleTransfer));
+        return Err(wrong_backend(name, Stylize::TASK));
     };
     let config = &pool.task().config;
     let params = StylizeParams::validate(request.strength, request.max_size, request.format, config)?;

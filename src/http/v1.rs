@@ -1,13 +1,12 @@
 //! The task routes (`/v1/...`, one module per task family) and the model listing.
 
-use std::future::Future;
-
-use axum::extract::{Path, State};
-use axum::response::{IntoResponse, Response};
+use axum::extract::State;
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::Serialize;
 
+use super::error::ApiError;
+use super::extract::ModelName;
 use super::{classify, generate, sentiment, style_transfer, stylize, AppState};
 use crate::config::ModelToml;
 use crate::config::TaskKind;
@@ -18,27 +17,16 @@ pub fn routes() -> Router<AppState> {
     Router::new()
         .route("/v1/models", get(list_models))
         .route("/v1/models/{name}", get(describe_model))
-        .route("/v1/models/{name}/classify", post(classify::named))
-        .route("/v1/classify", post(classify::default))
-        .route("/v1/models/{name}/sentiment", post(sentiment::named))
-        .route("/v1/sentiment", post(sentiment::default))
-        .route("/v1/models/{name}/generate", post(generate::named))
-        .route("/v1/generate", post(generate::default))
+        // A task's short route runs the same handler: `Serving` picks the task's default model.
+        .route("/v1/models/{name}/classify", post(classify::classify))
+        .route("/v1/classify", post(classify::classify))
+        .route("/v1/models/{name}/sentiment", post(sentiment::sentiment))
+        .route("/v1/sentiment", post(sentiment::sentiment))
+        .route("/v1/models/{name}/generate", post(generate::generate))
+        .route("/v1/generate", post(generate::generate))
         .route("/v1/models/{name}/stylize", post(stylize::named))
         .route("/v1/stylize", post(stylize::default))
-        .route("/v1/style-transfer", post(style_transfer::handle))
-}
-
-/// Answers a task's short route with the task's default model, or a 404 saying there is none.
-pub async fn on_default_model<F, Fut>(state: AppState, task: TaskKind, handler: F) -> Response
-where
-    F: FnOnce(AppState, String) -> Fut,
-    Fut: Future<Output = Response>,
-{
-    match state.default_model(task) {
-        Ok(name) => handler(state, name).await,
-        Err(e) => e.into_response(),
-    }
+        .route("/v1/style-transfer", post(style_transfer::style_transfer))
 }
 
 #[derive(Serialize)]
@@ -134,7 +122,10 @@ async fn list_models(State(state): State<AppState>) -> Json<ModelList> {
     Json(ModelList { models: state.registry.entries().iter().map(|entry| model_info(&state, entry)).collect() })
 }
 
-async fn describe_model(State(state): State<AppState>, Path(name): Path<String>) -> Response {
-    let result = state.model(&name).map(|entry| Json(model_info(&state, &entry)));
-    state.with_model_label(&name, result)
+async fn describe_model(
+    State(state): State<AppState>,
+    ModelName(name): ModelName,
+) -> Result<Json<ModelInfo>, ApiError> {
+    let entry = state.model(&name)?;
+    Ok(Json(model_info(&state, &entry)))
 }

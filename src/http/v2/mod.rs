@@ -21,6 +21,7 @@ use super::body::{positive_integer, read_limited};
 use super::ops::readiness;
 use super::{off_runtime, serving, AppState};
 use crate::http::error::ApiError;
+use crate::http::extract::ModelName;
 use crate::registry::Loaded;
 use crate::registry::ModelState;
 use crate::tasks::tensor;
@@ -63,17 +64,16 @@ fn parse_version(version: &str) -> Result<u64, ApiError> {
     positive_integer("model version", version)
 }
 
-async fn model_metadata(State(state): State<AppState>, Path(name): Path<String>) -> Response {
-    let result = metadata(&state, &name, None);
-    state.with_model_label(&name, result)
+async fn model_metadata(State(state): State<AppState>, ModelName(name): ModelName) -> Result<Json<Value>, ApiError> {
+    metadata(&state, &name, None)
 }
 
 async fn model_version_metadata(
     State(state): State<AppState>,
-    Path((name, version)): Path<(String, String)>,
-) -> Response {
-    let result = parse_version(&version).and_then(|version| metadata(&state, &name, Some(version)));
-    state.with_model_label(&name, result)
+    ModelName(name): ModelName,
+    Path((_, version)): Path<(String, String)>,
+) -> Result<Json<Value>, ApiError> {
+    metadata(&state, &name, Some(parse_version(&version)?))
 }
 
 /// Name, versions, platform and the tensors of `version` (default: the one served, else the one that would be).
@@ -105,14 +105,15 @@ fn metadata(state: &AppState, name: &str, version: Option<u64>) -> Result<Json<V
     })))
 }
 
-async fn model_ready(State(state): State<AppState>, Path(name): Path<String>) -> Result<Json<Value>, ApiError> {
+async fn model_ready(State(state): State<AppState>, ModelName(name): ModelName) -> Result<Json<Value>, ApiError> {
     let loaded = served(&state, &name, None)?;
     Ok(Json(json!({"name": name, "version": loaded.version.to_string(), "ready": true})))
 }
 
 async fn model_version_ready(
     State(state): State<AppState>,
-    Path((name, version)): Path<(String, String)>,
+    ModelName(name): ModelName,
+    Path((_, version)): Path<(String, String)>,
 ) -> Result<Json<Value>, ApiError> {
     let loaded = served(&state, &name, Some(parse_version(&version)?))?;
     Ok(Json(json!({"name": name, "version": loaded.version.to_string(), "ready": true})))
@@ -137,21 +138,21 @@ fn served(state: &AppState, name: &str, version: Option<u64>) -> Result<Arc<Load
     }
 }
 
-async fn infer(State(state): State<AppState>, Path(name): Path<String>, request: Request) -> Response {
-    let result = run_infer(&state, &name, None, request).await;
-    state.with_model_label(&name, result)
+async fn infer(
+    State(state): State<AppState>,
+    ModelName(name): ModelName,
+    request: Request,
+) -> Result<Response, ApiError> {
+    run_infer(&state, &name, None, request).await
 }
 
 async fn infer_version(
     State(state): State<AppState>,
-    Path((name, version)): Path<(String, String)>,
+    ModelName(name): ModelName,
+    Path((_, version)): Path<(String, String)>,
     request: Request,
-) -> Response {
-    let result = match parse_version(&version) {
-        Ok(version) => run_infer(&state, &name, Some(version), request).await,
-        Err(e) => Err(e),
-    };
-    state.with_model_label(&name, result)
+) -> Result<Response, ApiError> {
+    run_infer(&state, &name, Some(parse_version(&version)?), request).await
 }
 
 async fn run_infer(state: &AppState, name: &str, version: Option<u64>, request: Request) -> Result<Response, ApiError> {

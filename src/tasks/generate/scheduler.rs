@@ -240,7 +240,7 @@ fn run_tensor_job(shared: &Shared, model: &InferenceModule, job: TensorJob) {
     let result = std::panic::catch_unwind(AssertUnwindSafe(|| {
         forward_batched(model, shared.spec.device, vec![job.inputs]).pop()
     }))
-    .unwrap_or_else(|panic| Some(Err(format!("panic: {}", panic_message(&panic)))))
+    .unwrap_or_else(|panic| Some(Err(format!("panic: {}", panic_message(panic.as_ref())))))
     .unwrap_or_else(|| Err("the request was not run".into()));
     shared.metrics.inference_duration.observe(started.elapsed().as_secs_f64());
     let _ = job.reply.send(result.map_err(|message| shared.error(|model| EngineError::Rejected { model, message })));
@@ -260,7 +260,7 @@ fn guarded<T>(
             None
         }
         Err(panic) => {
-            tracing::error!(model = %shared.spec.model, error = %panic_message(&panic), "starting a sequence panicked");
+            tracing::error!(model = %shared.spec.model, error = %panic_message(panic.as_ref()), "starting a sequence panicked");
             None
         }
     }
@@ -268,7 +268,7 @@ fn guarded<T>(
 
 fn guarded_step(shared: &Shared, model: &InferenceModule, active: &mut [Sequence]) -> Result<(), String> {
     std::panic::catch_unwind(AssertUnwindSafe(|| step(shared, model, active)))
-        .unwrap_or_else(|panic| Err(format!("panic: {}", panic_message(&panic))))
+        .unwrap_or_else(|panic| Err(format!("panic: {}", panic_message(panic.as_ref()))))
 }
 
 /// Waits for work: returns the sequences that may join now (none if sequences are active and nobody is waiting)
