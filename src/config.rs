@@ -323,11 +323,19 @@ pub struct GenerationConfig {
     pub max_tokens_limit: usize,
     /// The longest prompt, in tokens.
     pub max_prompt_tokens: usize,
+    /// Prompt tokens run per scheduler iteration, between two steps of the running sequences: bounds how long a
+    /// burst of long prompts holds up everyone's next token (longer prompts run in chunks).
+    pub prefill_budget_tokens: usize,
 }
 
 impl Default for GenerationConfig {
     fn default() -> Self {
-        GenerationConfig { default_max_tokens: 200, max_tokens_limit: 2000, max_prompt_tokens: 4096 }
+        GenerationConfig {
+            default_max_tokens: 200,
+            max_tokens_limit: 2000,
+            max_prompt_tokens: 4096,
+            prefill_budget_tokens: 256,
+        }
     }
 }
 
@@ -423,6 +431,7 @@ impl ModelToml {
         check_range("generation.max_tokens_limit", g.max_tokens_limit, 1, 1_000_000)?;
         check_range("generation.default_max_tokens", g.default_max_tokens, 1, g.max_tokens_limit)?;
         check_range("generation.max_prompt_tokens", g.max_prompt_tokens, 1, 1_000_000)?;
+        check_range("generation.prefill_budget_tokens", g.prefill_budget_tokens, 1, 1_000_000)?;
         let st = &self.stylize;
         check_range("stylize.max_size_limit", st.max_size_limit as usize, 16, 8192)?;
         check_range("stylize.default_max_size", st.default_max_size as usize, 16, st.max_size_limit as usize)?;

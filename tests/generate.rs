@@ -179,3 +179,19 @@ async fn bad_requests_get_errors_that_name_the_field_and_range() {
     let (status, _, _) = error_of(generate(&server, json!({"prompt": "", "stream": true})).await).await;
     assert_eq!(status, 422);
 }
+
+/// A prompt longer than `generation.prefill_budget_tokens` runs through the model in chunks, between the running
+/// sequences' steps; the model's state carries from one chunk to the next, so the text is the one a prefill of
+/// the whole prompt gives.
+#[tokio::test]
+async fn a_long_prompt_prefilled_in_chunks_gives_the_same_text() {
+    let (_whole_repo, whole) = shakespeare_server(&[("prefill_budget_tokens", "4096")]).await;
+    let (_chunked_repo, chunked) = shakespeare_server(&[("prefill_budget_tokens", "7")]).await;
+    let prompt = "ROMEO.\nBut soft, what light through yonder window breaks?\nIt is the east, and Juliet is the sun.\n\
+        Arise, fair sun, and kill the envious moon,\nWho is already sick and pale with grief,\n\
+        That thou her maid art far more fair than she.\n\nJULIET.\nO Romeo, Romeo, wherefore art thou Romeo?\n";
+    let body = json!({"prompt": prompt, "max_tokens": 80, "temperature": 0});
+    let (expected, chunked) = (generate_ok(&whole, body.clone()).await, generate_ok(&chunked, body).await);
+    assert_eq!(expected["text"], chunked["text"]);
+    assert_eq!(chunked["tokens"].as_u64(), Some(80));
+}

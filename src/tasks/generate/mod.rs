@@ -4,6 +4,7 @@
 //! Tokens are bytes (vocabulary 256): any prompt can be encoded, and the default model was trained on ASCII text,
 //! where a byte is a character.
 
+mod admission;
 mod scheduler;
 
 pub use scheduler::{GenerationEngine, GenerationEvent};
@@ -298,7 +299,12 @@ mod tests {
     }
 
     fn limits() -> GenerationConfig {
-        GenerationConfig { default_max_tokens: 10, max_tokens_limit: 100, max_prompt_tokens: 20 }
+        GenerationConfig {
+            default_max_tokens: 10,
+            max_tokens_limit: 100,
+            max_prompt_tokens: 20,
+            ..GenerationConfig::default()
+        }
     }
 
     fn request(json: &str) -> Result<GenerationRequest, String> {

@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 use tch::{Device, Kind, Tensor};
 use tokio::sync::{mpsc, oneshot};
 
+use super::admission::{self, PrefillPass, PromptProgress};
 use super::{FinishReason, GenerationRequest, Sampler, TextDecoder, VOCABULARY};
 use crate::config::GenerationConfig;
 use crate::engine::batcher::{BatchPolicy, Batcher, Next};
@@ -49,6 +50,27 @@ struct Sequence {
     state: Tensor,
     /// Set once the sequence has sent its last event or its caller has gone.
     finished: bool,
+}
+
+/// A newcomer whose prompt runs through the model, in one or more chunks (`admission::plan`), before its first
+/// token.
+struct Prefilling {
+    pending: Pending,
+    prompt: Vec<i64>,
+    progress: PromptProgress,
+    /// The model's state after the chunks run so far; `None` before the first.
+    state: Option<Tensor>,
+    /// The last position's logits, once the whole prompt has run.
+    last_logits: Option<Vec<f32>>,
+    failed: Option<String>,
+}
+
+impl Prefilling {
+    fn new(pending: Pending) -> Prefilling {
+        let prompt: Vec<i64> = pending.request.prompt.iter().map(|&b| i64::from(b)).collect();
+        let progress = PromptProgress { length: prompt.len(), done: 0 };
+        Prefilling { pending, prompt, progress, state: None, last_logits: None, failed: None }
+    }
 }
 
 /// A request of model-level tensors (Open Inference Protocol): one forward pass of its own between steps, since
@@ -208,14 +230,17 @@ fn scheduler_main(shared: &Shared, ready: std::sync::mpsc::Sender<Result<(), Str
         return;
     };
     let mut active: Vec<Sequence> = Vec::new();
-    while let Some((admitted, tensor_jobs)) = next_admissions(shared, active.len()) {
+    let mut prefilling: Vec<Prefilling> = Vec::new();
+    while let Some((admitted, tensor_jobs)) = next_admissions(shared, active.len(), prefilling.len()) {
         for job in tensor_jobs {
             run_tensor_job(shared, &model, job);
         }
-        for pending in admitted {
-            if let Some(sequence) = guarded(shared, || start_sequence(shared, &model, pending)) {
-                active.push(sequence);
-            }
+        prefilling.extend(admitted.into_iter().map(Prefilling::new));
+        // A caller that left while its prompt ran costs nothing more.
+        prefilling.retain(|p| !p.pending.events.is_closed());
+        if !prefilling.is_empty() {
+            prefill(shared, &model, &mut prefilling);
+            active.extend(start_prefilled(shared, &mut prefilling));
         }
         active.retain(|s| !s.finished);
         if !active.is_empty() {
@@ -246,26 +271,6 @@ fn run_tensor_job(shared: &Shared, model: &InferenceModule, job: TensorJob) {
     let _ = job.reply.send(result.map_err(|message| shared.error(|model| EngineError::Rejected { model, message })));
 }
 
-/// Runs `body`, turning a libtorch error or a panic into a logged failure of that sequence's start.
-fn guarded<T>(
-    shared: &Shared,
-    body: impl FnOnce() -> Result<T, (mpsc::UnboundedSender<GenerationEvent>, String)>,
-) -> Option<T> {
-    match std::panic::catch_unwind(AssertUnwindSafe(body)) {
-        Ok(Ok(value)) => Some(value),
-        Ok(Err((events, message))) => {
-            tracing::error!(model = %shared.spec.model, error = %message, "starting a sequence failed");
-            let _ =
-                events.send(GenerationEvent::Error(shared.error(|model| EngineError::Inference { model, message })));
-            None
-        }
-        Err(panic) => {
-            tracing::error!(model = %shared.spec.model, error = %panic_message(panic.as_ref()), "starting a sequence panicked");
-            None
-        }
-    }
-}
-
 fn guarded_step(shared: &Shared, model: &InferenceModule, active: &mut [Sequence]) -> Result<(), String> {
     std::panic::catch_unwind(AssertUnwindSafe(|| step(shared, model, active)))
         .unwrap_or_else(|panic| Err(format!("panic: {}", panic_message(panic.as_ref()))))
@@ -273,10 +278,11 @@ fn guarded_step(shared: &Shared, model: &InferenceModule, active: &mut [Sequence
 
 /// Waits for work: returns the sequences that may join now (none if sequences are active and nobody is waiting)
 /// and the tensor requests to run before the next step, or `None` once closed with nothing left to do.
-fn next_admissions(shared: &Shared, active: usize) -> Option<(Vec<Pending>, Vec<TensorJob>)> {
-    // Joining never waits for company: whoever is queued joins at the next step, up to max_batch_size in all.
-    let policy =
-        BatchPolicy { max_size: shared.spec.batching.max_batch_size.saturating_sub(active), max_delay: Duration::ZERO };
+fn next_admissions(shared: &Shared, active: usize, prefilling: usize) -> Option<(Vec<Pending>, Vec<TensorJob>)> {
+    // Joining never waits for company: whoever is queued starts prefilling at the next iteration, up to
+    // max_batch_size running and prefilling sequences in all.
+    let places = admission::free_places(shared.spec.batching.max_batch_size, active, prefilling);
+    let policy = BatchPolicy { max_size: places, max_delay: Duration::ZERO };
     let mut queue = shared.lock();
     loop {
         let now = Instant::now();
@@ -299,7 +305,7 @@ fn next_admissions(shared: &Shared, active: usize) -> Option<(Vec<Pending>, Vec<
                 Next::Empty | Next::WaitUntil(_) => Vec::new(),
             },
         };
-        if !admitted.is_empty() || active > 0 || !tensor_jobs.is_empty() {
+        if !admitted.is_empty() || active > 0 || prefilling > 0 || !tensor_jobs.is_empty() {
             shared.metrics.queue_depth.set(queue.waiting.len() as i64);
             for pending in &admitted {
                 shared.metrics.queue_duration.observe(now.duration_since(pending.enqueued_at).as_secs_f64());
@@ -314,36 +320,93 @@ fn next_admissions(shared: &Shared, active: usize) -> Option<(Vec<Pending>, Vec<
     }
 }
 
-/// Runs the prompt through the model (the prefill) and emits the first token.
-fn start_sequence(
+/// Runs this iteration's share of the prompts (`admission::plan`, within `generation.prefill_budget_tokens`).
+/// A pass that fails (a libtorch error, a panic) fails its members only.
+fn prefill(shared: &Shared, model: &InferenceModule, prefilling: &mut [Prefilling]) {
+    let progress: Vec<PromptProgress> = prefilling.iter().map(|p| p.progress).collect();
+    for pass in admission::plan(&progress, shared.limits.prefill_budget_tokens) {
+        let started = Instant::now();
+        let result = std::panic::catch_unwind(AssertUnwindSafe(|| prefill_pass(shared, model, prefilling, &pass)))
+            .unwrap_or_else(|panic| Err(format!("panic: {}", panic_message(panic.as_ref()))));
+        shared.metrics.inference_duration.observe(started.elapsed().as_secs_f64());
+        if let Err(message) = result {
+            tracing::error!(model = %shared.spec.model, sequences = pass.members.len(), error = %message, "prefill failed");
+            for &member in &pass.members {
+                prefilling[member].failed = Some(message.clone());
+            }
+        }
+    }
+}
+
+/// One forward pass over a chunk of each member's prompt; the members' states carry to their next chunk.
+fn prefill_pass(
     shared: &Shared,
     model: &InferenceModule,
-    pending: Pending,
-) -> Result<Sequence, (mpsc::UnboundedSender<GenerationEvent>, String)> {
-    let Pending { request, events, .. } = pending;
-    let prompt: Vec<i64> = request.prompt.iter().map(|&b| i64::from(b)).collect();
-    let result = (|| -> Result<(Vec<f32>, Tensor), String> {
-        let ids = Tensor::from_slice(&prompt).view([1, -1]).to_device(shared.spec.device);
-        let (logits, state) = run_model(model, &ids, &Tensor::zeros([0], (Kind::Float, shared.spec.device)), 1)?;
-        let last = logits.select(1, -1);
-        Ok((tensor_to_vec(&last)?, state))
-    })();
-    let (logits, state) = match result {
-        Ok(ok) => ok,
-        Err(message) => return Err((events, message)),
+    prefilling: &mut [Prefilling],
+    pass: &PrefillPass,
+) -> Result<(), String> {
+    let device = shared.spec.device;
+    let batch = pass.members.len();
+    let mut ids = Vec::with_capacity(batch * pass.tokens);
+    for &member in &pass.members {
+        let Prefilling { prompt, progress, .. } = &prefilling[member];
+        ids.extend_from_slice(&prompt[progress.done..progress.done + pass.tokens]);
+    }
+    let ids = Tensor::from_slice(&ids).view([batch as i64, pass.tokens as i64]).to_device(device);
+    let state = if pass.fresh {
+        Tensor::zeros([0], (Kind::Float, device))
+    } else {
+        let states: Vec<&Tensor> = pass.members.iter().filter_map(|&m| prefilling[m].state.as_ref()).collect();
+        Tensor::f_cat(&states, 1).map_err(|e| torch_error_summary(&e.to_string()))?
     };
-    let mut sequence = Sequence {
-        events,
-        sampler: Sampler::new(request.sampling),
-        decoder: TextDecoder::default(),
-        stop: request.stop,
-        max_tokens: request.max_tokens,
-        last_token: 0,
-        state,
-        finished: false,
-    };
-    advance(shared, &mut sequence, &logits);
-    Ok(sequence)
+    let (logits, state) = run_model(model, &ids, &state, batch)?;
+    let states = state.f_split(1, 1).map_err(|e| torch_error_summary(&e.to_string()))?;
+    let last = tensor_to_vec(&logits.select(1, -1))?;
+    for ((&member, state), row) in pass.members.iter().zip(states).zip(last.chunks(VOCABULARY)) {
+        let sequence = &mut prefilling[member];
+        sequence.progress.done += pass.tokens;
+        sequence.state = Some(state);
+        if sequence.progress.finished() {
+            sequence.last_logits = Some(row.to_vec());
+        }
+    }
+    Ok(())
+}
+
+/// Takes the prefills that are through (or failed) out of `prefilling`: a failed one gets its error, a finished
+/// one emits its first token and becomes a running sequence.
+fn start_prefilled(shared: &Shared, prefilling: &mut Vec<Prefilling>) -> Vec<Sequence> {
+    let mut started = Vec::new();
+    let mut still = Vec::with_capacity(prefilling.len());
+    for mut prefill in prefilling.drain(..) {
+        if let Some(message) = prefill.failed.take() {
+            let error = shared.error(|model| EngineError::Inference { model, message });
+            let _ = prefill.pending.events.send(GenerationEvent::Error(error));
+            continue;
+        }
+        if !prefill.progress.finished() {
+            still.push(prefill);
+            continue;
+        }
+        let (Some(state), Some(logits)) = (prefill.state, prefill.last_logits) else {
+            continue; // a finished prefill has both: prefill_pass sets them together
+        };
+        let Pending { request, events, .. } = prefill.pending;
+        let mut sequence = Sequence {
+            events,
+            sampler: Sampler::new(request.sampling),
+            decoder: TextDecoder::default(),
+            stop: request.stop,
+            max_tokens: request.max_tokens,
+            last_token: 0,
+            state,
+            finished: false,
+        };
+        advance(shared, &mut sequence, &logits);
+        started.push(sequence);
+    }
+    *prefilling = still;
+    started
 }
 
 /// One batched forward pass over every active sequence, then one new token each.
