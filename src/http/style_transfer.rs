@@ -36,10 +36,8 @@ pub async fn style_transfer(
     Serving { name, loaded, .. }: Serving<StyleTransfer>,
     request: Request,
 ) -> Result<Response, ApiError> {
-    let state = &state;
-    let name = name.as_str();
     let Backend::StyleFeatures(pool) = &loaded.backend else {
-        return Err(wrong_backend(name, StyleTransfer::TASK));
+        return Err(wrong_backend(&name, StyleTransfer::TASK));
     };
     let ([content_bytes, style_bytes], params) =
         read_multipart_images(request, state.limits.body, [CONTENT, STYLE]).await?;
@@ -54,7 +52,7 @@ pub async fn style_transfer(
         image::probe(&content_bytes, state.limits.image).map_err(in_field(CONTENT))?,
         image::probe(&style_bytes, state.limits.image).map_err(in_field(STYLE))?,
     ];
-    let (content, style) = decode_off_runtime(state, &probes, move || {
+    let (content, style) = decode_off_runtime(&state, &probes, move || {
         let prepare = |bytes: Bytes, probe, field| {
             let decoded = image::decode_probed(&bytes, probe).map_err(in_field(field))?;
             Ok::<_, TaskError>(image::to_unit_tensor(&image::fit_within(decoded, settings.size)?))
@@ -73,7 +71,7 @@ pub async fn style_transfer(
     let seconds = result.seconds;
     let encoded =
         off_runtime("image encoding", move || image::encode(&image::from_unit_tensor(&result.image)?, format)).await?;
-    let mut response = image_response(encoded, format, name, loaded.version);
+    let mut response = image_response(encoded, format, &name, loaded.version);
     let headers = response.headers_mut();
     headers.insert("ember-steps", HeaderValue::from(steps));
     if let Ok(value) = HeaderValue::from_str(&format!("{seconds:.3}")) {
