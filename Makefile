@@ -27,7 +27,7 @@ DIST := dist/ember-$(VERSION)-linux-x86_64
 # DIST_TARBALL=no packs only the folder (the Dockerfile copies the folder; gzip of the CUDA one takes minutes).
 DIST_TARBALL ?= yes
 
-.PHONY: run setup system-tools dist-tools deploy-tools deploy-check models build test docs lint bench bench-text bench-style bench-footprint soak \
+.PHONY: run setup system-tools dist-tools deploy-tools deploy-check models build test test-fast docs lint bench bench-text bench-style bench-footprint soak \
 	dist dist-cuda dist-clean
 
 ## run: install what is missing, build the models and ember, serve on localhost:8080
@@ -37,6 +37,11 @@ run: build models
 ## test: the whole test suite (unit and integration, real models over real HTTP, deploy/'s offline validation)
 test: build models $(OPENAPI_TOOLS) $(DEPLOY_TOOLS_STAMP)
 	cargo test --release
+
+## test-fast: the unit tests, the layering check and the HTTP-contract tests (stand-in models, no model files):
+## seconds once built, for the edit-test loop; `make test` stays what CI runs
+test-fast: build
+	cargo test --release --lib --test contract --test layers
 
 ## setup: the Python venv with torch, torchvision and the weight and sample-data packages, and the source
 ## archives and pictures whose data files the exports read

@@ -16,7 +16,7 @@ use tch::Device;
 
 use crate::config::DeviceChoice;
 use crate::config::TaskKind;
-use crate::engine::{device, retired, EngineError, WorkerSpec};
+use crate::engine::{device, retired, EngineError, StandIn, WorkerSpec};
 use crate::metrics::Metrics;
 use crate::repository::{self, ModelSpec, Repository};
 use crate::signature::Signature;
@@ -125,7 +125,12 @@ pub struct Registry {
     metrics: Arc<Metrics>,
     /// Set by `shutdown`: no model starts loading after it.
     stopping: AtomicBool,
+    /// Modules that stand in for every model's TorchScript (HTTP-contract tests only; see `with_stand_ins`).
+    stand_ins: Option<Box<StandInMaker>>,
 }
+
+/// Makes the stand-in module of a model (`Registry::with_stand_ins`).
+type StandInMaker = dyn Fn(&ModelSpec) -> StandIn + Send + Sync;
 
 impl Registry {
     /// Every model of the repository, all in state `Loading` until `load_all` finishes them.
@@ -142,10 +147,18 @@ impl Registry {
             server_device,
             metrics,
             stopping: AtomicBool::new(false),
+            stand_ins: None,
         }
     }
 
     /// Polls the repository every `interval` on a thread of its own, until the registry shuts down or is dropped.
+    /// Every model runs the module `stand_in` makes for it instead of its model.pt: for tests of the HTTP contract
+    /// that need no model files (tests/contract.rs). Call before `load_all`.
+    pub fn with_stand_ins(mut self, stand_in: impl Fn(&ModelSpec) -> StandIn + Send + Sync + 'static) -> Registry {
+        self.stand_ins = Some(Box::new(stand_in));
+        self
+    }
+
     pub fn watch_repository(self: &Arc<Self>, interval: Duration) {
         let registry: Weak<Registry> = Arc::downgrade(self);
         let spawned = std::thread::Builder::new().name("ember-watch".into()).spawn(move || loop {
@@ -326,6 +339,7 @@ impl Registry {
             optimize: spec.config.optimize,
             batching: spec.config.batching.clone(),
             sizing: spec.config.sizing(),
+            stand_in: self.stand_ins.as_ref().map(|stand_in| stand_in(&spec)),
         };
         let backend = Backend::start(&spec, worker, &self.metrics)?;
         let signature = backend.signature(&spec);

@@ -20,15 +20,10 @@ use tokio::sync::Semaphore;
 
 use crate::config::{DeviceChoice, ServeConfig};
 use crate::engine::{cuda, device};
-use crate::http::admin::Admin;
-use crate::http::decode_memory::DecodeMemory;
-use crate::http::{router, AppState, BodyFlags, BodyLimit, Limits};
-use crate::jobs::Jobs;
+use crate::http::{router, AppState};
 use crate::metrics::Metrics;
 use crate::registry::Registry;
 use crate::repository::Repository;
-use crate::tasks::image::ImageLimits;
-use crate::train::upload::UnpackLimits;
 
 /// How connections are accepted and timed.
 struct Connections {
@@ -68,29 +63,6 @@ impl Server {
         if config.watch_interval_ms > 0 {
             registry.watch_repository(Duration::from_millis(config.watch_interval_ms));
         }
-        let limits = Limits {
-            body: BodyLimit {
-                max_bytes: config.max_body_bytes,
-                read_timeout: config.body_read_timeout(),
-                flags: BodyFlags::Request,
-            },
-            image: ImageLimits { max_pixels: config.max_image_pixels, max_aspect: config.max_image_aspect },
-            max_response_bytes: config.max_response_bytes,
-            request_timeout: config.request_timeout(),
-        };
-        let admin = config.admin_token.as_ref().map(|token| Admin {
-            token: token.0.clone(),
-            jobs: Jobs::start(Arc::clone(&registry), Arc::clone(&metrics), config.fine_tune_queue),
-            upload: BodyLimit {
-                max_bytes: config.max_upload_bytes,
-                read_timeout: config.upload_read_timeout(),
-                flags: BodyFlags::Upload,
-            },
-            unpack: UnpackLimits { max_bytes: config.max_fine_tune_bytes, max_entries: 1_000_000 },
-        });
-        if admin.is_some() {
-            tracing::info!("admin API on (/admin/...)");
-        }
         let connections = Connections {
             max: connection_cap(config.max_connections),
             header_read_timeout: config.header_read_timeout(),
@@ -98,8 +70,11 @@ impl Server {
                 + config.body_read_timeout().max(config.upload_read_timeout())
                 + config.request_timeout(),
         };
-        let decode_memory = Arc::new(DecodeMemory::new(config.max_decode_bytes));
-        Ok(Server { listener, state: AppState { registry, metrics, limits, decode_memory, admin }, connections })
+        let state = AppState::new(config, registry, metrics);
+        if state.admin.is_some() {
+            tracing::info!("admin API on (/admin/...)");
+        }
+        Ok(Server { listener, state, connections })
     }
 
     pub fn local_addr(&self) -> SocketAddr {

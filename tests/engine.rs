@@ -46,6 +46,7 @@ fn square_spec(dir: &Path, max_batch_size: usize) -> WorkerSpec {
         optimize: true,
         batching: BatchingConfig { max_batch_size, ..BatchingConfig::default() },
         sizing: Sizing { workers: 1, intra_op_threads: 1, cpus: 1 },
+        stand_in: None,
     }
 }
 

@@ -16,7 +16,7 @@ use std::time::Duration;
 
 pub use fault::{panic_message, torch_error_summary};
 pub use forward::forward_batched;
-pub use module::InferenceModule;
+pub use module::{InferenceModule, StandIn, StandInForward};
 pub use pool::{BatchTask, WorkerPool, WorkerSpec};
 
 /// What can go wrong between queueing a request and getting its answer.
@@ -52,6 +52,9 @@ impl EngineError {
 impl WorkerSpec {
     /// Loads this worker's copy of the module; the error names the file and libtorch's one-line reason.
     pub fn load_module(&self) -> Result<InferenceModule, String> {
+        if let Some(stand_in) = &self.stand_in {
+            return Ok(InferenceModule::stand_in(stand_in.clone()));
+        }
         InferenceModule::load(&self.path, self.device, self.optimize)
             .map_err(|e| format!("cannot load {}: {}", self.path.display(), torch_error_summary(&e)))
     }

@@ -6,8 +6,10 @@
 //! cannot be saved, so the export cannot do it ahead of time.
 
 use std::ffi::{c_char, c_int, c_void, CStr, CString};
+use std::fmt;
 use std::path::Path;
 use std::ptr::NonNull;
+use std::sync::Arc;
 
 use tch::{Device, Tensor};
 
@@ -26,8 +28,27 @@ extern "C" {
 }
 
 pub struct InferenceModule {
-    raw: NonNull<c_void>,
-    optimized: bool,
+    inner: Inner,
+}
+
+enum Inner {
+    TorchScript { raw: NonNull<c_void>, optimized: bool },
+    StandIn(StandIn),
+}
+
+/// Computes a module's outputs from its inputs without TorchScript: the test double that lets HTTP-contract
+/// tests (tests/contract.rs) run the whole server without model files. What a model decides is never tested
+/// through one.
+#[derive(Clone)]
+pub struct StandIn(pub Arc<StandInForward>);
+
+/// A stand-in's forward: the inputs in, the outputs or why not out.
+pub type StandInForward = dyn Fn(&[&Tensor]) -> Result<Vec<Tensor>, String> + Send + Sync;
+
+impl fmt::Debug for StandIn {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("StandIn")
+    }
 }
 
 // SAFETY: a torch::jit::Module may move between threads, and its forward may run from several threads at
@@ -76,7 +97,7 @@ impl InferenceModule {
         };
         if optimize {
             match load(true) {
-                Ok(raw) => return Ok(InferenceModule { raw, optimized: true }),
+                Ok(raw) => return Ok(InferenceModule { inner: Inner::TorchScript { raw, optimized: true } }),
                 Err(message) => tracing::warn!(
                     path = %path.display(),
                     error = %super::fault::torch_error_summary(&message),
@@ -84,16 +105,24 @@ impl InferenceModule {
                 ),
             }
         }
-        Ok(InferenceModule { raw: load(false)?, optimized: false })
+        Ok(InferenceModule { inner: Inner::TorchScript { raw: load(false)?, optimized: false } })
+    }
+
+    pub fn stand_in(stand_in: StandIn) -> InferenceModule {
+        InferenceModule { inner: Inner::StandIn(stand_in) }
     }
 
     /// Whether freeze + optimize_for_inference was applied.
     pub fn is_optimized(&self) -> bool {
-        self.optimized
+        matches!(self.inner, Inner::TorchScript { optimized: true, .. })
     }
 
     /// Runs `forward(inputs...)`; returns its tensor, or the elements of its tuple of tensors.
     pub fn forward(&self, inputs: &[&Tensor]) -> Result<Vec<Tensor>, String> {
+        let raw = match &self.inner {
+            Inner::TorchScript { raw, .. } => raw,
+            Inner::StandIn(stand_in) => return (stand_in.0)(inputs),
+        };
         let input_ptrs: Vec<*mut c_void> = inputs.iter().map(|t| t.as_ptr() as *mut c_void).collect();
         let mut output_ptrs = [std::ptr::null_mut::<c_void>(); MAX_OUTPUTS];
         // SAFETY: the module is alive for &self; the input tensors are only read and outlive the call; the shim
@@ -101,7 +130,7 @@ impl InferenceModule {
         let count = checked(
             |error| unsafe {
                 ember_module_forward(
-                    self.raw.as_ptr(),
+                    raw.as_ptr(),
                     input_ptrs.as_ptr(),
                     input_ptrs.len(),
                     output_ptrs.as_mut_ptr(),
@@ -129,7 +158,9 @@ impl InferenceModule {
 
 impl Drop for InferenceModule {
     fn drop(&mut self) {
-        // SAFETY: raw came from ember_module_load and is freed exactly once.
-        unsafe { ember_module_free(self.raw.as_ptr()) }
+        if let Inner::TorchScript { raw, .. } = &self.inner {
+            // SAFETY: raw came from ember_module_load and is freed exactly once.
+            unsafe { ember_module_free(raw.as_ptr()) }
+        }
     }
 }

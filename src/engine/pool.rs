@@ -15,7 +15,7 @@ use tokio::sync::oneshot;
 
 use super::batcher::{BatchPolicy, Batcher, Next};
 use super::fault::{panic_message, torch_error_summary};
-use super::module::InferenceModule;
+use super::module::{InferenceModule, StandIn};
 use super::EngineError;
 use crate::config::BatchingConfig;
 use crate::cpus::Sizing;
@@ -66,6 +66,8 @@ pub struct WorkerSpec {
     pub batching: BatchingConfig,
     /// Workers and their intra-op threads (model.toml's `auto` resolved on this machine's CPUs).
     pub sizing: Sizing,
+    /// Run this instead of loading `path` (HTTP-contract tests only).
+    pub stand_in: Option<StandIn>,
 }
 
 /// What a job asks of a worker: the task's own input (the REST routes), or the model-level tensors of the Open

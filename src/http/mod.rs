@@ -34,11 +34,14 @@ use tracing::Level;
 pub use body::{BodyFlags, BodyLimit};
 use decode_memory::DecodeMemory;
 
+use crate::config::ServeConfig;
 use crate::config::TaskKind;
+use crate::jobs::Jobs;
 use crate::metrics::Metrics;
 use crate::registry::{Loaded, ModelEntry, ModelState, Registry};
 use crate::tasks::image::{self, ImageLimits, Probe};
 use crate::tasks::style::OutputFormat;
+use crate::train::upload::UnpackLimits;
 use error::ApiError;
 use extract::MetricsLabel;
 
@@ -64,6 +67,33 @@ pub struct AppState {
 }
 
 impl AppState {
+    /// The state the routes share, from the server's flags: the limits, the decode-memory budget, and the admin
+    /// API (its fine-tuning runner starts here) when a token is set.
+    pub fn new(config: &ServeConfig, registry: Arc<Registry>, metrics: Arc<Metrics>) -> AppState {
+        let limits = Limits {
+            body: BodyLimit {
+                max_bytes: config.max_body_bytes,
+                read_timeout: config.body_read_timeout(),
+                flags: BodyFlags::Request,
+            },
+            image: ImageLimits { max_pixels: config.max_image_pixels, max_aspect: config.max_image_aspect },
+            max_response_bytes: config.max_response_bytes,
+            request_timeout: config.request_timeout(),
+        };
+        let admin = config.admin_token.as_ref().map(|token| admin::Admin {
+            token: token.0.clone(),
+            jobs: Jobs::start(Arc::clone(&registry), Arc::clone(&metrics), config.fine_tune_queue),
+            upload: BodyLimit {
+                max_bytes: config.max_upload_bytes,
+                read_timeout: config.upload_read_timeout(),
+                flags: BodyFlags::Upload,
+            },
+            unpack: UnpackLimits { max_bytes: config.max_fine_tune_bytes, max_entries: 1_000_000 },
+        });
+        let decode_memory = Arc::new(DecodeMemory::new(config.max_decode_bytes));
+        AppState { registry, metrics, limits, decode_memory, admin }
+    }
+
     /// The named model, or a 404 that lists the models there are.
     fn model(&self, name: &str) -> Result<Arc<ModelEntry>, ApiError> {
         self.registry.get(name).ok_or_else(|| {
