@@ -4,6 +4,8 @@
 //! validation; what a model decides is tested with real models elsewhere (classify.rs, sentiment.rs, ...).
 //! No TorchScript is loaded, so they run in seconds (`make test-fast`).
 
+mod common;
+
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
@@ -295,4 +297,35 @@ async fn a_model_failure_is_a_500_that_names_the_request_id_and_not_the_details(
     assert!(message.contains("request id contract-500") && !message.contains("secret.cpp"), "{message}");
     // The same model still answers what it can.
     assert_eq!(api.post("/v1/classify", "image/png", png()).await.0, StatusCode::OK);
+}
+
+/// Every operation of openapi.yaml, sent a photo with the admin token: routed (neither the fallback's 404 nor a
+/// 405), never a 500, and every refusal a JSON error body with an error_type (a 503 too: the operations run in
+/// path order, so /admin/models/iris/unload comes before /v2/models/iris/...).
+#[tokio::test]
+async fn every_documented_operation_is_routed_and_refuses_in_json() {
+    let api = Contract::start(&["--admin-token", "contract-token"]).await;
+    for (method, path) in common::documented() {
+        let path = path.replace("{name}", "iris").replace("{version}", "1").replace("{id}", "1");
+        let request = Request::builder()
+            .method(method.as_str())
+            .uri(&path)
+            .header(header::AUTHORIZATION, "Bearer contract-token")
+            .header(header::CONTENT_TYPE, "image/png")
+            .body(Body::from(png()))
+            .unwrap();
+        let response = api.app.clone().oneshot(request).await.unwrap();
+        let status = response.status();
+        let bytes = to_bytes(response.into_body(), 1 << 24).await.unwrap();
+        let text = String::from_utf8_lossy(&bytes);
+        assert!(
+            status != StatusCode::METHOD_NOT_ALLOWED && !text.contains("no route for"),
+            "{method} {path}: {status}"
+        );
+        assert_ne!(status, StatusCode::INTERNAL_SERVER_ERROR, "{method} {path}: {text}");
+        if status.is_client_error() || status.is_server_error() {
+            let body: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+            assert!(body["error_type"].is_string() && body["error"].is_string(), "{method} {path}: {status} {text}");
+        }
+    }
 }

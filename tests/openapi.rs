@@ -7,31 +7,9 @@ mod common;
 use std::collections::BTreeSet;
 use std::process::Command;
 
-use common::{client, content_type_of, photo, root, TempRepo, TestServer};
+use common::{client, content_type_of, documented, photo, root, TempRepo, TestServer, METHODS};
 
-const METHODS: [&str; 5] = ["get", "post", "put", "delete", "patch"];
 const TOKEN: &str = "openapi-admin-token";
-
-/// (METHOD, path) of every operation in openapi.yaml (paths at two spaces of indent, methods at four).
-fn documented() -> BTreeSet<(String, String)> {
-    let spec = std::fs::read_to_string(root().join("openapi.yaml")).unwrap();
-    let mut operations = BTreeSet::new();
-    let mut in_paths = false;
-    let mut path = None;
-    for line in spec.lines() {
-        if !line.starts_with(' ') {
-            in_paths = line == "paths:";
-            path = None;
-        } else if let Some(p) = line.strip_prefix("  /").and_then(|l| l.strip_suffix(':')).filter(|_| in_paths) {
-            path = Some(format!("/{p}"));
-        } else if let (Some(p), Some(method)) = (&path, line.strip_prefix("    ").and_then(|l| l.strip_suffix(':'))) {
-            if METHODS.contains(&method) {
-                operations.insert((method.to_uppercase(), p.clone()));
-            }
-        }
-    }
-    operations
-}
 
 /// (METHOD, path) of every `.route("path", get(..).post(..))` in src/http, read from the source: axum cannot
 /// list a router's routes.

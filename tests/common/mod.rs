@@ -2,6 +2,7 @@
 //! photos the setup copied from scikit-image and scikit-learn, and the Python side's reference outputs.
 #![allow(dead_code)] // each test binary uses its own subset
 
+use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -222,4 +223,27 @@ pub async fn job_until(
         assert!(Instant::now() < deadline, "job {id} never got there: {job}");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+}
+
+pub const METHODS: [&str; 5] = ["get", "post", "put", "delete", "patch"];
+
+/// (METHOD, path) of every operation in openapi.yaml (paths at two spaces of indent, methods at four).
+pub fn documented() -> BTreeSet<(String, String)> {
+    let spec = std::fs::read_to_string(root().join("openapi.yaml")).unwrap();
+    let mut operations = BTreeSet::new();
+    let mut in_paths = false;
+    let mut path = None;
+    for line in spec.lines() {
+        if !line.starts_with(' ') {
+            in_paths = line == "paths:";
+            path = None;
+        } else if let Some(p) = line.strip_prefix("  /").and_then(|l| l.strip_suffix(':')).filter(|_| in_paths) {
+            path = Some(format!("/{p}"));
+        } else if let (Some(p), Some(method)) = (&path, line.strip_prefix("    ").and_then(|l| l.strip_suffix(':'))) {
+            if METHODS.contains(&method) {
+                operations.insert((method.to_uppercase(), p.clone()));
+            }
+        }
+    }
+    operations
 }
