@@ -6,10 +6,13 @@
 //!
 //! cargo run --release --example gen_burst -- http://127.0.0.1:8080 RUNNING BURST PROMPT_BYTES ROUNDS
 
+mod stats;
+
 use std::time::{Duration, Instant};
 
 use futures_util::future::try_join_all;
 use serde_json::json;
+use stats::median;
 use tokio::sync::mpsc;
 
 /// Token arrival times of one stream.
@@ -40,11 +43,6 @@ async fn stream_tokens(
     }
     anyhow::ensure!(arrivals.len() == tokens, "stream {seed}: {} tokens, expected {tokens}", arrivals.len());
     Ok(arrivals)
-}
-
-fn median(values: &mut [f64]) -> f64 {
-    values.sort_by(f64::total_cmp);
-    values[values.len() / 2]
 }
 
 fn max(values: &[f64]) -> f64 {

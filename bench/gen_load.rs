@@ -4,9 +4,12 @@
 //!
 //! cargo run --release --example gen_load -- http://127.0.0.1:8080 STREAMS TOKENS ROUNDS
 
+mod stats;
+
 use std::time::{Duration, Instant};
 
 use serde_json::json;
+use stats::median;
 
 struct StreamResult {
     first_token: Duration,
@@ -32,11 +35,6 @@ async fn one_stream(client: &reqwest::Client, url: &str, tokens: usize, seed: u6
     }
     anyhow::ensure!(counted == tokens, "stream {seed} delivered {counted} tokens, expected {tokens}");
     Ok(StreamResult { first_token: first_token.unwrap_or_default(), tokens: counted, elapsed: started.elapsed() })
-}
-
-fn median(values: &mut [f64]) -> f64 {
-    values.sort_by(f64::total_cmp);
-    values[values.len() / 2]
 }
 
 #[tokio::main]

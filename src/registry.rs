@@ -14,8 +14,7 @@ use std::time::Instant;
 
 use tch::Device;
 
-use crate::config::DeviceChoice;
-use crate::config::TaskKind;
+use crate::config::{DeviceChoice, TaskKind};
 use crate::engine::{device, retired, EngineError, StandIn, WorkerSpec};
 use crate::metrics::Metrics;
 use crate::repository::{self, ModelSpec, Repository};

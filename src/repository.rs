@@ -3,8 +3,7 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
-use crate::config::ModelToml;
-use crate::config::TaskKind;
+use crate::config::{ModelToml, TaskKind};
 
 #[derive(Debug, thiserror::Error)]
 pub enum RepoError {

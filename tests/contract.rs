@@ -329,3 +329,28 @@ async fn every_documented_operation_is_routed_and_refuses_in_json() {
         }
     }
 }
+
+/// The `model` label of the request metrics comes from the extractors: a model that exists, named by the path or
+/// picked as the short route's default. Names a client invents never become labels (a client could otherwise
+/// grow the metrics without bound by asking for a thousand models).
+#[tokio::test]
+async fn request_metrics_label_only_models_that_exist() {
+    let api = Contract::start(&[]).await;
+    for i in 0..50 {
+        let name = format!("invented-{i}");
+        api.post(&format!("/v1/models/{name}/classify"), "image/png", png()).await;
+        api.get(&format!("/v2/models/{name}/ready")).await;
+        api.get(&format!("/v1/models/{name}")).await;
+    }
+    api.post("/v1/classify", "image/png", png()).await;
+    api.get("/v2/models/iris/ready").await;
+    let response = api.app.clone().oneshot(Request::get("/metrics").body(Body::empty()).unwrap()).await.unwrap();
+    let text = String::from_utf8(to_bytes(response.into_body(), 1 << 24).await.unwrap().to_vec()).unwrap();
+    assert!(!text.contains("invented-"), "{text}");
+    let requests = |model: &str, route: &str| {
+        let series = format!("ember_requests_total{{model=\"{model}\",route=\"{route}\",status=\"200\"}} 1");
+        text.lines().any(|line| line == series)
+    };
+    assert!(requests("mobilenet_v2", "/v1/classify"), "{text}");
+    assert!(requests("iris", "/v2/models/{name}/ready"), "{text}");
+}

@@ -20,6 +20,13 @@ pub fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
         .unwrap_or_else(|| "a panic without a message".to_string())
 }
 
+/// Runs `work`, turning a panic in it into `Err("panic: <its message>")`: task or model code fails its own
+/// batch, step or load, never the thread that runs it.
+pub fn catch_panic<T>(work: impl FnOnce() -> T) -> Result<T, String> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(work))
+        .map_err(|panic| format!("panic: {}", panic_message(panic.as_ref())))
+}
+
 #[cfg(test)]
 mod tests {
     use super::torch_error_summary;

@@ -14,7 +14,7 @@ pub mod retired;
 
 use std::time::Duration;
 
-pub use fault::{panic_message, torch_error_summary};
+pub use fault::{catch_panic, panic_message, torch_error_summary};
 pub use forward::forward_batched;
 pub use module::{InferenceModule, StandIn, StandInForward};
 pub use pool::{BatchTask, WorkerPool, WorkerSpec};

@@ -4,7 +4,6 @@
 //! Why a mutex + condvar rather than a channel: several workers share one queue, and the batching decision
 //! (`Batcher::next_batch`) needs to see the whole queue, not one message at a time.
 
-use std::panic::AssertUnwindSafe;
 use std::path::PathBuf;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::thread::JoinHandle;
@@ -14,7 +13,7 @@ use tch::{Device, Tensor};
 use tokio::sync::oneshot;
 
 use super::batcher::{BatchPolicy, Batcher, Next};
-use super::fault::{panic_message, torch_error_summary};
+use super::fault::{catch_panic, torch_error_summary};
 use super::module::{InferenceModule, StandIn};
 use super::EngineError;
 use crate::config::BatchingConfig;
@@ -463,8 +462,7 @@ fn run_guarded<T: BatchTask>(
     model: &InferenceModule,
     inputs: Vec<T::Input>,
 ) -> anyhow::Result<Vec<T::Output>> {
-    std::panic::catch_unwind(AssertUnwindSafe(|| shared.task.run_batch(model, shared.spec.device, inputs)))
-        .unwrap_or_else(|panic| Err(anyhow::anyhow!("panic: {}", panic_message(panic.as_ref()))))
+    catch_panic(|| shared.task.run_batch(model, shared.spec.device, inputs)).unwrap_or_else(|e| Err(anyhow::anyhow!(e)))
 }
 
 /// Requests of model-level tensors: the model may refuse one request's tensors (its shapes, its values), which
@@ -475,9 +473,7 @@ fn run_tensor_batch<T: BatchTask>(
     replies: Vec<Reply<T::Output>>,
     inputs: Vec<Vec<Tensor>>,
 ) {
-    let results =
-        std::panic::catch_unwind(AssertUnwindSafe(|| super::forward_batched(model, shared.spec.device, inputs)));
-    match results {
+    match catch_panic(|| super::forward_batched(model, shared.spec.device, inputs)) {
         Ok(results) => {
             for (reply, result) in replies.into_iter().zip(results) {
                 let answer = result
@@ -486,7 +482,7 @@ fn run_tensor_batch<T: BatchTask>(
                 let _ = reply.send(answer);
             }
         }
-        Err(panic) => fail_all(shared, replies, format!("panic: {}", panic_message(panic.as_ref()))),
+        Err(panic) => fail_all(shared, replies, panic),
     }
 }
 

@@ -178,9 +178,7 @@ pub async fn report_internal_errors(request_id: HeaderName, request: Request, ne
     };
     tracing::error!(request_id = %id, error = %detail, "internal error");
     let body = ErrorBody {
-        error: format!(
-            "internal error: ember failed this request; the server log has the details under request id {id}"
-        ),
+        error: format!("{INTERNAL_MESSAGE} under request id {id}"),
         error_type: ErrorKind::Internal.status_and_type().1,
     };
     // A fresh response: the handler's may already be compressed.

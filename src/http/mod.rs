@@ -34,8 +34,7 @@ use tracing::Level;
 pub use body::{BodyFlags, BodyLimit};
 use decode_memory::DecodeMemory;
 
-use crate::config::ServeConfig;
-use crate::config::TaskKind;
+use crate::config::{ServeConfig, TaskKind};
 use crate::jobs::Jobs;
 use crate::metrics::Metrics;
 use crate::registry::{Loaded, ModelEntry, ModelState, Registry};

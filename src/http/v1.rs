@@ -8,8 +8,7 @@ use serde::Serialize;
 use super::error::ApiError;
 use super::extract::ModelName;
 use super::{classify, generate, sentiment, style_transfer, stylize, AppState};
-use crate::config::ModelToml;
-use crate::config::TaskKind;
+use crate::config::{ModelToml, TaskKind};
 use crate::engine::device;
 use crate::registry::{ModelEntry, ModelState};
 

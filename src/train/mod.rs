@@ -17,8 +17,7 @@ use std::path::{Path, PathBuf};
 use serde_json::json;
 use tch::Device;
 
-use crate::config::ImagePreprocessing;
-use crate::config::TaskKind;
+use crate::config::{ImagePreprocessing, TaskKind};
 use crate::repository::{ModelSpec, Repository, VersionToml};
 use crate::tasks::sentiment::TextClassifier;
 use data::{Images, Labelled};

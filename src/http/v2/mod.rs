@@ -22,8 +22,7 @@ use super::ops::readiness;
 use super::{off_runtime, serving, AppState};
 use crate::http::error::ApiError;
 use crate::http::extract::ModelName;
-use crate::registry::Loaded;
-use crate::registry::ModelState;
+use crate::registry::{Loaded, ModelState};
 use crate::tasks::tensor;
 
 /// The protocol extensions ember implements (`GET /v2`).

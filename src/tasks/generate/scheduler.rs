@@ -6,7 +6,6 @@
 //! state)`, where the state's dimension 1 is the batch and an empty state starts new sequences. Each sequence
 //! keeps its own state between steps; a step concatenates them along dimension 1 and splits the result.
 
-use std::panic::AssertUnwindSafe;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -19,7 +18,7 @@ use super::{FinishReason, GenerationRequest, Sampler, TextDecoder, VOCABULARY};
 use crate::config::GenerationConfig;
 use crate::engine::batcher::{BatchPolicy, Batcher, Next};
 use crate::engine::{
-    forward_batched, load_reporting, panic_message, retired, torch_error_summary, EngineError, InferenceModule,
+    catch_panic, forward_batched, load_reporting, retired, torch_error_summary, EngineError, InferenceModule,
     WorkerSpec,
 };
 use crate::metrics::{GenerationMetrics, ModelMetrics};
@@ -262,18 +261,15 @@ fn scheduler_main(shared: &Shared, ready: std::sync::mpsc::Sender<Result<(), Str
 fn run_tensor_job(shared: &Shared, model: &InferenceModule, job: TensorJob) {
     let started = Instant::now();
     shared.metrics.queue_duration.observe(started.duration_since(job.enqueued_at).as_secs_f64());
-    let result = std::panic::catch_unwind(AssertUnwindSafe(|| {
-        forward_batched(model, shared.spec.device, vec![job.inputs]).pop()
-    }))
-    .unwrap_or_else(|panic| Some(Err(format!("panic: {}", panic_message(panic.as_ref())))))
-    .unwrap_or_else(|| Err("the request was not run".into()));
+    let result = catch_panic(|| forward_batched(model, shared.spec.device, vec![job.inputs]).pop())
+        .unwrap_or_else(|panic| Some(Err(panic)))
+        .unwrap_or_else(|| Err("the request was not run".into()));
     shared.metrics.inference_duration.observe(started.elapsed().as_secs_f64());
     let _ = job.reply.send(result.map_err(|message| shared.error(|model| EngineError::Rejected { model, message })));
 }
 
 fn guarded_step(shared: &Shared, model: &InferenceModule, active: &mut [Sequence]) -> Result<(), String> {
-    std::panic::catch_unwind(AssertUnwindSafe(|| step(shared, model, active)))
-        .unwrap_or_else(|panic| Err(format!("panic: {}", panic_message(panic.as_ref()))))
+    catch_panic(|| step(shared, model, active)).and_then(|stepped| stepped)
 }
 
 /// Waits for work: returns the sequences that may join now (none if sequences are active and nobody is waiting)
@@ -326,8 +322,7 @@ fn prefill(shared: &Shared, model: &InferenceModule, prefilling: &mut [Prefillin
     let progress: Vec<PromptProgress> = prefilling.iter().map(|p| p.progress).collect();
     for pass in admission::plan(&progress, shared.limits.prefill_budget_tokens) {
         let started = Instant::now();
-        let result = std::panic::catch_unwind(AssertUnwindSafe(|| prefill_pass(shared, model, prefilling, &pass)))
-            .unwrap_or_else(|panic| Err(format!("panic: {}", panic_message(panic.as_ref()))));
+        let result = catch_panic(|| prefill_pass(shared, model, prefilling, &pass)).and_then(|passed| passed);
         shared.metrics.inference_duration.observe(started.elapsed().as_secs_f64());
         if let Err(message) = result {
             tracing::error!(model = %shared.spec.model, sequences = pass.members.len(), error = %message, "prefill failed");
@@ -389,7 +384,14 @@ fn start_prefilled(shared: &Shared, prefilling: &mut Vec<Prefilling>) -> Vec<Seq
             continue;
         }
         let (Some(state), Some(logits)) = (prefill.state, prefill.last_logits) else {
-            continue; // a finished prefill has both: prefill_pass sets them together
+            // prefill_pass sets both when the prompt is through: only an empty prompt, which validation refuses,
+            // could finish without them; its caller still gets an answer.
+            let message = "the prompt is empty: nothing to generate from".to_string();
+            let _ = prefill
+                .pending
+                .events
+                .send(GenerationEvent::Error(shared.error(|model| EngineError::Rejected { model, message })));
+            continue;
         };
         let Pending { request, events, .. } = prefill.pending;
         let mut sequence = Sequence {
