@@ -5,6 +5,8 @@
 #   docker build -t ember .                          # the CPU image (the last stage, `cpu`, is the default)
 #   docker build --target cuda -t ember:cuda .       # the CUDA image (run with --gpus all)
 #   docker run --rm -p 8080:8080 ember               # http://localhost:8080, ready when /health/ready is 200
+#   docker build --target cpu-prebuilt -f Dockerfile -t ember dist/ember-0.1.0-linux-x86_64-cpu
+#                                                    # the same image from a `make dist` folder (see cpu-prebuilt)
 #
 # Configuration is only through EMBER_* variables (every `ember serve` flag has one: `ember serve --help`).
 # The builder stages run the project's own setup (`make models dist`): the PyTorch wheel from PyPI, the
@@ -60,13 +62,41 @@ ENV EMBER_HOST=0.0.0.0 \
 
 USER 10001:10001
 WORKDIR /opt/ember
-EXPOSE 8080
+# 8080: HTTP (REST, /v2, /docs, /metrics); 8081: the Open Inference Protocol over gRPC (EMBER_GRPC_PORT).
+EXPOSE 8080 8081
 # ember has no HTTP client of its own and the image installs none: bash's /dev/tcp sends the request. Generous
 # start period: loading and warming every model (on a cold GPU, too) takes a while.
 HEALTHCHECK --interval=15s --timeout=5s --start-period=120s --retries=3 \
     CMD ["bash", "-c", "exec 3<>/dev/tcp/127.0.0.1/${EMBER_PORT:-8080} && printf 'GET /health/ready HTTP/1.0\\r\\nHost: localhost\\r\\n\\r\\n' >&3 && head -n 1 <&3 | grep -q ' 200 '"]
 ENTRYPOINT ["/opt/ember/bin/ember"]
 CMD ["serve"]
+
+# ---------------------------------------------------------------------------------------------------------------
+# cpu-prebuilt, cuda-prebuilt: the same two images from a dist folder made already (`make dist DIST_TARBALL=no`,
+# `make dist-cuda DIST_TARBALL=no`), which is the build context in place of the repository. Nothing is built and
+# the builder image is not needed; deploy/image.sh (`make image`) builds them this way with podman:
+#   docker build --target cpu-prebuilt -f Dockerfile -t ember:0.1.0 dist/ember-0.1.0-linux-x86_64-cpu
+#   docker build --target cuda-prebuilt -f Dockerfile -t ember:0.1.0-cuda dist/ember-0.1.0-linux-x86_64-cuda
+# Each copies what its namesake below copies and sets the same variables.
+FROM runtime AS cuda-prebuilt
+
+COPY bin /opt/ember/bin
+COPY lib /opt/ember/lib
+COPY README.txt /opt/ember/README.txt
+COPY --chown=10001:10001 models /models
+
+ENV NVIDIA_VISIBLE_DEVICES=all \
+    NVIDIA_DRIVER_CAPABILITIES=compute,utility \
+    EMBER_DEVICE=auto
+
+FROM runtime AS cpu-prebuilt
+
+COPY bin /opt/ember/bin
+COPY lib /opt/ember/lib
+COPY README.txt /opt/ember/README.txt
+COPY --chown=10001:10001 models /models
+
+ENV EMBER_DEVICE=cpu
 
 # ---------------------------------------------------------------------------------------------------------------
 # cuda: `docker build --target cuda .`. The dist-cuda folder bundles every CUDA user-space library ember needs

@@ -11,6 +11,9 @@ DEPLOY_TOOLS := $(VENV)/deploy-tools
 DEPLOY_TOOLS_STAMP := $(DEPLOY_TOOLS)/.installed
 # Redocly's CLI, which lints openapi.yaml in the tests (npm; versions pinned by tests/openapi/package-lock.json).
 OPENAPI_TOOLS := tests/openapi/node_modules/.installed
+# Swagger UI's prebuilt files for the API page at /docs (npm swagger-ui-dist, pinned by docs/api/package-lock.json):
+# the binary embeds them, so they are installed before cargo builds it.
+DOCS_UI := docs/api/node_modules/.installed
 
 # torch-sys builds against the PyTorch wheel in the venv (tch 0.24.0 expects torch 2.11.0).
 export LIBTORCH_USE_PYTORCH := 1
@@ -27,15 +30,15 @@ DIST := dist/ember-$(VERSION)-linux-x86_64
 # DIST_TARBALL=no packs only the folder (the Dockerfile copies the folder; gzip of the CUDA one takes minutes).
 DIST_TARBALL ?= yes
 
-.PHONY: run setup system-tools dist-tools deploy-tools deploy-check models build test test-fast docs lint bench bench-text bench-style bench-footprint soak \
-	dist dist-cuda dist-clean
+.PHONY: run setup system-tools dist-tools deploy-tools deploy-check models build test test-fast docs lint bench bench-text bench-style bench-footprint bench-grpc soak \
+	dist dist-cuda dist-clean browser-tools
 
 ## run: install what is missing, build the models and ember, serve on localhost:8080
 run: build models
 	$(EMBER) serve $(EMBER_ARGS)
 
 ## test: the whole test suite (unit and integration, real models over real HTTP, deploy/'s offline validation)
-test: build models $(OPENAPI_TOOLS) $(DEPLOY_TOOLS_STAMP)
+test: build models $(OPENAPI_TOOLS) $(DEPLOY_TOOLS_STAMP) browser-tools
 	cargo test --release
 
 ## test-fast: the unit tests, the layering check and the HTTP-contract tests (stand-in models, no model files):
@@ -89,6 +92,12 @@ $(OPENAPI_TOOLS): tests/openapi/package.json tests/openapi/package-lock.json
 	npm ci --prefix tests/openapi --no-audit --no-fund --loglevel=error
 	touch $@
 
+# --ignore-scripts: the files are used as published; no install script runs (swagger-ui-dist's dependency
+# @scarf/scarf would otherwise send install analytics).
+$(DOCS_UI): docs/api/package.json docs/api/package-lock.json
+	npm ci --prefix docs/api --ignore-scripts --no-audit --no-fund --loglevel=error
+	touch $@
+
 ## docs: rewrite the README's configuration reference from the CLI's own flags and help (a test checks it)
 docs: build
 	$(EMBER) config-reference --readme README.md
@@ -111,16 +120,21 @@ models/iris/1/model.pt: $(VENV_STAMP) models/export/iris.py models/export/common
 system-tools:
 	$(call debian-tools,cmake:cmake nasm:nasm,needed to build libjpeg-turbo)
 
+## browser-tools: headless Chromium and its WebDriver, which load the API page at /docs in the tests (Debian's
+## chromium and chromium-driver, installed when missing; Selenium comes from tests/requirements.txt)
+browser-tools:
+	$(call debian-tools,chromium:chromium chromedriver:chromium-driver,needed to test the API page in a browser)
+
 ## dist-tools: patchelf, which points the packed binary and libraries at their own lib/ folder
 dist-tools:
 	$(call debian-tools,patchelf:patchelf,needed to pack dist/)
 
 ## build: the release binary (cargo decides what is stale)
-build: $(VENV_STAMP) system-tools
+build: $(VENV_STAMP) system-tools $(DOCS_UI)
 	cargo build --release --bin ember
 
 ## lint: formatting and clippy, as CI expects them
-lint: $(VENV_STAMP) system-tools
+lint: $(VENV_STAMP) system-tools $(DOCS_UI)
 	cargo fmt --check
 	cargo clippy --release --all-targets -- -D warnings
 
@@ -133,6 +147,11 @@ bench: build models
 bench-text: build models
 	cargo build --release --example raw_text --example gen_load
 	bench/text.sh
+
+## bench-grpc: the Open Inference Protocol over gRPC beside HTTP of bench/RESULTS.md
+bench-grpc: build models
+	cargo build --release --example v2_transports
+	bench/grpc.sh
 
 ## soak: the reliability suite of bench/RESULTS.md (overload, half-open connections, 10 minutes of mixed
 ## traffic with a fine-tuning job, SIGTERM under load); not part of `make test`
@@ -173,6 +192,18 @@ dist-cuda: build models dist-tools
 	deploy/dist.sh cuda $(EMBER) $(DIST)-cuda
 	if [ "$(DIST_TARBALL)" = yes ]; then tar -C dist -czf $(DIST)-cuda.tar.gz $(notdir $(DIST))-cuda; fi
 	du -sh $(DIST)-cuda*
+
+## image: the CPU container image from the Dockerfile, built with podman and checked (deploy/image.sh): no Docker
+## engine and nothing pulled (the base image is made once with debootstrap), then ember serve runs from the
+## image's read-only filesystem as UID 10001 and classifies a photo; runs make dist; not part of make test
+image:
+	deploy/image.sh cpu
+
+## image-cuda: the same for the CUDA image (3.5 GB; about 16 GB of free disk while it builds)
+image-cuda:
+	deploy/image.sh cuda
+
+.PHONY: image image-cuda
 
 ## dist-clean: remove everything the setup built (the venv, the models, target/)
 dist-clean:

@@ -5,12 +5,15 @@
 //! it): src/engine/cuda.rs opens it at run time when a model can use a GPU, and CPU-only serving does not map
 //! the CUDA libraries (about 250 MiB resident).
 //!
-//! It also compiles csrc/inference_module.cpp, the small C++ shim for what tch does not wrap.
+//! It also compiles csrc/inference_module.cpp, the small C++ shim for what tch does not wrap, and generates the
+//! gRPC service of proto/kserve_v2.proto.
 
 use std::path::Path;
 
 fn main() {
     println!("cargo:rerun-if-changed=build.rs");
+    compile_protocol();
+    check_api_page_files();
     let Ok(lib_dir) = std::env::var("DEP_TCH_LIBTORCH_LIB") else {
         // torch-sys did not publish a path (e.g. a docs build): nothing to add.
         return;
@@ -20,6 +23,36 @@ fn main() {
     compile_inference_module(lib_dir);
     println!("cargo:rustc-env=EMBER_LIBTORCH_DIR={}", lib_dir.display());
     println!("cargo:rustc-env=EMBER_LIBTORCH_VERSION={}", libtorch_version(lib_dir));
+}
+
+/// proto/kserve_v2.proto: the Open Inference Protocol's gRPC service, compiled by protox: the server ember runs,
+/// and a client without a transport of its own (bench/v2_transports.rs gives it one). Its `bytes` fields become
+/// `bytes::Bytes`, so raw tensor contents are not copied once more.
+fn compile_protocol() {
+    println!("cargo:rerun-if-changed=proto/kserve_v2.proto");
+    let descriptors = protox::compile(["kserve_v2.proto"], ["proto"]).expect("proto/kserve_v2.proto compiles");
+    tonic_prost_build::configure()
+        .build_transport(false)
+        .bytes(".")
+        .compile_fds(descriptors)
+        .expect("the gRPC service code is generated");
+}
+
+/// Swagger UI's files, which src/http/docs.rs embeds, come from npm (the Makefile's `npm ci --prefix docs/api`
+/// runs before cargo); without them the build stops here with the command that fetches them.
+fn check_api_page_files() {
+    let dir = Path::new("docs/api/node_modules/swagger-ui-dist");
+    for file in ["swagger-ui-bundle.js", "swagger-ui.css", "favicon-32x32.png", "LICENSE"] {
+        let path = dir.join(file);
+        println!("cargo:rerun-if-changed={}", path.display());
+        if !path.exists() {
+            panic!(
+                "{} is missing: the API page at /docs embeds Swagger UI from npm. Run `make build` (or \
+                 `npm ci --prefix docs/api --ignore-scripts`) once, then cargo again",
+                path.display()
+            );
+        }
+    }
 }
 
 /// csrc/inference_module.cpp: freeze + optimize_for_inference, which tch does not expose.

@@ -30,7 +30,7 @@ measure() {
   local name="$(basename "$ember")${MALLOC_ARENA_MAX:+ MALLOC_ARENA_MAX=$MALLOC_ARENA_MAX}, $1" repo=$2 model=${3:-}
   local started ready idle peak rps
   started=$(date +%s.%N)
-  "$ember" serve --port "$port" --model-repo "$repo" > "$workdir/server.log" 2>&1 &
+  "$ember" serve --port "$port" --grpc-port 0 --model-repo "$repo" > "$workdir/server.log" 2>&1 &
   server_pid=$!
   until curl -sf "http://127.0.0.1:$port/health/ready" >/dev/null; do
     kill -0 "$server_pid" 2>/dev/null || { echo "server exited:" >&2; cat "$workdir/server.log" >&2; exit 1; }

@@ -7,7 +7,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 cargo build --release --example gen_burst
 run() { # name binary repo
-  "$2" serve --model-repo "$3" --port 18120 > "/tmp/burst-$1.log" 2>&1 &
+  "$2" serve --model-repo "$3" --port 18120 --grpc-port 0 > "/tmp/burst-$1.log" 2>&1 &
   local pid=$!
   for _ in $(seq 1 100); do curl -sf localhost:18120/health/ready >/dev/null && break; sleep 0.2; done
   echo "== $1"

@@ -31,7 +31,7 @@ make_repo() {
 }
 
 start_server() {
-  "$ember" serve --port "$port" --model-repo "$1" > "$workdir/server.log" 2>&1 &
+  "$ember" serve --port "$port" --grpc-port "${grpc_port:-0}" --model-repo "$1" > "$workdir/server.log" 2>&1 &
   server_pid=$!
   for _ in $(seq 1 600); do
     curl -sf "http://127.0.0.1:$port/health/ready" >/dev/null && return 0

@@ -74,7 +74,7 @@ struct Server {
 impl Server {
     fn start(repo: &Path, port: u16, log: PathBuf) -> anyhow::Result<(Child, Server)> {
         let child = Command::new("target/release/ember")
-            .args(["serve", "--port", &port.to_string(), "--model-repo"])
+            .args(["serve", "--port", &port.to_string(), "--grpc-port", "0", "--model-repo"])
             .arg(repo)
             .args(["--admin-token", TOKEN, "--watch-interval-ms", "1000"])
             .stdout(Stdio::null())

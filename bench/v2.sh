@@ -14,20 +14,14 @@ source bench/lib.sh
 require models "$photo" .venv/bin/python
 need_hey
 
-# The request bodies: the preprocessing of the tritonclient test (torchvision's Resize 256, CenterCrop 224,
-# Normalize), written once as JSON and as binary tensor data; the binary header's length goes in a header.
-.venv/bin/python - "$photo" "$workdir" <<'PY'
+# The request bodies: the photo preprocessed as the tritonclient test does it (tests/kserve/preprocess.py),
+# written once as JSON and as binary tensor data; the binary header's length goes in a header.
+PYTHONPATH=tests/kserve .venv/bin/python - "$photo" "$workdir" <<'PY'
 import json, sys
-import numpy as np
-from PIL import Image
+from preprocess import preprocessed
 
 photo, out = sys.argv[1], sys.argv[2]
-image = Image.open(photo).convert("RGB")
-scale = 256 / min(image.size)
-image = image.resize((round(image.width * scale), round(image.height * scale)), Image.BILINEAR)
-left, top = (image.width - 224) // 2, (image.height - 224) // 2
-pixels = np.asarray(image.crop((left, top, left + 224, top + 224)), dtype=np.float32) / 255
-tensor = ((pixels - [0.485, 0.456, 0.406]) / [0.229, 0.224, 0.225]).transpose(2, 0, 1)[None].astype(np.float32)
+tensor = preprocessed(photo)
 inputs = {"name": "image", "shape": list(tensor.shape), "datatype": "FP32"}
 with open(f"{out}/json.body", "w") as f:
     json.dump({"inputs": [dict(inputs, data=tensor.ravel().tolist())]}, f)

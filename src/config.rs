@@ -21,6 +21,14 @@ pub struct ServeConfig {
     /// Port to listen on; 0 picks a free port (the chosen one is logged).
     #[arg(long, env = "EMBER_PORT", default_value_t = 8080)]
     pub port: u16,
+    /// Port of the Open Inference Protocol over gRPC (KServe v2's GRPCInferenceService), on the same address;
+    /// 0 turns it off.
+    #[arg(long, env = "EMBER_GRPC_PORT", default_value_t = 8081)]
+    pub grpc_port: u16,
+    /// Export traces over OTLP/HTTP to this collector (e.g. http://localhost:4318; /v1/traces is added to a URL
+    /// without a path): a span per request with its decode, queue wait, batch forward and encode. Off when unset.
+    #[arg(long, env = "EMBER_OTLP_ENDPOINT")]
+    pub otlp_endpoint: Option<String>,
     #[command(flatten)]
     pub repo: RepoArgs,
     /// Device for models whose model.toml says `device = "auto"`: auto (CUDA when present), cpu, cuda, cuda:N.

@@ -8,6 +8,7 @@ pub mod engine;
 pub mod fd_limit;
 #[cfg(test)]
 mod fuzz;
+pub mod grpc;
 pub mod http;
 pub mod info;
 pub mod jobs;

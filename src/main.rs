@@ -61,12 +61,15 @@ fn main() -> std::process::ExitCode {
 }
 
 fn serve(config: ServeConfig) -> anyhow::Result<()> {
-    ember::telemetry::init_logging(config.log_format);
+    let telemetry = ember::telemetry::init(config.log_format, config.otlp_endpoint.as_deref())?;
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
-    runtime.block_on(async {
+    let served = runtime.block_on(async {
         let server = Server::bind(&config).await?;
         server.serve(shutdown_signal()).await
-    })
+    });
+    // The spans of the last requests, before the process ends.
+    telemetry.shutdown();
+    served
 }
 
 fn config_reference(readme: Option<std::path::PathBuf>) -> anyhow::Result<()> {

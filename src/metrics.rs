@@ -26,6 +26,8 @@ pub struct Metrics {
     pub model_load_failures: IntCounterVec,
     pub open_connections: IntGauge,
     pub decode_reserved_bytes: IntGauge,
+    trace_spans_exported: IntCounter,
+    trace_spans_dropped: IntCounterVec,
 }
 
 /// The series of a text-generation model's scheduler.
@@ -71,7 +73,8 @@ impl Metrics {
         let metrics = Metrics {
             requests_total: counter(
                 "ember_requests_total",
-                "HTTP requests answered, by model, route template and status code.",
+                "Requests answered, by model, route (HTTP route template or gRPC method) and HTTP status (for gRPC, the code \
+                 HTTP answers the same outcome with).",
                 &["model", "route", "status"],
             ),
             request_duration: histogram(
@@ -130,6 +133,18 @@ impl Metrics {
                 "ember_decode_reserved_bytes",
                 "Memory reserved by image decodes in flight, in bytes (at most --max-decode-bytes).",
             ),
+            trace_spans_exported: counter(
+                "ember_trace_spans_exported_total",
+                "Spans the OTLP collector took (with --otlp-endpoint).",
+                &[],
+            )
+            .with_label_values(&[] as &[&str]),
+            trace_spans_dropped: counter(
+                "ember_trace_spans_dropped_total",
+                "Spans lost, by reason: queue_full (the export queue was full: a slow or absent collector), \
+                 export_failed (the collector did not take their batch).",
+                &["reason"],
+            ),
             registry,
         };
         #[cfg(target_os = "linux")]
@@ -155,6 +170,14 @@ impl Metrics {
             tokens: self.generated_tokens_total.with_label_values(&[model]),
             active_sequences: self.active_sequences.with_label_values(&[model]),
         }
+    }
+
+    /// Brings the span counters up to the export pipeline's counts since the process started.
+    pub fn observe_spans(&self, exported: u64, dropped_queue_full: u64, dropped_export_failed: u64) {
+        let catch_up = |counter: &IntCounter, total: u64| counter.inc_by(total.saturating_sub(counter.get()));
+        catch_up(&self.trace_spans_exported, exported);
+        catch_up(&self.trace_spans_dropped.with_label_values(&["queue_full"]), dropped_queue_full);
+        catch_up(&self.trace_spans_dropped.with_label_values(&["export_failed"]), dropped_export_failed);
     }
 
     /// The Prometheus text exposition of every metric.

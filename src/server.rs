@@ -36,6 +36,8 @@ struct Connections {
 /// A server bound to its port, with its models loading in the background.
 pub struct Server {
     listener: TcpListener,
+    /// The gRPC port's, unless `--grpc-port 0`.
+    grpc_listener: Option<TcpListener>,
     state: AppState,
     connections: Connections,
 }
@@ -59,6 +61,16 @@ impl Server {
         let registry = Arc::new(Registry::new(repository, config.device, Arc::clone(&metrics)));
         let address = format!("{}:{}", config.host, config.port);
         let listener = TcpListener::bind(&address).await.with_context(|| format!("cannot listen on {address}"))?;
+        let grpc_listener = match config.grpc_port {
+            0 => None,
+            port => {
+                let address = format!("{}:{port}", config.host);
+                let listener = TcpListener::bind(&address)
+                    .await
+                    .with_context(|| format!("cannot listen on {address} for gRPC (--grpc-port; 0 turns it off)"))?;
+                Some(listener)
+            }
+        };
         registry.load_all();
         if config.watch_interval_ms > 0 {
             registry.watch_repository(Duration::from_millis(config.watch_interval_ms));
@@ -74,18 +86,35 @@ impl Server {
         if state.admin.is_some() {
             tracing::info!("admin API on (/admin/...)");
         }
-        Ok(Server { listener, state, connections })
+        Ok(Server { listener, grpc_listener, state, connections })
     }
 
     pub fn local_addr(&self) -> SocketAddr {
         self.listener.local_addr().expect("a bound listener has an address")
     }
 
+    /// The gRPC port's address, unless it is off.
+    pub fn grpc_addr(&self) -> Option<SocketAddr> {
+        self.grpc_listener.as_ref().map(|l| l.local_addr().expect("a bound listener has an address"))
+    }
+
     /// Serves until `shutdown` completes, then answers every request already received, then lets the
     /// workers finish their queues.
     pub async fn serve(self, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
-        let Server { listener, state, connections } = self;
+        let Server { listener, grpc_listener, state, connections } = self;
         let registry = Arc::clone(&state.registry);
+        // gRPC stops taking calls when HTTP stops taking connections, and finishes its calls in flight as HTTP does.
+        let (stop_grpc, grpc_stopping) = tokio::sync::watch::channel(false);
+        let grpc = grpc_listener.map(|listener| {
+            if let Ok(address) = listener.local_addr() {
+                tracing::info!(%address, "Open Inference Protocol over gRPC on {address}");
+            }
+            let mut stopping = grpc_stopping.clone();
+            let stopped = async move {
+                let _ = stopping.wait_for(|stop| *stop).await;
+            };
+            tokio::spawn(crate::grpc::serve(listener, state.clone(), stopped))
+        });
         let jobs = state.admin.as_ref().map(|admin| admin.jobs.clone());
         let metrics = Arc::clone(&state.metrics);
         tracing::info!(address = %listener.local_addr()?, max_connections = connections.max, "listening on http://{}", listener.local_addr()?);
@@ -127,9 +156,19 @@ impl Server {
             });
         }
         drop(listener);
+        let _ = stop_grpc.send(true);
         tracing::info!("shutting down: no new connections; finishing the requests received");
+        let grpc_done = async {
+            if let Some(grpc) = grpc {
+                match grpc.await {
+                    Ok(Err(e)) => tracing::warn!(error = %e, "the gRPC server stopped with an error"),
+                    Err(e) => tracing::warn!(error = %e, "the gRPC server task failed"),
+                    Ok(Ok(())) => {}
+                }
+            }
+        };
         tokio::select! {
-            () = graceful.shutdown() => {}
+            ((), ()) = async { tokio::join!(graceful.shutdown(), grpc_done) } => {}
             () = tokio::time::sleep(connections.drain_timeout) => {
                 tracing::warn!(seconds = connections.drain_timeout.as_secs(), "connections still open after the drain timeout; closing them");
             }

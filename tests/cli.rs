@@ -2,11 +2,10 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
-use common::{content_type_of, photo};
+use common::{content_type_of, photo, EmberProcess};
 
 fn ember() -> Command {
     let mut command = Command::new(env!("CARGO_BIN_EXE_ember"));
@@ -69,7 +68,7 @@ async fn cuda_is_loaded_only_where_a_gpu_is() {
     assert_eq!(info.contains("cuda: loaded from"), gpu, "{info}");
 
     let repo = common::TempRepo::mobilenet(&[]);
-    let serving = serve(repo.path(), &[]);
+    let serving = EmberProcess::serve(repo.path(), &[]);
     serving.wait_ready().await;
     let answer = common::client()
         .post(format!("{}/v1/classify", serving.base))
@@ -90,7 +89,7 @@ async fn device_cuda_serves_on_a_gpu_and_stops_clearly_without_one() {
     let repo = common::TempRepo::mobilenet(&[]);
     if !gpu_present() {
         let output = ember()
-            .args(["serve", "--port", "0", "--device", "cuda", "--model-repo"])
+            .args(["serve", "--port", "0", "--grpc-port", "0", "--device", "cuda", "--model-repo"])
             .arg(repo.path())
             .output()
             .unwrap();
@@ -102,7 +101,10 @@ async fn device_cuda_serves_on_a_gpu_and_stops_clearly_without_one() {
         );
         return;
     }
-    let (cpu, gpu) = (serve(repo.path(), &["--device", "cpu"]), serve(repo.path(), &["--device", "cuda"]));
+    let (cpu, gpu) = (
+        EmberProcess::serve(repo.path(), &["--device", "cpu"]),
+        EmberProcess::serve(repo.path(), &["--device", "cuda"]),
+    );
     cpu.wait_ready().await;
     gpu.wait_ready().await;
     for reference in common::references() {
@@ -161,57 +163,17 @@ fn readme_configuration_reference_matches_the_cli() {
 #[test]
 fn invalid_model_toml_stops_the_server_naming_file_and_key() {
     let repo = common::TempRepo::mobilenet(&[("max_delay_ms", "0\nmax_dealy_ms = 5")]);
-    let output = ember().args(["serve", "--port", "0", "--model-repo"]).arg(repo.path()).output().unwrap();
+    let output =
+        ember().args(["serve", "--port", "0", "--grpc-port", "0", "--model-repo"]).arg(repo.path()).output().unwrap();
     assert!(!output.status.success());
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("mobilenet_v2/model.toml") && stderr.contains("max_dealy_ms"), "{stderr}");
 }
 
-struct Serving {
-    child: Child,
-    base: String,
-}
-
-impl Drop for Serving {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// Starts `ember serve --port 0` on `repo` with `flags` and reads the chosen port from its log.
-fn serve(repo: &std::path::Path, flags: &[&str]) -> Serving {
-    let mut child = ember()
-        .args(["serve", "--port", "0", "--model-repo"])
-        .arg(repo)
-        .args(flags)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .unwrap();
-    let stdout = child.stdout.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            if let Some(address) = line.split("listening on http://").nth(1) {
-                let _ = tx.send(address.split_whitespace().next().unwrap_or_default().to_string());
-            }
-        }
-    });
-    let address = rx.recv_timeout(Duration::from_secs(60)).expect("ember logs its address");
-    Serving { child, base: format!("http://{address}") }
-}
-
-impl Serving {
-    async fn wait_ready(&self) {
-        common::wait_ready(&self.base).await
-    }
-}
-
 /// SIGTERM (what Kubernetes sends) lets every request already received finish with its answer.
 #[tokio::test(flavor = "multi_thread")]
 async fn sigterm_answers_every_in_flight_request_then_exits_cleanly() {
-    let mut serving = serve(&common::models_dir(), &[]);
+    let mut serving = EmberProcess::serve(&common::models_dir(), &[]);
     serving.wait_ready().await;
     let client = common::client();
     let requests: Vec<_> = (0..12)
@@ -240,7 +202,7 @@ async fn sigterm_answers_every_in_flight_request_then_exits_cleanly() {
 #[test]
 fn sigterm_while_models_load_exits_cleanly() {
     for attempt in 0..3 {
-        let mut serving = serve(&common::models_dir(), &[]);
+        let mut serving = EmberProcess::serve(&common::models_dir(), &[]);
         // Every default model takes about a second to load: the signal lands while they load.
         std::thread::sleep(Duration::from_millis(100 + 200 * attempt));
         let pid = serving.child.id().to_string();

@@ -5,7 +5,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{client, error_of, TempRepo, TestServer};
+use common::{client, error_of, run_python_check, TempRepo, TestServer};
 use serde_json::{json, Value};
 
 async fn shakespeare_server(overrides: &[(&str, &str)]) -> (TempRepo, TestServer) {
@@ -194,4 +194,49 @@ async fn a_long_prompt_prefilled_in_chunks_gives_the_same_text() {
     let (expected, chunked) = (generate_ok(&whole, body.clone()).await, generate_ok(&chunked, body).await);
     assert_eq!(expected["text"], chunked["text"]);
     assert_eq!(chunked["tokens"].as_u64(), Some(80));
+}
+
+/// tests/openai/client_check.py with the `openai` Python client (installed in the venv by the setup): the model
+/// list, completions streamed and not with the same text /v1/generate gives for the same seed, usage, stop, echo,
+/// and the errors as the client's own exception classes.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_openai_client_completes_as_v1_generate_does() {
+    let repo = TempRepo::of("shakespeare", &[]);
+    repo.add("iris", &[]);
+    let server = TestServer::start_ready(repo.path(), &[]).await;
+    run_python_check("tests/openai/client_check.py", vec![server.base.clone()], "openai client checks passed").await;
+}
+
+/// `/v1/completions` answers errors in OpenAI's shape, with ember's `error_type` as the code, even before the body
+/// is parsed.
+#[tokio::test]
+async fn completions_errors_have_openai_s_shape() {
+    let (_repo, server) = shakespeare_server(&[]).await;
+    let cases = [
+        ("application/json", "{", 400, "bad_request", "invalid_request_error"),
+        ("text/plain", "hi", 415, "unsupported_media_type", "invalid_request_error"),
+        ("application/json", r#"{"model": "nope", "prompt": "x"}"#, 404, "not_found", "invalid_request_error"),
+        (
+            "application/json",
+            r#"{"model": "shakespeare", "prompt": "x", "best_of": 3}"#,
+            422,
+            "validation",
+            "invalid_request_error",
+        ),
+        (
+            "application/json",
+            r#"{"model": "shakespeare", "prompt": ["a", "b"]}"#,
+            422,
+            "validation",
+            "invalid_request_error",
+        ),
+    ];
+    for (content_type, body, status, code, kind) in cases {
+        let response = server.post_body("/v1/completions", content_type, body.to_string()).await;
+        assert_eq!(response.status(), status, "{body}");
+        let answer: Value = response.json().await.unwrap();
+        assert_eq!(answer["error"]["code"], code, "{body}: {answer}");
+        assert_eq!(answer["error"]["type"], kind, "{body}: {answer}");
+        assert!(answer["error"]["message"].as_str().is_some_and(|m| !m.is_empty()), "{answer}");
+    }
 }

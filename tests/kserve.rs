@@ -3,7 +3,9 @@
 
 mod common;
 
-use common::{client, error_of, models_dir, photo, root, TempRepo, TestServer};
+use common::{
+    client, error_of, free_port, image_infer_request, models_dir, photo, run_python_check, TempRepo, TestServer,
+};
 use ember::config::ImagePreprocessing;
 use ember::tasks::image;
 use serde_json::{json, Value};
@@ -21,18 +23,29 @@ async fn the_official_triton_client_works_with_json_and_binary_tensors() {
     }
     let server = TestServer::start_ready(repo.path(), &["--admin-token", TOKEN, "--watch-interval-ms", "0"]).await;
     let address = server.base.trim_start_matches("http://").to_string();
-    let output = tokio::task::spawn_blocking(move || {
-        std::process::Command::new(root().join(".venv/bin/python"))
-            .arg(root().join("tests/kserve/client_check.py"))
-            .args([address.as_str(), TOKEN, models_dir().to_str().unwrap()])
-            .output()
-            .expect("the venv's python runs")
-    })
-    .await
-    .unwrap();
-    let (stdout, stderr) = (String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
-    assert!(output.status.success(), "client_check.py failed:\n{stdout}\n{stderr}");
-    assert!(stdout.contains("tritonclient checks passed"), "{stdout}");
+    let args = vec![address, TOKEN.to_string(), models_dir().to_str().unwrap().to_string()];
+    run_python_check("tests/kserve/client_check.py", args, "tritonclient checks passed").await;
+}
+
+/// tests/kserve/grpc_client_check.py with tritonclient[grpc] against the gRPC port: the same checks over
+/// `inference.GRPCInferenceService` (raw and typed tensor contents, deadlines, status codes, the repository calls
+/// with and without the token), and every answer compared with what the HTTP client gets for the same request.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_official_triton_grpc_client_gets_the_answers_http_gives() {
+    let repo = TempRepo::of("iris", &[]);
+    for model in ["mobilenet_v2", "sentiment", "shakespeare"] {
+        repo.add(model, &[]);
+    }
+    let port = free_port().to_string();
+    let flags = ["--admin-token", TOKEN, "--watch-interval-ms", "0", "--grpc-port", &port];
+    let server = TestServer::start_ready(repo.path(), &flags).await;
+    let grpc = server.grpc.clone().expect("gRPC is on");
+    let http = server.base.trim_start_matches("http://").to_string();
+    let args = vec![grpc, TOKEN.to_string(), models_dir().to_str().unwrap().to_string(), "--http".into(), http];
+    run_python_check("tests/kserve/grpc_client_check.py", args, "tritonclient grpc checks passed").await;
+    // The calls were counted under their RPC, with the model that answered.
+    let infer = r#"ember_requests_total{model="iris",route="/inference.GRPCInferenceService/ModelInfer",status="200"}"#;
+    assert!(server.metric(infer).await.is_some_and(|n| n > 0.0), "no metric {infer}");
 }
 
 fn preprocessing() -> ImagePreprocessing {
@@ -45,18 +58,6 @@ fn chelsea_tensor_bytes() -> Vec<u8> {
     let tensor = image::to_normalized_tensor(decoded, &preprocessing()).unwrap();
     let values = Vec::<f32>::try_from(tensor.reshape([-1])).unwrap();
     values.iter().flat_map(|v| v.to_le_bytes()).collect()
-}
-
-/// A binary infer request: the JSON header, then the tensor's bytes.
-fn binary_request(tensor: &[u8]) -> (Vec<u8>, usize) {
-    let header = serde_json::to_vec(&json!({
-        "inputs": [{"name": "image", "shape": [1, 3, 224, 224], "datatype": "FP32",
-                    "parameters": {"binary_data_size": tensor.len()}}],
-        "outputs": [{"name": "logits", "parameters": {"binary_data": true}}]
-    }))
-    .unwrap();
-    let length = header.len();
-    ([header, tensor.to_vec()].concat(), length)
 }
 
 fn softmax(logits: &[f32]) -> Vec<f32> {
@@ -73,7 +74,7 @@ async fn v2_and_rest_requests_share_the_batcher_and_agree() {
     let repo = TempRepo::mobilenet(&[]);
     let server = TestServer::start_ready(repo.path(), &[]).await;
     let batches_before = server.metric(r#"ember_batch_size_count{model="mobilenet_v2"}"#).await.unwrap();
-    let (body, header_length) = binary_request(&chelsea_tensor_bytes());
+    let (body, header_length) = image_infer_request(&chelsea_tensor_bytes());
     let mut calls = Vec::new();
     for _ in 0..8 {
         let v2 = client()
@@ -143,7 +144,7 @@ async fn tensor_models_are_checked_against_their_declarations() {
 
     std::fs::write(&toml_path, toml.replace("shape = [-1, 4]", "shape = [4]")).unwrap();
     let output = std::process::Command::new(env!("CARGO_BIN_EXE_ember"))
-        .args(["serve", "--port", "0", "--model-repo", repo.path().to_str().unwrap()])
+        .args(["serve", "--port", "0", "--grpc-port", "0", "--model-repo", repo.path().to_str().unwrap()])
         .output()
         .unwrap();
     let stderr = String::from_utf8_lossy(&output.stderr);

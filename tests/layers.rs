@@ -24,6 +24,8 @@ const LAYERS: &[&[&str]] = &[
     &["jobs"],
     // routes, bodies, errors as statuses
     &["http"],
+    // the gRPC front end over the HTTP layer's state and protocol functions
+    &["grpc"],
     // the process: start-up, the `info` report
     &["server", "info"],
     // test-only

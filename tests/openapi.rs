@@ -7,7 +7,7 @@ mod common;
 use std::collections::BTreeSet;
 use std::process::Command;
 
-use common::{client, content_type_of, documented, photo, root, TempRepo, TestServer, METHODS};
+use common::{client, content_type_of, documented, photo, root, run_python_check, TempRepo, TestServer, METHODS};
 
 const TOKEN: &str = "openapi-admin-token";
 
@@ -172,4 +172,26 @@ async fn schemathesis_finds_no_server_error_and_no_answer_off_the_spec() {
     ]);
     let (ok, output) = tokio::task::spawn_blocking(move || run(&mut command)).await.unwrap();
     assert!(ok, "schemathesis found problems:\n{output}");
+}
+
+/// tests/docs/browser_check.py in headless Chromium (Debian's, installed by `make test`): /docs lists every
+/// operation of the served spec, and requests made from the page with "Try it out" (sentiment, generate, and
+/// classify and stylize with an uploaded photo) are answered; the page reaches nothing beyond this server. The
+/// screenshot it takes is left in target/test-artifacts/docs.png.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_api_page_works_in_a_real_browser() {
+    let repo = TempRepo::of("mobilenet_v2", &[]);
+    for model in ["sentiment", "shakespeare", "style_features", "style_starry_night"] {
+        repo.add(model, &[]);
+    }
+    let server = TestServer::start_ready(repo.path(), &[]).await;
+    let artifacts = root().join("target/test-artifacts");
+    std::fs::create_dir_all(&artifacts).unwrap();
+    let screenshot = artifacts.join("docs.png").to_str().unwrap().to_string();
+    run_python_check(
+        "tests/docs/browser_check.py",
+        vec![server.base.clone(), screenshot],
+        "docs browser checks passed",
+    )
+    .await;
 }

@@ -88,6 +88,27 @@ struct Job<T: BatchTask> {
     deadline: Instant,
     enqueued_at: Instant,
     reply: Reply<T::Output>,
+    trace: JobTrace,
+}
+
+/// A job's place in its request's trace: `queue_wait` runs from the push until a worker takes the job, and
+/// `batch_forward` (a sibling, with the batch's size) while its batch runs. Disabled spans when nobody listens.
+struct JobTrace {
+    request: tracing::Span,
+    queue_wait: tracing::Span,
+}
+
+impl JobTrace {
+    /// Called in the request's span: its spans are children of the request's.
+    fn start() -> JobTrace {
+        JobTrace { request: tracing::Span::current(), queue_wait: tracing::info_span!("queue_wait") }
+    }
+
+    /// Ends the wait and starts the forward pass of a batch of `batch_size`.
+    fn forward(self, batch_size: usize) -> tracing::Span {
+        drop(self.queue_wait);
+        tracing::info_span!(parent: &self.request, "batch_forward", batch_size = batch_size as i64)
+    }
 }
 
 impl<T: BatchTask> Job<T> {
@@ -253,7 +274,8 @@ impl<T: BatchTask> WorkerPool<T> {
                 let (reply, answer) = oneshot::channel();
                 answers.push(answer);
                 // Cannot fail: the room for every job was checked under this same lock.
-                let _ = state.batcher.push(Job { work, deadline, enqueued_at: now, reply }, now);
+                let job = Job { work, deadline, enqueued_at: now, reply, trace: JobTrace::start() };
+                let _ = state.batcher.push(job, now);
             }
             self.shared.metrics.queue_depth.set(state.batcher.len() as i64);
             let wake = answers.len().min(state.idle.len());
@@ -408,10 +430,14 @@ fn next_batch<T: BatchTask>(shared: &Shared<T>, index: usize) -> Option<(Vec<Job
 
 fn run_batch<T: BatchTask>(shared: &Shared<T>, model: &InferenceModule, batch: Vec<Job<T>>) {
     let started = Instant::now();
-    shared.metrics.batch_size.observe(batch.len() as f64);
+    let size = batch.len();
+    shared.metrics.batch_size.observe(size as f64);
     let (mut task_replies, mut task_inputs) = (Vec::new(), Vec::new());
     let (mut tensor_replies, mut tensor_inputs) = (Vec::new(), Vec::new());
+    // Each request's `batch_forward` span ends when the batch has run.
+    let mut forwards = Vec::with_capacity(size);
     for job in batch {
+        forwards.push(job.trace.forward(size));
         shared.metrics.queue_duration.observe(started.duration_since(job.enqueued_at).as_secs_f64());
         match job.work {
             Work::Task(input) => {
@@ -431,6 +457,7 @@ fn run_batch<T: BatchTask>(shared: &Shared<T>, model: &InferenceModule, batch: V
         run_tensor_batch(shared, model, tensor_replies, tensor_inputs);
     }
     shared.metrics.inference_duration.observe(started.elapsed().as_secs_f64());
+    drop(forwards);
 }
 
 /// The task's own requests: one `run_batch` of the task.

@@ -12,7 +12,7 @@ use serde_json::json;
 use super::body::{positive_integer, read_multipart_images, BodyLimit};
 use super::{off_runtime, AppState};
 use crate::config::TaskKind;
-use crate::http::error::ApiError;
+use crate::http::error::{ApiError, ErrorKind};
 use crate::jobs::{JobData, Jobs};
 use crate::registry::Reloaded;
 use crate::train::publish::UPLOAD_PREFIX;
@@ -53,15 +53,26 @@ pub(super) async fn require_token(
     request: Request,
     next: Next,
 ) -> Response {
-    let admin = match admin(&state) {
-        Ok(admin) => admin,
-        Err(e) => return e.into_response(),
-    };
-    let presented = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(bearer_token);
-    match presented {
-        Some(token) if constant_time_eq(token.as_bytes(), admin.token.as_bytes()) => next.run(request).await,
-        Some(_) => unauthorized("the bearer token is wrong"),
-        None => unauthorized("send the admin token as `Authorization: Bearer <token>`"),
+    let authorization = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok());
+    match authorize(&state, authorization) {
+        Ok(()) => next.run(request).await,
+        Err(e) if e.kind == ErrorKind::Unauthorized => {
+            let mut response = e.into_response();
+            response.headers_mut().insert(header::WWW_AUTHENTICATE, header::HeaderValue::from_static("Bearer"));
+            response
+        }
+        Err(e) => e.into_response(),
+    }
+}
+
+/// Whether an `Authorization` value (HTTP's header, gRPC's metadata) carries the admin token: a 404 while the
+/// admin API is off, a 401 without the token or with another one.
+pub(crate) fn authorize(state: &AppState, authorization: Option<&str>) -> Result<(), ApiError> {
+    let admin = admin(state)?;
+    match authorization.and_then(bearer_token) {
+        Some(token) if constant_time_eq(token.as_bytes(), admin.token.as_bytes()) => Ok(()),
+        Some(_) => Err(ApiError::unauthorized("the bearer token is wrong")),
+        None => Err(ApiError::unauthorized("send the admin token as `Authorization: Bearer <token>`")),
     }
 }
 
@@ -69,12 +80,6 @@ pub(super) async fn require_token(
 fn bearer_token(authorization: &str) -> Option<&str> {
     let (scheme, token) = authorization.split_once(' ')?;
     scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
-}
-
-fn unauthorized(message: &str) -> Response {
-    let mut response = ApiError::unauthorized(message.to_string()).into_response();
-    response.headers_mut().insert(header::WWW_AUTHENTICATE, header::HeaderValue::from_static("Bearer"));
-    response
 }
 
 /// Equal-length inputs take the same time whatever they hold; the length of the token is not secret.
@@ -96,7 +101,7 @@ async fn change(state: AppState, name: String, force: bool) -> Result<Json<serde
     }))
 }
 
-pub(super) async fn load(
+pub(crate) async fn load(
     State(state): State<AppState>,
     Path(name): Path<String>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
@@ -107,7 +112,7 @@ async fn reload(State(state): State<AppState>, Path(name): Path<String>) -> Resu
     change(state, name, true).await
 }
 
-pub(super) async fn unload(
+pub(crate) async fn unload(
     State(state): State<AppState>,
     Path(name): Path<String>,
 ) -> Result<Json<serde_json::Value>, ApiError> {

@@ -134,7 +134,7 @@ async fn parse_sized<T: Send + 'static>(
     if body.len() <= PARSE_OFF_RUNTIME_BYTES {
         return parse(body);
     }
-    super::off_runtime("parsing the request body", move || parse(body)).await
+    super::decoding("parsing the request body", move || parse(body)).await
 }
 
 /// Parses a JSON object body straight into `P`. Syntax errors are 400; a body that is valid JSON but not an

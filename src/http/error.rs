@@ -78,9 +78,45 @@ pub struct ErrorBody {
     pub error_type: &'static str,
 }
 
+/// How a route's clients expect errors to look.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ErrorShape {
+    /// ember's own: `{"error": "...", "error_type": "..."}`.
+    #[default]
+    Ember,
+    /// OpenAI's, on the OpenAI-compatible routes: `{"error": {"message", "type", "param", "code"}}`, with ember's
+    /// `error_type` as the `code`.
+    OpenAi,
+}
+
+impl ErrorShape {
+    fn render(self, kind: ErrorKind, message: String) -> serde_json::Value {
+        let error_type = kind.status_and_type().1;
+        match self {
+            ErrorShape::Ember => serde_json::json!({"error": message, "error_type": error_type}),
+            ErrorShape::OpenAi => serde_json::json!({"error": {
+                "message": message, "type": openai_type(kind), "param": null, "code": error_type,
+            }}),
+        }
+    }
+}
+
+/// The `type` OpenAI's clients know for each kind.
+fn openai_type(kind: ErrorKind) -> &'static str {
+    match kind {
+        ErrorKind::Unauthorized => "authentication_error",
+        ErrorKind::Overloaded => "rate_limit_error",
+        ErrorKind::Unavailable | ErrorKind::Timeout | ErrorKind::Internal => "server_error",
+        _ => "invalid_request_error",
+    }
+}
+
 /// The details of a 500, carried from `into_response` to `report_internal_errors`, which logs them.
 #[derive(Clone)]
-struct InternalDetail(String);
+struct InternalDetail {
+    detail: String,
+    shape: ErrorShape,
+}
 
 /// What a client reads instead of a 500's details.
 const INTERNAL_MESSAGE: &str = "internal error: ember failed this request; the server log has the details";
@@ -146,11 +182,25 @@ impl ApiError {
         }
         self.body()
     }
+
+    /// `event_body` in the shape the route's clients expect.
+    pub fn event_body_as(&self, shape: ErrorShape) -> serde_json::Value {
+        let body = self.event_body();
+        shape.render(self.kind, body.error)
+    }
 }
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let mut response = (self.status(), Json(self.body())).into_response();
+        self.into_response_as(ErrorShape::Ember)
+    }
+}
+
+impl ApiError {
+    /// The response in the shape the route's clients expect.
+    pub fn into_response_as(self, shape: ErrorShape) -> Response {
+        let body = self.body();
+        let mut response = (self.status(), Json(shape.render(self.kind, body.error))).into_response();
         if let Some(seconds) = self.retry_after_secs {
             response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(seconds));
         }
@@ -160,7 +210,7 @@ impl IntoResponse for ApiError {
                 response.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
             }
             ErrorKind::Internal => {
-                response.extensions_mut().insert(InternalDetail(self.message));
+                response.extensions_mut().insert(InternalDetail { detail: self.message, shape });
             }
             _ => {}
         }
@@ -168,19 +218,21 @@ impl IntoResponse for ApiError {
     }
 }
 
+/// What a client reads instead of an internal error's details: where in the log they are.
+pub fn internal_message(request_id: &str) -> String {
+    format!("{INTERNAL_MESSAGE} under request id {request_id}")
+}
+
 /// Middleware: logs each 500's details once, with the request's id, and answers the client that id instead.
 /// `request_id` names the header `SetRequestIdLayer` put on the request (outside this middleware).
 pub async fn report_internal_errors(request_id: HeaderName, request: Request, next: Next) -> Response {
     let id = request.headers().get(&request_id).and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
     let response = next.run(request).await;
-    let Some(InternalDetail(detail)) = response.extensions().get::<InternalDetail>().cloned() else {
+    let Some(InternalDetail { detail, shape }) = response.extensions().get::<InternalDetail>().cloned() else {
         return response;
     };
     tracing::error!(request_id = %id, error = %detail, "internal error");
-    let body = ErrorBody {
-        error: format!("{INTERNAL_MESSAGE} under request id {id}"),
-        error_type: ErrorKind::Internal.status_and_type().1,
-    };
+    let body = shape.render(ErrorKind::Internal, internal_message(&id));
     // A fresh response: the handler's may already be compressed.
     (StatusCode::INTERNAL_SERVER_ERROR, Json(body)).into_response()
 }

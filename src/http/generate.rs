@@ -1,5 +1,8 @@
 //! `POST /v1/models/{name}/generate` and `POST /v1/generate`: a prompt in, generated text out, either as one JSON
 //! answer or, with `"stream": true`, as server-sent events (`token` per token, then `done` or `error`).
+//!
+//! `Sequence` is what every generation route shares (this one and OpenAI's `/v1/completions`): admission to the
+//! model's scheduler, one deadline, collecting the whole answer or streaming its events.
 
 use std::convert::Infallible;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -18,6 +21,7 @@ use super::extract::{JsonBody, JsonShape, Serving, TaskRoute};
 use super::{wrong_backend, AppState};
 use crate::config::TaskKind;
 use crate::engine::EngineError;
+use crate::registry::Loaded;
 use crate::tasks::generate::{FinishReason, GenerateRequest, GenerationEvent};
 use crate::tasks::Backend;
 
@@ -57,33 +61,22 @@ struct DoneEvent<'a> {
     seed: u64,
 }
 
-/// What the response needs to know about the sequence besides its events.
-#[derive(Clone)]
-struct Origin {
-    model: String,
-    version: u64,
-    seed: u64,
-}
-
 pub async fn generate(
     State(state): State<AppState>,
     Serving { name, loaded, .. }: Serving<Generation>,
     JsonBody(body): JsonBody<GenerateRequest>,
 ) -> Result<Response, ApiError> {
-    let Backend::TextGeneration(engine) = &loaded.backend else {
-        return Err(wrong_backend(&name, Generation::TASK));
-    };
     let stream = body.stream;
-    let request = body.validate(engine.limits(), fresh_seed())?;
-    let origin = Origin { model: name, version: loaded.version, seed: request.sampling.seed };
-    // One deadline for all of it: waiting to join, and the whole answer (or a stream's first token).
-    let timeout = state.limits.request_timeout;
-    let deadline = Deadline { at: Instant::now() + timeout, timeout };
-    let events = engine.submit(request, deadline.at)?;
+    let mut sequence = Sequence::start(&state, name, &loaded, body)?;
     if stream {
-        stream_events(events, origin, deadline).await
+        let first = sequence.first_event().await?;
+        let origin = sequence.origin().clone();
+        let events = sequence.events_from(first).map(move |event| Ok::<_, Infallible>(to_sse(event, &origin)));
+        Ok(Sse::new(events).into_response())
     } else {
-        collect_events(events, origin, deadline).await
+        let Finished { origin, text, tokens, finish_reason } = sequence.collect().await?;
+        let Origin { model, version, seed, .. } = origin;
+        Ok(Json(GenerateResponse { model, version, text, tokens, finish_reason, seed }).into_response())
     }
 }
 
@@ -95,8 +88,18 @@ fn fresh_seed() -> u64 {
 }
 
 /// The sequence ended without `Done` or `Error`: its scheduler stopped.
-fn lost(model: &str) -> ApiError {
+pub(super) fn lost(model: &str) -> ApiError {
     ApiError::from(EngineError::WorkerLost { model: model.to_string() })
+}
+
+/// What a response needs to know about the sequence besides its events.
+#[derive(Clone, Debug)]
+pub struct Origin {
+    pub model: String,
+    pub version: u64,
+    pub seed: u64,
+    /// The prompt's length in tokens (bytes).
+    pub prompt_tokens: usize,
 }
 
 /// When the request must be answered, and the timeout it came from (for the error message).
@@ -112,62 +115,93 @@ impl Deadline {
     }
 }
 
-async fn collect_events(
-    mut events: UnboundedReceiver<GenerationEvent>,
-    origin: Origin,
-    deadline: Deadline,
-) -> Result<Response, ApiError> {
-    let collect = async {
-        let mut text = String::new();
-        while let Some(event) = events.recv().await {
-            match event {
-                GenerationEvent::Token { text: piece, .. } => text.push_str(&piece),
-                GenerationEvent::Done { finish_reason, tokens } => {
-                    let Origin { model, version, seed } = origin.clone();
-                    return Ok(GenerateResponse { model, version, text, tokens, finish_reason, seed });
-                }
-                GenerationEvent::Error(e) => return Err(ApiError::from(e)),
-            }
-        }
-        Err(lost(&origin.model))
-    };
-    // Dropping `events` on timeout cancels the sequence at its next step.
-    match tokio::time::timeout_at(deadline.at.into(), collect).await {
-        Ok(result) => Ok(Json(result?).into_response()),
-        Err(_) => Err(deadline.exceeded(&origin.model)),
-    }
+/// A whole answer.
+pub struct Finished {
+    pub origin: Origin,
+    pub text: String,
+    pub tokens: usize,
+    pub finish_reason: FinishReason,
 }
 
-/// Waits for the first event, so that a sequence that cannot start (queue timeout, model error) still gets a
-/// proper status code; then streams. A client that disconnects drops the stream and with it the receiver,
-/// which ends the sequence at its next step.
-async fn stream_events(
-    mut events: UnboundedReceiver<GenerationEvent>,
-    origin: Origin,
-    deadline: Deadline,
-) -> Result<Response, ApiError> {
-    let first = match tokio::time::timeout_at(deadline.at.into(), events.recv()).await {
-        Err(_) => return Err(deadline.exceeded(&origin.model)),
-        Ok(None) => return Err(lost(&origin.model)),
-        Ok(Some(GenerationEvent::Error(e))) => return Err(ApiError::from(e)),
-        Ok(Some(first)) => first,
-    };
-    Ok(Sse::new(sse_stream(first, events, origin)).into_response())
-}
-
-fn sse_stream(
-    first: GenerationEvent,
+/// One generation request admitted to its model's scheduler. Dropping it (a timeout, a client that went away)
+/// cancels the sequence at its next step.
+pub struct Sequence {
     events: UnboundedReceiver<GenerationEvent>,
     origin: Origin,
-) -> impl Stream<Item = Result<Event, Infallible>> {
-    // The receiver while the sequence runs; None after its last event. A closed channel reads as None.
-    let rest = stream::unfold(Some(events), |receiver| async move {
-        let mut receiver = receiver?;
-        let event = receiver.recv().await;
-        let running = matches!(event, Some(GenerationEvent::Token { .. }));
-        Some((event, running.then_some(receiver)))
-    });
-    stream::once(async move { Some(first) }).chain(rest).map(move |event| Ok(to_sse(event, &origin)))
+    deadline: Deadline,
+}
+
+impl Sequence {
+    /// Validates `body` against the model's limits and submits it, with one deadline for all of it: waiting to
+    /// join, and the whole answer (or a stream's first token).
+    pub fn start(state: &AppState, name: String, loaded: &Loaded, body: GenerateRequest) -> Result<Sequence, ApiError> {
+        let Backend::TextGeneration(engine) = &loaded.backend else {
+            return Err(wrong_backend(&name, Generation::TASK));
+        };
+        let request = body.validate(engine.limits(), fresh_seed())?;
+        let origin = Origin {
+            model: name,
+            version: loaded.version,
+            seed: request.sampling.seed,
+            prompt_tokens: request.prompt.len(),
+        };
+        let timeout = state.limits.request_timeout;
+        let deadline = Deadline { at: Instant::now() + timeout, timeout };
+        let events = engine.submit(request, deadline.at)?;
+        Ok(Sequence { events, origin, deadline })
+    }
+
+    pub fn origin(&self) -> &Origin {
+        &self.origin
+    }
+
+    /// The whole text, within the deadline.
+    pub async fn collect(self) -> Result<Finished, ApiError> {
+        let Sequence { mut events, origin, deadline } = self;
+        let collect = async {
+            let mut text = String::new();
+            while let Some(event) = events.recv().await {
+                match event {
+                    GenerationEvent::Token { text: piece, .. } => text.push_str(&piece),
+                    GenerationEvent::Done { finish_reason, tokens } => return Ok((text, tokens, finish_reason)),
+                    GenerationEvent::Error(e) => return Err(ApiError::from(e)),
+                }
+            }
+            Err(lost(&origin.model))
+        };
+        match tokio::time::timeout_at(deadline.at.into(), collect).await {
+            Ok(result) => {
+                let (text, tokens, finish_reason) = result?;
+                Ok(Finished { origin, text, tokens, finish_reason })
+            }
+            Err(_) => Err(deadline.exceeded(&origin.model)),
+        }
+    }
+
+    /// Waits for the first event, so that a sequence that cannot start (queue timeout, model error) still gets a
+    /// proper status code before a stream answers 200.
+    pub async fn first_event(&mut self) -> Result<GenerationEvent, ApiError> {
+        match tokio::time::timeout_at(self.deadline.at.into(), self.events.recv()).await {
+            Err(_) => Err(self.deadline.exceeded(&self.origin.model)),
+            Ok(None) => Err(lost(&self.origin.model)),
+            Ok(Some(GenerationEvent::Error(e))) => Err(ApiError::from(e)),
+            Ok(Some(first)) => Ok(first),
+        }
+    }
+
+    /// `first`, then every later event up to and including the last (`Done` or `Error`; `None` if the scheduler
+    /// stopped without one). A client that disconnects drops the stream and with it the receiver, which ends the
+    /// sequence at its next step.
+    pub fn events_from(self, first: GenerationEvent) -> impl Stream<Item = Option<GenerationEvent>> + Send {
+        // The receiver while the sequence runs; None after its last event. A closed channel reads as None.
+        let rest = stream::unfold(Some(self.events), |receiver| async move {
+            let mut receiver = receiver?;
+            let event = receiver.recv().await;
+            let running = matches!(event, Some(GenerationEvent::Token { .. }));
+            Some((event, running.then_some(receiver)))
+        });
+        stream::once(async move { Some(first) }).chain(rest)
+    }
 }
 
 fn to_sse(event: Option<GenerationEvent>, origin: &Origin) -> Event {

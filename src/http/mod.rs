@@ -4,13 +4,16 @@ pub mod admin;
 pub(crate) mod body;
 mod classify;
 pub mod decode_memory;
+mod docs;
 pub mod error;
 pub(crate) mod extract;
 mod generate;
-mod ops;
+mod openai;
+pub(crate) mod ops;
 mod sentiment;
 mod style_transfer;
 mod stylize;
+pub(crate) mod trace;
 pub use ops::OPENAPI_YAML;
 mod v1;
 pub(crate) mod v2;
@@ -29,7 +32,7 @@ use tower_http::compression::CompressionLayer;
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::trace::{DefaultOnResponse, TraceLayer};
 use tower_http::LatencyUnit;
-use tracing::Level;
+use tracing::{Instrument, Level};
 
 pub use body::{BodyFlags, BodyLimit};
 use decode_memory::DecodeMemory;
@@ -44,7 +47,7 @@ use crate::train::upload::UnpackLimits;
 use error::ApiError;
 use extract::MetricsLabel;
 
-const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+pub(crate) const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
 /// Request limits that handlers enforce.
 #[derive(Debug, Clone)]
@@ -138,7 +141,7 @@ fn serving(name: &str, state: ModelState) -> Result<Arc<Loaded>, ApiError> {
 
 /// Runs CPU work of a request (decoding, resizing, tokenising, encoding: milliseconds) on tokio's blocking pool,
 /// off the async workers; `what` names the work in the error if it panics.
-async fn off_runtime<T: Send + 'static, E: Into<ApiError> + Send + 'static>(
+pub(crate) async fn off_runtime<T: Send + 'static, E: Into<ApiError> + Send + 'static>(
     what: &'static str,
     work: impl FnOnce() -> Result<T, E> + Send + 'static,
 ) -> Result<T, ApiError> {
@@ -153,6 +156,22 @@ impl AppState {
     }
 }
 
+/// `off_runtime` for reading a request (parsing, decoding, preprocessing, tokenising), traced as `decode`.
+pub(crate) async fn decoding<T: Send + 'static, E: Into<ApiError> + Send + 'static>(
+    what: &'static str,
+    work: impl FnOnce() -> Result<T, E> + Send + 'static,
+) -> Result<T, ApiError> {
+    off_runtime(what, work).instrument(tracing::info_span!("decode", what)).await
+}
+
+/// `off_runtime` for writing an answer (image or tensor encoding), traced as `encode`.
+pub(crate) async fn encoding<T: Send + 'static, E: Into<ApiError> + Send + 'static>(
+    what: &'static str,
+    work: impl FnOnce() -> Result<T, E> + Send + 'static,
+) -> Result<T, ApiError> {
+    off_runtime(what, work).instrument(tracing::info_span!("encode", what)).await
+}
+
 /// Decodes and preprocesses images on the blocking pool within `--max-decode-bytes`: what the `probes`' images
 /// may take is reserved before `work` starts and released when it returns.
 async fn decode_off_runtime<T: Send + 'static, E: Into<ApiError> + Send + 'static>(
@@ -163,7 +182,7 @@ async fn decode_off_runtime<T: Send + 'static, E: Into<ApiError> + Send + 'stati
     let bytes = probes.iter().fold(0u64, |sum, probe| sum.saturating_add(probe.decode_bytes()));
     let reservation = state.decode_memory.reserve(bytes, state.limits.request_timeout).await?;
     state.metrics.decode_reserved_bytes.set(state.decode_memory.reserved_bytes() as i64);
-    let result = off_runtime("image preprocessing", move || {
+    let result = decoding("image preprocessing", move || {
         let _reservation = reservation;
         work()
     })
@@ -194,9 +213,11 @@ pub fn router(state: AppState) -> Router {
     let metrics = Arc::clone(&state.metrics);
     Router::new()
         .merge(v1::routes())
+        .merge(openai::routes())
         .merge(admin::routes(state.clone()))
         .merge(v2::routes(state.clone()))
         .merge(ops::routes())
+        .merge(docs::routes())
         .fallback(no_route)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(middleware::from_fn_with_state(metrics, record_request))
@@ -205,16 +226,14 @@ pub fn router(state: AppState) -> Router {
                 .layer(SetRequestIdLayer::new(REQUEST_ID, MakeRequestUuid))
                 .layer(
                     TraceLayer::new_for_http()
-                        .make_span_with(|request: &Request| {
-                            let id = request.headers().get(REQUEST_ID).and_then(|v| v.to_str().ok()).unwrap_or("");
-                            tracing::info_span!("request", method = %request.method(), uri = %request.uri(), request_id = %id)
-                        })
+                        .make_span_with(trace::request_span)
                         // One line per request at info: status and latency, inside the span above.
                         .on_response(DefaultOnResponse::new().level(Level::INFO).latency_unit(LatencyUnit::Micros))
                         // Not also an error line per 5xx: a 503 while models load is expected, and a 500 is
                         // logged with its cause by error::report_internal_errors.
                         .on_failure(()),
                 )
+                .layer(middleware::from_fn(trace::trace_response))
                 .layer(PropagateRequestIdLayer::new(REQUEST_ID))
                 .layer(middleware::from_fn(|request, next| error::report_internal_errors(REQUEST_ID, request, next)))
                 .layer(CatchPanicLayer::custom(|panic: Box<dyn std::any::Any + Send>| {

@@ -33,7 +33,7 @@ async fn ready(State(state): State<AppState>) -> Result<Json<serde_json::Value>,
 }
 
 /// Every model that should serve is loaded and warm; else a 503 naming each one that is not, and why.
-pub(super) fn readiness(state: &AppState) -> Result<(), ApiError> {
+pub(crate) fn readiness(state: &AppState) -> Result<(), ApiError> {
     let waiting = state.registry.not_ready();
     if waiting.is_empty() {
         return Ok(());
@@ -49,6 +49,8 @@ pub(super) fn readiness(state: &AppState) -> Result<(), ApiError> {
 }
 
 async fn metrics(State(state): State<AppState>) -> Response {
+    let spans = crate::telemetry::span_counts();
+    state.metrics.observe_spans(spans.exported, spans.dropped_queue_full, spans.dropped_export_failed);
     ([(header::CONTENT_TYPE, prometheus::TEXT_FORMAT)], state.metrics.render()).into_response()
 }
 

@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 
 use super::error::ApiError;
 use super::extract::{JsonBody, JsonShape, Serving, TaskRoute};
-use super::{off_runtime, wrong_backend, AppState};
+use super::{decoding, wrong_backend, AppState};
 use crate::config::TaskKind;
 use crate::tasks::sentiment::{Classification, TokenizedText};
 use crate::tasks::Backend;
@@ -55,7 +55,7 @@ pub async fn sentiment(
     pool.check_room()?;
     let tokenizer = pool.task().clone();
     // Tokenising up to MAX_TEXTS long texts takes milliseconds: keep it off the async workers.
-    let inputs = off_runtime("tokenisation", move || {
+    let inputs = decoding("tokenisation", move || {
         texts.iter().map(|text| tokenizer.tokenize(text)).collect::<Result<Vec<TokenizedText>, TaskError>>()
     })
     .await?;

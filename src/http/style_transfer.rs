@@ -13,7 +13,7 @@ use bytes::Bytes;
 use super::body::{parse_params, read_multipart_images};
 use super::error::ApiError;
 use super::extract::{Serving, TaskRoute};
-use super::{decode_off_runtime, image_response, off_runtime, wrong_backend, AppState};
+use super::{decode_off_runtime, encoding, image_response, wrong_backend, AppState};
 use crate::config::TaskKind;
 use crate::tasks::image;
 use crate::tasks::style_transfer::{OptimizationJob, OptimizationParams};
@@ -70,7 +70,7 @@ pub async fn style_transfer(
     let steps = result.steps;
     let seconds = result.seconds;
     let encoded =
-        off_runtime("image encoding", move || image::encode(&image::from_unit_tensor(&result.image)?, format)).await?;
+        encoding("image encoding", move || image::encode(&image::from_unit_tensor(&result.image)?, format)).await?;
     let mut response = image_response(encoded, format, &name, loaded.version);
     let headers = response.headers_mut();
     headers.insert("ember-steps", HeaderValue::from(steps));

@@ -11,7 +11,7 @@ use serde::Deserialize;
 use super::body::ImageUpload;
 use super::error::ApiError;
 use super::extract::{MetricsLabel, Serving, TaskRoute};
-use super::{decode_off_runtime, image_response, off_runtime, wrong_backend, AppState};
+use super::{decode_off_runtime, encoding, image_response, wrong_backend, AppState};
 use crate::config::TaskKind;
 use crate::registry::Loaded;
 use crate::tasks::style::{OutputFormat, StylizeParams, Stylizer};
@@ -103,6 +103,6 @@ async fn stylize(
     let original =
         decode_off_runtime(state, &[probe], move || Stylizer::prepare(&image, probe, params.max_size)).await?;
     let styled = pool.infer(original.shallow_clone(), state.limits.request_timeout).await?;
-    let encoded = off_runtime("image encoding", move || Stylizer::finish(&original, &styled, params)).await?;
+    let encoded = encoding("image encoding", move || Stylizer::finish(&original, &styled, params)).await?;
     Ok(image_response(encoded, params.format, name, loaded.version))
 }

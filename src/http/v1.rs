@@ -1,5 +1,8 @@
 //! The task routes (`/v1/...`, one module per task family) and the model listing.
 
+use std::path::Path;
+use std::time::UNIX_EPOCH;
+
 use axum::extract::State;
 use axum::routing::{get, post};
 use axum::{Json, Router};
@@ -7,6 +10,7 @@ use serde::Serialize;
 
 use super::error::ApiError;
 use super::extract::ModelName;
+use super::openai::OpenAiModel;
 use super::{classify, generate, sentiment, style_transfer, stylize, AppState};
 use crate::config::{ModelToml, TaskKind};
 use crate::engine::device;
@@ -30,6 +34,9 @@ pub fn routes() -> Router<AppState> {
 
 #[derive(Serialize)]
 struct ModelInfo {
+    /// `id`, `object`, `created` and `owned_by`: what OpenAI's clients read from a model.
+    #[serde(flatten)]
+    openai: OpenAiModel,
     name: String,
     task: TaskKind,
     description: String,
@@ -98,7 +105,11 @@ fn model_info(state: &AppState, entry: &ModelEntry) -> ModelInfo {
         ModelState::Failed(message) => Some(message.clone()),
         _ => current.last_error.clone(),
     };
+    // The version on offer: the one serving, else the newest on disk.
+    let version = served_version.or(spec.versions.last().copied());
+    let created = version.map_or(0, |v| modified_secs(&spec.dir.join(v.to_string())));
     ModelInfo {
+        openai: OpenAiModel::new(spec.name.clone(), created),
         name: spec.name.clone(),
         task: spec.config.task,
         description: spec.config.description.clone(),
@@ -112,13 +123,25 @@ fn model_info(state: &AppState, entry: &ModelEntry) -> ModelInfo {
     }
 }
 
+/// When a file or folder was last modified, in Unix seconds (0 if that cannot be read).
+fn modified_secs(path: &Path) -> u64 {
+    let modified = std::fs::metadata(path).and_then(|m| m.modified());
+    modified.ok().and_then(|t| t.duration_since(UNIX_EPOCH).ok()).map_or(0, |d| d.as_secs())
+}
+
+/// ember's list (`models`) and OpenAI's (`object`, `data`) in one answer, so that both kinds of clients read
+/// `GET /v1/models` without asking for a shape.
 #[derive(Serialize)]
 struct ModelList {
+    object: &'static str,
+    data: Vec<OpenAiModel>,
     models: Vec<ModelInfo>,
 }
 
 async fn list_models(State(state): State<AppState>) -> Json<ModelList> {
-    Json(ModelList { models: state.registry.entries().iter().map(|entry| model_info(&state, entry)).collect() })
+    let models: Vec<ModelInfo> = state.registry.entries().iter().map(|entry| model_info(&state, entry)).collect();
+    let data = models.iter().map(|model| model.openai.clone()).collect();
+    Json(ModelList { object: "list", data, models })
 }
 
 async fn describe_model(

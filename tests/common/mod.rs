@@ -97,14 +97,24 @@ impl TempRepo {
 /// An ember server running in this process on its own runtime, on 127.0.0.1 and a free port.
 pub struct TestServer {
     pub base: String,
+    /// `host:port` of the gRPC service, when the flags gave it a port (tests serve gRPC only when they ask).
+    pub grpc: Option<String>,
     shutdown: Option<oneshot::Sender<()>>,
     thread: Option<std::thread::JoinHandle<()>>,
+}
+
+/// A port no one listens on now, for a flag that has no "pick one" value (`--grpc-port 0` turns gRPC off).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
 impl TestServer {
     /// Starts serving `repo`; models load in the background (see `wait_ready`).
     pub fn start(repo: &Path, flags: &[&str]) -> TestServer {
         let mut all_flags = vec!["--port", "0", "--model-repo", repo.to_str().unwrap()];
+        if !flags.contains(&"--grpc-port") {
+            all_flags.extend(["--grpc-port", "0"]);
+        }
         all_flags.extend_from_slice(flags);
         let config = ServeConfig::from_flags(all_flags).expect("valid flags");
         let (address_tx, address_rx) = std::sync::mpsc::channel();
@@ -113,7 +123,7 @@ impl TestServer {
             let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
             runtime.block_on(async move {
                 let server = Server::bind(&config).await.expect("server binds");
-                address_tx.send(server.local_addr()).unwrap();
+                address_tx.send((server.local_addr(), server.grpc_addr())).unwrap();
                 server
                     .serve(async {
                         let _ = shutdown_rx.await;
@@ -122,8 +132,13 @@ impl TestServer {
                     .expect("server runs");
             });
         });
-        let address = address_rx.recv_timeout(Duration::from_secs(30)).expect("server bound");
-        TestServer { base: format!("http://{address}"), shutdown: Some(shutdown), thread: Some(thread) }
+        let (address, grpc) = address_rx.recv_timeout(Duration::from_secs(30)).expect("server bound");
+        TestServer {
+            base: format!("http://{address}"),
+            grpc: grpc.map(|address| address.to_string()),
+            shutdown: Some(shutdown),
+            thread: Some(thread),
+        }
     }
 
     pub async fn start_ready(repo: &Path, flags: &[&str]) -> TestServer {
@@ -246,4 +261,79 @@ pub fn documented() -> BTreeSet<(String, String)> {
         }
     }
     operations
+}
+
+/// Runs a Python check script of tests/ with the venv's python (where the setup installed the real clients),
+/// off the async runtime; fails the test with its output unless it exits 0 and prints `success`.
+pub async fn run_python_check(script: &str, args: Vec<String>, success: &str) {
+    let script = root().join(script);
+    let output = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(root().join(".venv/bin/python"))
+            .arg(&script)
+            .args(&args)
+            .output()
+            .expect("the venv's python runs")
+    })
+    .await
+    .unwrap();
+    let (stdout, stderr) = (String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
+    assert!(output.status.success(), "the check failed:\n{stdout}\n{stderr}");
+    assert!(stdout.contains(success), "{stdout}\n{stderr}");
+}
+
+/// `ember serve --port 0` as its own process (what a process-wide setting such as tracing needs), killed when
+/// dropped.
+pub struct EmberProcess {
+    pub child: std::process::Child,
+    pub base: String,
+}
+
+impl Drop for EmberProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl EmberProcess {
+    /// Starts serving `repo` with `flags` (gRPC off) and reads the chosen port from its log.
+    pub fn serve(repo: &Path, flags: &[&str]) -> EmberProcess {
+        use std::io::{BufRead, BufReader};
+        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_ember"))
+            .args(["serve", "--port", "0", "--grpc-port", "0", "--model-repo"])
+            .arg(repo)
+            .args(flags)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::inherit())
+            .spawn()
+            .unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if let Some(address) = line.split("listening on http://").nth(1) {
+                    let _ = tx.send(address.split_whitespace().next().unwrap_or_default().to_string());
+                }
+            }
+        });
+        let address = rx.recv_timeout(Duration::from_secs(60)).expect("ember logs its address");
+        EmberProcess { child, base: format!("http://{address}") }
+    }
+
+    pub async fn wait_ready(&self) {
+        wait_ready(&self.base).await
+    }
+}
+
+/// A binary Open Inference Protocol request for an image classifier: the JSON header (one FP32 [1, 3, 224, 224]
+/// `image`, `logits` asked for as binary), then the tensor's little-endian bytes; and the header's length.
+pub fn image_infer_request(tensor: &[u8]) -> (Vec<u8>, usize) {
+    let header = serde_json::to_vec(&serde_json::json!({
+        "inputs": [{"name": "image", "shape": [1, 3, 224, 224], "datatype": "FP32",
+                    "parameters": {"binary_data_size": tensor.len()}}],
+        "outputs": [{"name": "logits", "parameters": {"binary_data": true}}]
+    }))
+    .unwrap();
+    let length = header.len();
+    ([header, tensor.to_vec()].concat(), length)
 }

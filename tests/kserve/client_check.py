@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import tritonclient.http as httpclient
-from PIL import Image
+from preprocess import preprocessed
 from tokenizers import Tokenizer
 from tritonclient.utils import InferenceServerException
 
@@ -71,16 +71,10 @@ assert np.allclose(answers[False], answers[True], atol=1e-6), answers
 result = infer("iris", [flowers[:1]], ["measurements"], ["FP32"], True, outputs=["species"])
 assert result.as_numpy("probabilities") is None and list(result.as_numpy("species")) == [0]
 
-# An image classifier takes the preprocessed batch (torchvision's Resize 256, CenterCrop 224, Normalize).
+# An image classifier takes the preprocessed batch (tests/kserve/preprocess.py).
 def preprocess(name):
-    image = Image.open(PHOTOS / name).convert("RGB")
-    width, height = image.size
-    scale = 256 / min(width, height)
-    image = image.resize((round(width * scale), round(height * scale)), Image.BILINEAR)
-    left, top = (image.width - 224) // 2, (image.height - 224) // 2
-    pixels = np.asarray(image.crop((left, top, left + 224, top + 224)), dtype=np.float32) / 255
-    pixels = (pixels - [0.485, 0.456, 0.406]) / [0.229, 0.224, 0.225]
-    return pixels.transpose(2, 0, 1).astype(np.float32)
+    return preprocessed(PHOTOS / name)[0]
+
 
 labels = (MODELS / "mobilenet_v2" / "labels.txt").read_text().splitlines()
 batch = np.stack([preprocess("chelsea.png"), preprocess("coffee.png")])

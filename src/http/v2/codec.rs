@@ -77,22 +77,11 @@ pub fn decode(body: &[u8], header_length: Option<usize>, signature: &Signature) 
 
     let mut inputs: Vec<Option<Tensor>> = signature.inputs.iter().map(|_| None).collect();
     for input in &request.inputs {
-        let index = signature.inputs.iter().position(|spec| spec.name == input.name).ok_or_else(|| {
-            bad(format!("the model has no input `{}`; its inputs: {}", input.name, names(&signature.inputs)))
-        })?;
+        let index = input_index(signature, &input.name)?;
         if inputs[index].is_some() {
             return Err(bad(format!("input `{}` is given twice", input.name)));
         }
-        let bounds = &signature.bounds[index];
-        // Before any data is read into a tensor: the shape is the client's word, and sizes the work.
-        bounds
-            .check_shape(&input.shape)
-            .map_err(|message| ApiError::payload_too_large(format!("input `{}`: {message}", input.name)))?;
-        let tensor = decode_input(input, &signature.inputs[index], &mut binary)
-            .map_err(|message| bad(format!("input `{}`: {message}", input.name)))?;
-        bounds
-            .check_values(&tensor)
-            .map_err(|message| ApiError::validation(format!("input `{}`: {message}", input.name)))?;
+        let tensor = checked_input(signature, index, &input.shape, |spec| decode_input(input, spec, &mut binary))?;
         inputs[index] = Some(tensor);
     }
     if !binary.is_empty() {
@@ -114,6 +103,45 @@ fn names(specs: &[TensorSpec]) -> String {
     specs.iter().map(|s| s.name.as_str()).collect::<Vec<_>>().join(", ")
 }
 
+/// The position of the input called `name` in the signature, or a 400 that lists the inputs.
+pub(crate) fn input_index(signature: &Signature, name: &str) -> Result<usize, ApiError> {
+    signature
+        .inputs
+        .iter()
+        .position(|spec| spec.name == name)
+        .ok_or_else(|| bad(format!("the model has no input `{name}`; its inputs: {}", names(&signature.inputs))))
+}
+
+/// The position of the output called `name` in the signature, or a 400 that lists the outputs.
+pub(crate) fn output_index(signature: &Signature, name: &str) -> Result<usize, ApiError> {
+    signature
+        .outputs
+        .iter()
+        .position(|spec| spec.name == name)
+        .ok_or_else(|| bad(format!("the model has no output `{name}`; its outputs: {}", names(&signature.outputs))))
+}
+
+/// The 400 for an output that asks for Triton's classification extension.
+pub(crate) fn classification_unsupported(name: &str) -> ApiError {
+    bad(format!("output `{name}`: the classification extension is not supported; ask for the logits"))
+}
+
+/// Input `index` as `read` makes it from the request, within the model's bounds: the shape (the client's word,
+/// which sizes the work) is checked before any value is read, the values after. Errors name the input.
+pub(crate) fn checked_input(
+    signature: &Signature,
+    index: usize,
+    shape: &[i64],
+    read: impl FnOnce(&TensorSpec) -> Result<Tensor, String>,
+) -> Result<Tensor, ApiError> {
+    let (spec, bounds) = (&signature.inputs[index], &signature.bounds[index]);
+    let name = &spec.name;
+    bounds.check_shape(shape).map_err(|message| ApiError::payload_too_large(format!("input `{name}`: {message}")))?;
+    let tensor = read(spec).map_err(|message| bad(format!("input `{name}`: {message}")))?;
+    bounds.check_values(&tensor).map_err(|message| ApiError::validation(format!("input `{name}`: {message}")))?;
+    Ok(tensor)
+}
+
 /// A boolean parameter, absent = `None`; any other type is an error naming it.
 fn flag(parameters: &Map<String, Value>, name: &str) -> Result<Option<bool>, String> {
     match parameters.get(name) {
@@ -130,17 +158,12 @@ fn wanted_outputs(request: &InferRequest, signature: &Signature) -> Result<Vec<W
     };
     let mut wanted: Vec<WantedOutput> = Vec::with_capacity(requested.len());
     for output in requested {
-        let index = signature.outputs.iter().position(|spec| spec.name == output.name).ok_or_else(|| {
-            bad(format!("the model has no output `{}`; its outputs: {}", output.name, names(&signature.outputs)))
-        })?;
+        let index = output_index(signature, &output.name)?;
         if wanted.iter().any(|w| w.index == index) {
             return Err(bad(format!("output `{}` is asked for twice", output.name)));
         }
         if output.parameters.contains_key("classification") {
-            return Err(bad(format!(
-                "output `{}`: the classification extension is not supported; ask for the logits",
-                output.name
-            )));
+            return Err(classification_unsupported(&output.name));
         }
         let binary = flag(&output.parameters, "binary_data")
             .map_err(|message| bad(format!("output `{}`: {message}", output.name)))?
@@ -150,23 +173,49 @@ fn wanted_outputs(request: &InferRequest, signature: &Signature) -> Result<Vec<W
     Ok(wanted)
 }
 
-/// One input as a tensor of the model's datatype and the request's shape. Errors do not repeat the input's name.
-fn decode_input(input: &RequestInput, spec: &TensorSpec, binary: &mut &[u8]) -> Result<Tensor, String> {
-    let datatype = DataType::parse(&input.datatype)?;
+/// The datatype and the number of elements of an input the model accepts with this datatype and shape.
+pub(crate) fn checked_elements(datatype: &str, shape: &[i64], spec: &TensorSpec) -> Result<(DataType, usize), String> {
+    let datatype = DataType::parse(datatype)?;
     if datatype != spec.datatype {
         return Err(format!("datatype {datatype} does not match the model's {}", spec.datatype));
     }
-    if let Some(dim) = input.shape.iter().find(|&&d| d < 0) {
-        return Err(format!("shape {:?} has a negative dimension {dim}", input.shape));
+    if let Some(dim) = shape.iter().find(|&&d| d < 0) {
+        return Err(format!("shape {shape:?} has a negative dimension {dim}"));
     }
-    if !spec.accepts(&input.shape) {
-        return Err(format!("shape {:?} does not match the model's {:?} (-1: any size)", input.shape, spec.shape));
+    if !spec.accepts(shape) {
+        return Err(format!("shape {shape:?} does not match the model's {:?} (-1: any size)", spec.shape));
     }
-    let elements = input
-        .shape
+    let elements = shape
         .iter()
         .try_fold(1usize, |n, &d| n.checked_mul(d as usize))
-        .ok_or_else(|| format!("shape {:?} has too many elements", input.shape))?;
+        .ok_or_else(|| format!("shape {shape:?} has too many elements"))?;
+    Ok((datatype, elements))
+}
+
+/// A tensor from little-endian, row-major bytes, which must be exactly what the shape needs.
+pub(crate) fn raw_tensor(bytes: &[u8], shape: &[i64], datatype: DataType, elements: usize) -> Result<Tensor, String> {
+    let expected = elements.saturating_mul(datatype.byte_size());
+    if bytes.len() != expected {
+        return Err(format!(
+            "holds {} bytes but shape {shape:?} of {datatype} needs {expected} ({elements} elements of {} bytes)",
+            bytes.len(),
+            datatype.byte_size()
+        ));
+    }
+    // A bool is one byte, 0 or 1; any other byte would be a bool libtorch's kernels are not defined for.
+    if datatype == DataType::Bool {
+        if let Some(position) = bytes.iter().position(|&b| b > 1) {
+            let byte = bytes[position];
+            return Err(format!("BOOL element {position} is byte {byte}; binary BOOL data is 0 or 1"));
+        }
+    }
+    Tensor::f_from_data_size(bytes, shape, datatype.kind()).map_err(|e| e.to_string())
+}
+
+/// One input of an HTTP request as a tensor of the model's datatype and the request's shape, from its JSON data
+/// or its share of the binary data. Errors do not repeat the input's name.
+fn decode_input(input: &RequestInput, spec: &TensorSpec, binary: &mut &[u8]) -> Result<Tensor, String> {
+    let (datatype, elements) = checked_elements(&input.datatype, &input.shape, spec)?;
     let binary_size = match input.parameters.get("binary_data_size") {
         None => None,
         Some(size) => Some(size.as_u64().ok_or_else(|| format!("binary_data_size must be a byte count, got {size}"))?),
@@ -191,14 +240,7 @@ fn decode_input(input: &RequestInput, spec: &TensorSpec, binary: &mut &[u8]) -> 
             }
             let (bytes, rest) = binary.split_at(expected);
             *binary = rest;
-            // A bool is one byte, 0 or 1; any other byte would be a bool libtorch's kernels are not defined for.
-            if datatype == DataType::Bool {
-                if let Some(position) = bytes.iter().position(|&b| b > 1) {
-                    let byte = bytes[position];
-                    return Err(format!("BOOL element {position} is byte {byte}; binary BOOL data is 0 or 1"));
-                }
-            }
-            Tensor::f_from_data_size(bytes, &input.shape, datatype.kind()).map_err(|e| e.to_string())?
+            raw_tensor(bytes, &input.shape, datatype, elements)?
         }
         (None, Some(data)) => {
             // Not `with_capacity(elements)`: the shape is the client's word, the values are what it sent.
@@ -285,7 +327,7 @@ pub struct Encoded {
 const JSON_BYTES_PER_ELEMENT: usize = 21;
 
 /// Refuses an answer that would be larger than `max_bytes`, before any of it is written.
-fn check_answer_size(
+pub(crate) fn check_answer_size(
     signature: &Signature,
     outputs: &[Tensor],
     wanted: &[WantedOutput],
@@ -316,13 +358,11 @@ pub fn encode(
 ) -> Result<Encoded, ApiError> {
     check_answer_size(signature, outputs, wanted, max_bytes)?;
     let Answer { model, version, id } = answer;
-    let internal = |e: tch::TchError| ApiError::internal(format!("reading the model's outputs: {e}"));
     let mut binary = BytesMut::new();
     let mut entries = Vec::with_capacity(wanted.len());
     for choice in wanted {
         let spec = &signature.outputs[choice.index];
-        let tensor =
-            outputs[choice.index].f_to_kind(spec.datatype.kind()).and_then(|t| t.f_contiguous()).map_err(internal)?;
+        let tensor = output_tensor(&outputs[choice.index], spec)?;
         let shape = tensor.size();
         let (parameters, data) = if choice.binary {
             let size = tensor.numel() * spec.datatype.byte_size();
@@ -344,6 +384,22 @@ pub fn encode(
     body.put_slice(&json);
     body.put_slice(&binary);
     Ok(Encoded { body: body.freeze(), header_length: Some(json.len()) })
+}
+
+fn internal(e: tch::TchError) -> ApiError {
+    ApiError::internal(format!("reading the model's outputs: {e}"))
+}
+
+/// A model's output in its signature's datatype, contiguous, ready to be copied out.
+pub(crate) fn output_tensor(output: &Tensor, spec: &TensorSpec) -> Result<Tensor, ApiError> {
+    output.f_to_kind(spec.datatype.kind()).and_then(|t| t.f_contiguous()).map_err(internal)
+}
+
+/// An output tensor's elements as little-endian, row-major bytes (from `output_tensor`).
+pub(crate) fn raw_bytes(tensor: &Tensor, datatype: DataType) -> Result<Vec<u8>, ApiError> {
+    let mut bytes = vec![0; tensor.numel() * datatype.byte_size()];
+    tensor.f_copy_data_u8(&mut bytes, tensor.numel()).map_err(internal)?;
+    Ok(bytes)
 }
 
 /// A tensor's elements, typed so that FP32 and FP16 are written with f32's shortest digits (through a `Value`

@@ -5,7 +5,7 @@
 //! per-model queue and batches as the REST routes.
 
 pub(crate) mod codec;
-mod repository;
+pub(crate) mod repository;
 
 use std::sync::Arc;
 
@@ -19,16 +19,16 @@ use serde_json::{json, Value};
 
 use super::body::{positive_integer, read_limited};
 use super::ops::readiness;
-use super::{off_runtime, serving, AppState};
+use super::{decoding, encoding, serving, AppState};
 use crate::http::error::ApiError;
 use crate::http::extract::ModelName;
 use crate::registry::{Loaded, ModelState};
 use crate::tasks::tensor;
 
 /// The protocol extensions ember implements (`GET /v2`).
-const EXTENSIONS: [&str; 2] = ["binary_tensor_data", "model_repository"];
+pub(crate) const EXTENSIONS: [&str; 2] = ["binary_tensor_data", "model_repository"];
 /// What `platform` says in model metadata.
-const PLATFORM: &str = "pytorch_torchscript";
+pub(crate) const PLATFORM: &str = "pytorch_torchscript";
 
 pub fn routes(state: AppState) -> Router<AppState> {
     Router::new()
@@ -63,6 +63,15 @@ fn parse_version(version: &str) -> Result<u64, ApiError> {
     positive_integer("model version", version)
 }
 
+/// A version field of a gRPC message or similar: empty means "the one served", else a positive integer.
+pub(crate) fn optional_version(version: &str) -> Result<Option<u64>, ApiError> {
+    if version.is_empty() {
+        Ok(None)
+    } else {
+        parse_version(version).map(Some)
+    }
+}
+
 async fn model_metadata(State(state): State<AppState>, ModelName(name): ModelName) -> Result<Json<Value>, ApiError> {
     metadata(&state, &name, None)
 }
@@ -75,8 +84,29 @@ async fn model_version_metadata(
     metadata(&state, &name, Some(parse_version(&version)?))
 }
 
+/// What model metadata says, whichever protocol carries it.
+pub(crate) struct Metadata {
+    pub versions: Vec<u64>,
+    pub task: crate::config::TaskKind,
+    pub signature: crate::signature::Signature,
+}
+
 /// Name, versions, platform and the tensors of `version` (default: the one served, else the one that would be).
 fn metadata(state: &AppState, name: &str, version: Option<u64>) -> Result<Json<Value>, ApiError> {
+    let Metadata { versions, task, signature } = metadata_of(state, name, version)?;
+    Ok(Json(json!({
+        "name": name,
+        "versions": versions.iter().map(u64::to_string).collect::<Vec<_>>(),
+        "platform": PLATFORM,
+        "task": task,
+        "inputs": signature.inputs,
+        "outputs": signature.outputs,
+    })))
+}
+
+/// The versions, task and tensors of `version` of a model (default: the one served, else the one that would
+/// be); 404 for a model or version that does not exist.
+pub(crate) fn metadata_of(state: &AppState, name: &str, version: Option<u64>) -> Result<Metadata, ApiError> {
     let spec = state.model(name)?.spec();
     let version = match version.or_else(|| spec.served_version()) {
         Some(version) if spec.versions.contains(&version) => version,
@@ -94,14 +124,7 @@ fn metadata(state: &AppState, name: &str, version: Option<u64>) -> Result<Json<V
         Ok(loaded) => loaded.signature.clone(),
         Err(_) => tensor::signature(&spec.at_version(version).map_err(|e| ApiError::unavailable(e.to_string()))?),
     };
-    Ok(Json(json!({
-        "name": name,
-        "versions": spec.versions.iter().map(u64::to_string).collect::<Vec<_>>(),
-        "platform": PLATFORM,
-        "task": spec.config.task,
-        "inputs": signature.inputs,
-        "outputs": signature.outputs,
-    })))
+    Ok(Metadata { versions: spec.versions.clone(), task: spec.config.task, signature })
 }
 
 async fn model_ready(State(state): State<AppState>, ModelName(name): ModelName) -> Result<Json<Value>, ApiError> {
@@ -120,7 +143,7 @@ async fn model_version_ready(
 
 /// The loaded version of `name` (which must be `version`, if given). 404 for a model or version that does not
 /// exist; 503 for one that is loading, failed, unloaded, or (a version on disk) not the one served.
-fn served(state: &AppState, name: &str, version: Option<u64>) -> Result<Arc<Loaded>, ApiError> {
+pub(crate) fn served(state: &AppState, name: &str, version: Option<u64>) -> Result<Arc<Loaded>, ApiError> {
     let current = state.model(name)?.current();
     if let Some(version) = version.filter(|v| !current.spec.versions.contains(v)) {
         return Err(ApiError::not_found(format!(
@@ -154,6 +177,24 @@ async fn infer_version(
     run_infer(&state, &name, Some(parse_version(&version)?), request).await
 }
 
+/// Runs checked inputs through the model's queue and batches within `timeout`; the outputs are the signature's.
+pub(crate) async fn run(
+    name: &str,
+    loaded: &Loaded,
+    inputs: Vec<tch::Tensor>,
+    timeout: std::time::Duration,
+) -> Result<Vec<tch::Tensor>, ApiError> {
+    let outputs = loaded.backend.infer_tensors(inputs, timeout).await?;
+    let expected = loaded.signature.outputs.len();
+    if outputs.len() != expected {
+        return Err(ApiError::internal(format!(
+            "model `{name}` returned {} tensors; its signature has {expected} outputs",
+            outputs.len()
+        )));
+    }
+    Ok(outputs)
+}
+
 async fn run_infer(state: &AppState, name: &str, version: Option<u64>, request: Request) -> Result<Response, ApiError> {
     let loaded = served(state, name, version)?;
     let (parts, body): (_, Body) = request.into_parts();
@@ -167,21 +208,13 @@ async fn run_infer(state: &AppState, name: &str, version: Option<u64>, request: 
     // Parsing a large JSON tensor takes milliseconds of CPU: off the async workers.
     let for_decoding = Arc::clone(&loaded);
     let decoded =
-        off_runtime("decoding the infer request", move || codec::decode(&body, header_length, &for_decoding.signature))
+        decoding("decoding the infer request", move || codec::decode(&body, header_length, &for_decoding.signature))
             .await?;
-    let outputs = loaded.backend.infer_tensors(decoded.inputs, state.limits.request_timeout).await?;
-    let signature = &loaded.signature;
-    if outputs.len() != signature.outputs.len() {
-        return Err(ApiError::internal(format!(
-            "model `{name}` returned {} tensors; its signature has {} outputs",
-            outputs.len(),
-            signature.outputs.len()
-        )));
-    }
+    let outputs = run(name, &loaded, decoded.inputs, state.limits.request_timeout).await?;
     let (model, version, id, wanted) = (name.to_string(), loaded.version, decoded.id, decoded.outputs);
     let for_encoding = Arc::clone(&loaded);
     let max_response_bytes = state.limits.max_response_bytes;
-    let encoded = off_runtime("encoding the infer answer", move || {
+    let encoded = encoding("encoding the infer answer", move || {
         let answer = codec::Answer { model: &model, version, id: id.as_deref() };
         codec::encode(answer, &for_encoding.signature, &outputs, &wanted, max_response_bytes)
     })

@@ -45,6 +45,25 @@ async fn index(State(state): State<AppState>, request: Request) -> Result<Json<V
         }
     };
     let request: IndexRequest = parse_params(params).map_err(|e| ApiError::bad_request(e.to_string()))?;
+    let models = index_of(&state, request.ready).into_iter().map(
+        |entry| json!({"name": entry.name, "version": entry.version, "state": entry.state, "reason": entry.reason}),
+    );
+    Ok(Json(models.collect()))
+}
+
+/// One model of the repository index.
+pub(crate) struct IndexEntry {
+    pub name: String,
+    /// The version served (or that would be); empty if none.
+    pub version: String,
+    /// READY, LOADING or UNAVAILABLE.
+    pub state: &'static str,
+    /// Why it is unavailable.
+    pub reason: String,
+}
+
+/// Every model by name, or only the ready ones.
+pub(crate) fn index_of(state: &AppState, ready_only: bool) -> Vec<IndexEntry> {
     let mut names = state.registry.names();
     names.sort();
     let mut models = Vec::with_capacity(names.len());
@@ -57,11 +76,11 @@ async fn index(State(state): State<AppState>, request: Request) -> Result<Json<V
             ModelState::Failed(message) => ("UNAVAILABLE", current.spec.served_version(), message.clone()),
             ModelState::Unloaded => ("UNAVAILABLE", current.spec.served_version(), "unloaded".to_string()),
         };
-        if request.ready && status != "READY" {
+        if ready_only && status != "READY" {
             continue;
         }
         let version = version.map(|v| v.to_string()).unwrap_or_default();
-        models.push(json!({"name": name, "version": version, "state": status, "reason": reason}));
+        models.push(IndexEntry { name, version, state: status, reason });
     }
-    Ok(Json(models))
+    models
 }

@@ -1,0 +1,305 @@
+//! The RPCs of `inference.GRPCInferenceService` over the HTTP layer's state: the same registry, queues, batches,
+//! limits, deadlines, admin token and metrics as the REST and /v2 routes, and the same messages.
+
+use std::future::Future;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use axum::extract::{Path, State};
+use tonic::metadata::{MetadataMap, MetadataValue};
+use tonic::{Request, Response, Status};
+use tracing::Instrument;
+
+use super::proto::grpc_inference_service_server::GrpcInferenceService;
+use super::proto::model_metadata_response::TensorMetadata;
+use super::proto::repository_index_response::ModelIndex;
+use super::proto::*;
+use super::status::to_status;
+use super::tensors;
+use crate::http::admin;
+use crate::http::error::ApiError;
+use crate::http::ops::readiness;
+use crate::http::trace::continue_trace;
+use crate::http::v2::{self, metadata_of, optional_version, served, Metadata, EXTENSIONS, PLATFORM};
+use crate::http::{decoding, encoding, AppState};
+use crate::rng::Rng;
+use crate::signature::TensorSpec;
+
+pub struct Inference {
+    pub state: AppState,
+}
+
+/// The prefix of the `route` label of gRPC requests in the request metrics.
+const SERVICE: &str = "/inference.GRPCInferenceService/";
+
+impl Inference {
+    /// Runs one RPC: a request id (the client's `x-request-id`, else a fresh one) sent back in the answer's
+    /// metadata and used for the log; a `request` span; the request metrics; errors as statuses. `model` labels the metrics if such
+    /// a model exists (names clients invent never become labels).
+    async fn call<T>(
+        &self,
+        rpc: &str,
+        model: Option<&str>,
+        metadata: &MetadataMap,
+        work: impl Future<Output = Result<T, ApiError>>,
+    ) -> Result<Response<T>, Status> {
+        let started = Instant::now();
+        let request_id = match metadata.get("x-request-id").and_then(|v| v.to_str().ok()) {
+            Some(id) if !id.is_empty() => id.to_string(),
+            _ => fresh_request_id(),
+        };
+        // The RPC's span: what an HTTP request's is (`request`, the client's trace continued), named by its method.
+        let span =
+            tracing::info_span!("request", method = "POST", uri = %format!("{SERVICE}{rpc}"), request_id = %request_id);
+        continue_trace(&span, &metadata.clone().into_headers());
+        let result = work.instrument(span).await;
+        let label = model.filter(|name| self.state.registry.get(name).is_some()).unwrap_or("");
+        let route = format!("{SERVICE}{rpc}");
+        // The status HTTP would answer the same outcome with, so that dashboards and alerts (5xx, 429) read gRPC
+        // calls as they read HTTP requests; the route tells them apart.
+        let status = match &result {
+            Ok(_) => "200".to_string(),
+            Err(error) => error.status().as_str().to_string(),
+        };
+        let result = result.map_err(|e| to_status(e, &request_id));
+        let metrics = &self.state.metrics;
+        metrics.requests_total.with_label_values(&[label, &route, &status]).inc();
+        metrics.request_duration.with_label_values(&[label, &route]).observe(started.elapsed().as_secs_f64());
+        let id = MetadataValue::try_from(request_id.as_str()).ok();
+        match result {
+            Ok(answer) => {
+                let mut response = Response::new(answer);
+                if let Some(id) = id {
+                    response.metadata_mut().insert("x-request-id", id);
+                }
+                Ok(response)
+            }
+            Err(mut status) => {
+                if let Some(id) = id {
+                    status.metadata_mut().insert("x-request-id", id);
+                }
+                Err(status)
+            }
+        }
+    }
+
+    /// The admin token from the `authorization` metadata, as the admin API checks it.
+    fn authorize(&self, metadata: &MetadataMap) -> Result<(), ApiError> {
+        let authorization = metadata.get("authorization").and_then(|v| v.to_str().ok());
+        admin::authorize(&self.state, authorization)
+    }
+}
+
+/// A request id for a call whose client sent none.
+fn fresh_request_id() -> String {
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let nanos = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64);
+    let mut rng = Rng::new(nanos ^ COUNTER.fetch_add(1, Ordering::Relaxed).wrapping_mul(0x9E37_79B9_7F4A_7C15));
+    format!("grpc-{:016x}{:016x}", rng.next_u64(), rng.next_u64())
+}
+
+/// The call's deadline: the client's `grpc-timeout` (`<digits><unit>`, unit H M S m u n) if it is sooner than
+/// `--request-timeout-ms`.
+fn deadline(metadata: &MetadataMap, request_timeout: Duration) -> Duration {
+    let Some(value) = metadata.get("grpc-timeout").and_then(|v| v.to_str().ok()) else { return request_timeout };
+    let (digits, unit) = value.split_at(value.len().saturating_sub(1));
+    let Ok(amount) = digits.parse::<u64>() else { return request_timeout };
+    let client = match unit {
+        "H" => Duration::from_secs(amount.saturating_mul(3600)),
+        "M" => Duration::from_secs(amount.saturating_mul(60)),
+        "S" => Duration::from_secs(amount),
+        "m" => Duration::from_millis(amount),
+        "u" => Duration::from_micros(amount),
+        "n" => Duration::from_nanos(amount),
+        _ => return request_timeout,
+    };
+    client.min(request_timeout)
+}
+
+fn tensor_metadata(specs: &[TensorSpec]) -> Vec<TensorMetadata> {
+    specs
+        .iter()
+        .map(|spec| TensorMetadata {
+            name: spec.name.clone(),
+            datatype: spec.datatype.name().to_string(),
+            shape: spec.shape.clone(),
+        })
+        .collect()
+}
+
+#[tonic::async_trait]
+impl GrpcInferenceService for Inference {
+    async fn server_live(&self, request: Request<ServerLiveRequest>) -> Result<Response<ServerLiveResponse>, Status> {
+        self.call("ServerLive", None, request.metadata(), async { Ok(ServerLiveResponse { live: true }) }).await
+    }
+
+    /// Ready when every model is loaded and warm, as /health/ready; not an error when it is not.
+    async fn server_ready(
+        &self,
+        request: Request<ServerReadyRequest>,
+    ) -> Result<Response<ServerReadyResponse>, Status> {
+        let ready = readiness(&self.state).is_ok();
+        self.call("ServerReady", None, request.metadata(), async { Ok(ServerReadyResponse { ready }) }).await
+    }
+
+    /// `ready: false` (not an error) for a model or version that does not exist or does not serve now, as the
+    /// HTTP clients report a 404 or 503 of /v2/models/{name}/ready; a malformed version is an error.
+    async fn model_ready(&self, request: Request<ModelReadyRequest>) -> Result<Response<ModelReadyResponse>, Status> {
+        let (metadata, _, message) = request.into_parts();
+        self.call("ModelReady", Some(&message.name), &metadata, async {
+            let version = optional_version(&message.version)?;
+            Ok(ModelReadyResponse { ready: served(&self.state, &message.name, version).is_ok() })
+        })
+        .await
+    }
+
+    async fn server_metadata(
+        &self,
+        request: Request<ServerMetadataRequest>,
+    ) -> Result<Response<ServerMetadataResponse>, Status> {
+        self.call("ServerMetadata", None, request.metadata(), async {
+            Ok(ServerMetadataResponse {
+                name: "ember".to_string(),
+                version: env!("CARGO_PKG_VERSION").to_string(),
+                extensions: EXTENSIONS.iter().map(|e| e.to_string()).collect(),
+            })
+        })
+        .await
+    }
+
+    async fn model_metadata(
+        &self,
+        request: Request<ModelMetadataRequest>,
+    ) -> Result<Response<ModelMetadataResponse>, Status> {
+        let (metadata, _, message) = request.into_parts();
+        self.call("ModelMetadata", Some(&message.name), &metadata, async {
+            let version = optional_version(&message.version)?;
+            let Metadata { versions, signature, .. } = metadata_of(&self.state, &message.name, version)?;
+            Ok(ModelMetadataResponse {
+                name: message.name.clone(),
+                versions: versions.iter().map(u64::to_string).collect(),
+                platform: PLATFORM.to_string(),
+                inputs: tensor_metadata(&signature.inputs),
+                outputs: tensor_metadata(&signature.outputs),
+            })
+        })
+        .await
+    }
+
+    /// Decoded and checked off the async workers, run through the model's queue within the call's deadline,
+    /// encoded off the async workers. A client that cancels drops this future, and with it its place in the
+    /// queue, as an HTTP client that disconnects does.
+    async fn model_infer(&self, request: Request<ModelInferRequest>) -> Result<Response<ModelInferResponse>, Status> {
+        let timeout = deadline(request.metadata(), self.state.limits.request_timeout);
+        let (metadata, _, message) = request.into_parts();
+        let name = message.model_name.clone();
+        self.call("ModelInfer", Some(&name), &metadata, async {
+            let version = optional_version(&message.model_version)?;
+            let loaded = served(&self.state, &name, version)?;
+            let message = Arc::new(message);
+            let (for_decoding, request) = (Arc::clone(&loaded), Arc::clone(&message));
+            let decoded =
+                decoding("decoding the infer request", move || tensors::decode(&request, &for_decoding.signature))
+                    .await?;
+            let outputs = v2::run(&name, &loaded, decoded.inputs, timeout).await?;
+            let (for_encoding, wanted) = (Arc::clone(&loaded), decoded.outputs);
+            let max_bytes = self.state.limits.max_response_bytes;
+            let encoded = encoding("encoding the infer answer", move || {
+                tensors::encode(&for_encoding.signature, &outputs, &wanted, max_bytes)
+            })
+            .await?;
+            Ok(ModelInferResponse {
+                model_name: name.clone(),
+                model_version: loaded.version.to_string(),
+                id: message.id.clone(),
+                parameters: Default::default(),
+                outputs: encoded.outputs,
+                raw_output_contents: encoded.raw,
+            })
+        })
+        .await
+    }
+
+    /// The models with their states as Triton names them (READY, LOADING, UNAVAILABLE); admin token.
+    async fn repository_index(
+        &self,
+        request: Request<RepositoryIndexRequest>,
+    ) -> Result<Response<RepositoryIndexResponse>, Status> {
+        let (metadata, _, message) = request.into_parts();
+        self.call("RepositoryIndex", None, &metadata, async {
+            self.authorize(&metadata)?;
+            let models = v2::repository::index_of(&self.state, message.ready)
+                .into_iter()
+                .map(|entry| ModelIndex {
+                    name: entry.name,
+                    version: entry.version,
+                    state: entry.state.to_string(),
+                    reason: entry.reason,
+                })
+                .collect();
+            Ok(RepositoryIndexResponse { models })
+        })
+        .await
+    }
+
+    /// Loads (or reloads) a model, as POST /v2/repository/models/{name}/load; admin token. Parameters (a
+    /// config or files to write) are refused: ember serves what is in its repository folder.
+    async fn repository_model_load(
+        &self,
+        request: Request<RepositoryModelLoadRequest>,
+    ) -> Result<Response<RepositoryModelLoadResponse>, Status> {
+        let (metadata, _, message) = request.into_parts();
+        let name = message.model_name.clone();
+        self.call("RepositoryModelLoad", Some(&name), &metadata, async {
+            self.authorize(&metadata)?;
+            if let Some(key) = message.parameters.keys().next() {
+                return Err(ApiError::bad_request(format!(
+                    "parameter `{key}`: ember loads models from its repository folder and takes no config or files \
+                     with a load"
+                )));
+            }
+            let _answer = admin::load(State(self.state.clone()), Path(name.clone())).await?;
+            Ok(RepositoryModelLoadResponse {})
+        })
+        .await
+    }
+
+    /// Unloads a model, as POST /v2/repository/models/{name}/unload; admin token. `unload_dependents` (which
+    /// tritonclient always sends) is accepted: ember's models have no dependents.
+    async fn repository_model_unload(
+        &self,
+        request: Request<RepositoryModelUnloadRequest>,
+    ) -> Result<Response<RepositoryModelUnloadResponse>, Status> {
+        let (metadata, _, message) = request.into_parts();
+        let name = message.model_name.clone();
+        self.call("RepositoryModelUnload", Some(&name), &metadata, async {
+            self.authorize(&metadata)?;
+            let _answer = admin::unload(State(self.state.clone()), Path(name.clone())).await?;
+            Ok(RepositoryModelUnloadResponse {})
+        })
+        .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn grpc_timeout_shortens_the_deadline_and_never_lengthens_it() {
+        let limit = Duration::from_secs(30);
+        let with = |value: &str| {
+            let mut metadata = MetadataMap::new();
+            metadata.insert("grpc-timeout", value.parse().unwrap());
+            deadline(&metadata, limit)
+        };
+        assert_eq!(with("2500m"), Duration::from_millis(2500));
+        assert_eq!(with("1n"), Duration::from_nanos(1));
+        assert_eq!(with("7S"), Duration::from_secs(7));
+        assert_eq!(with("10M"), limit);
+        assert_eq!(with("99999999H"), limit);
+        assert_eq!(with("junk"), limit);
+        assert_eq!(deadline(&MetadataMap::new(), limit), limit);
+    }
+}
