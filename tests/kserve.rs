@@ -3,6 +3,8 @@
 
 mod common;
 
+use std::time::Duration;
+
 use common::{
     client, error_of, free_port, image_infer_request, models_dir, photo, run_python_check, TempRepo, TestServer,
 };
@@ -173,4 +175,36 @@ async fn the_repository_extension_needs_the_admin_api() {
     let (status, _, message) =
         error_of(server.post_body("/v1/models/iris/classify", "image/png", photo("chelsea.png")).await).await;
     assert_eq!(status, 400, "a tensor model has no REST route: {message}");
+}
+
+/// The gRPC port takes at most `--max-connections` connections, as the HTTP port does: a further client waits in
+/// the listen backlog (its HTTP/2 preface is not even read) until a connection closes.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_grpc_port_serves_at_most_max_connections() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let repo = TempRepo::of("iris", &[]);
+    let port = free_port().to_string();
+    let server = TestServer::start_ready(repo.path(), &["--max-connections", "2", "--grpc-port", &port]).await;
+    let address = server.grpc.clone().unwrap();
+    // The client's connection preface and an empty SETTINGS frame; a server that serves the connection answers
+    // with its own SETTINGS frame (type 4).
+    let open = || async {
+        let mut stream = tokio::net::TcpStream::connect(&address).await.unwrap();
+        stream.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\0\0\0\x04\0\0\0\0\0").await.unwrap();
+        stream
+    };
+    let served = |mut stream: tokio::net::TcpStream, wait: u64| async move {
+        let mut header = [0u8; 9];
+        let read = tokio::time::timeout(Duration::from_secs(wait), stream.read_exact(&mut header)).await;
+        (read.is_ok_and(|r| r.is_ok()) && header[3] == 4, stream)
+    };
+    let (first, first_stream) = served(open().await, 5).await;
+    let (second, _second_stream) = served(open().await, 5).await;
+    assert!(first && second, "the first two connections are served");
+    let third = open().await;
+    let (third_served, third) = served(third, 1).await;
+    assert!(!third_served, "a third connection waits while two are open");
+    drop(first_stream);
+    let (third_served, _third) = served(third, 5).await;
+    assert!(third_served, "the third connection is served once one closed");
 }

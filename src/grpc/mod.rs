@@ -6,15 +6,16 @@
 //! gRPC client meets the same limits, batches, deadlines and messages; only the framing and the status codes
 //! differ (`status`). RPCs that are not in the proto (Triton's statistics, config, ...) answer UNIMPLEMENTED.
 
+mod connections;
 mod service;
 mod status;
 mod tensors;
 
 use std::future::Future;
+use std::time::Duration;
 
 use tokio::net::TcpListener;
 use tonic::codec::CompressionEncoding;
-use tonic::transport::server::TcpIncoming;
 use tonic::transport::Server;
 
 use crate::http::AppState;
@@ -31,8 +32,29 @@ use proto::grpc_inference_service_server::GrpcInferenceServiceServer;
 const STREAM_WINDOW: u32 = 4 << 20;
 const CONNECTION_WINDOW: u32 = 16 << 20;
 
+/// How the gRPC port takes connections and bounds calls: the same flags as the HTTP port's.
+#[derive(Debug, Clone, Copy)]
+pub struct Bounds {
+    /// Connections served at once (`--max-connections`); beyond it clients wait in the listen backlog.
+    pub max_connections: usize,
+    /// The longest a call may take from its headers to its answer: reading its message
+    /// (`--body-read-timeout-ms`) plus `--request-timeout-ms`, so a client that sends slowly cannot hold a stream.
+    pub call_timeout: Duration,
+}
+
+/// Concurrent calls (HTTP/2 streams) on one connection; a client needing more opens another connection.
+const STREAMS_PER_CONNECTION: u32 = 256;
+/// A connection whose peer does not answer a ping within the timeout is closed (a vanished client).
+const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(30);
+const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// Serves the gRPC service on `listener` until `shutdown` completes, then finishes the calls in flight.
-pub async fn serve(listener: TcpListener, state: AppState, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+pub async fn serve(
+    listener: TcpListener,
+    state: AppState,
+    bounds: Bounds,
+    shutdown: impl Future<Output = ()>,
+) -> anyhow::Result<()> {
     // A message is a request body: --max-body-bytes bounds it, as over HTTP. Answers are bounded by
     // --max-response-bytes before they are encoded (tensors::encode); the framing adds little to that.
     let max_request = state.limits.body.max_bytes;
@@ -43,12 +65,16 @@ pub async fn serve(listener: TcpListener, state: AppState, shutdown: impl Future
         .accept_compressed(CompressionEncoding::Gzip)
         .send_compressed(CompressionEncoding::Gzip);
     Server::builder()
+        .timeout(bounds.call_timeout)
+        .max_concurrent_streams(Some(STREAMS_PER_CONNECTION))
+        .http2_keepalive_interval(Some(KEEPALIVE_INTERVAL))
+        .http2_keepalive_timeout(Some(KEEPALIVE_TIMEOUT))
         // A tensor request is often larger than HTTP/2's default 64 KiB window (MobileNetV2's is 602 KB): with
         // windows of a few requests the sender need not wait for window updates mid-message.
         .initial_stream_window_size(Some(STREAM_WINDOW))
         .initial_connection_window_size(Some(CONNECTION_WINDOW))
         .add_service(service)
-        .serve_with_incoming_shutdown(TcpIncoming::from(listener).with_nodelay(Some(true)), shutdown)
+        .serve_with_incoming_shutdown(connections::capped(listener, bounds.max_connections), shutdown)
         .await?;
     Ok(())
 }
