@@ -15,7 +15,8 @@
 #      becomes the root (chroot) of `ember serve` started as the image's user (10001:10001) in the image's working
 #      directory with exactly the image's environment (EMBER_HOST, EMBER_PORT, EMBER_MODEL_REPO=/models, ...) and
 #      entrypoint, in a network namespace of its own (so the image's port 8080 is free). It waits for
-#      /health/ready, runs the image's HEALTHCHECK command inside the image, classifies a photo over REST, runs
+#      /health/ready, runs the image's HEALTHCHECK command inside the image, classifies a photo over REST and two
+#      iris flowers over gRPC (port 8081, with the venv's tritonclient[grpc]), runs
 #      `ember info`, then stops the server with SIGTERM, which must exit 0. /proc, /sys, /dev and a /tmp tmpfs are
 #      mounted over the image's empty folders, as a container runtime would; nothing is written into the image.
 #
@@ -237,6 +238,17 @@ check() {
   if ! grep -q "\"predictions\":\[{\"label\":\"$expect\"" <<<"$answer"; then
     echo "expected the top label $expect"; kill "$pid"; return 1
   fi
+  # The Open Inference Protocol over gRPC on the image's other port (8081, EXPOSE), with tritonclient[grpc]
+  # from the venv the tests use: iris classifies two flowers.
+  local species
+  species=$("$PWD/.venv/bin/python" -c '
+import numpy as np, tritonclient.grpc as grpcclient
+client = grpcclient.InferenceServerClient("127.0.0.1:8081")
+flowers = grpcclient.InferInput("measurements", [2, 4], "FP32")
+flowers.set_data_from_numpy(np.array([[5.1, 3.5, 1.4, 0.2], [6.3, 3.3, 6.0, 2.5]], dtype=np.float32))
+print(client.infer("iris", [flowers], client_timeout=30).as_numpy("species").tolist())' 2>&1) || true
+  echo "gRPC ModelInfer iris on port 8081: $species"
+  [ "$species" = "[0, 2]" ] || { echo "expected [0, 2] (setosa, virginica)"; kill "$pid"; return 1; }
   echo "ember info:"
   in_image "${entry[@]}" info | sed 's/^/  /'
   kill -TERM "$pid"

@@ -152,6 +152,21 @@ async fn task_routes_answer_by_name_and_on_the_short_route() {
     let (status, body) =
         api.post_json("/v1/generate", json!({"prompt": "KING.\n", "max_tokens": 5, "temperature": 0})).await;
     assert_eq!((status, body["text"].as_str()), (StatusCode::OK, Some("aaaaa")), "{body}");
+    // OpenAI's shape of the same completion, and of an error.
+    let completion = json!({"model": "shakespeare", "prompt": "KING.\n", "max_tokens": 5, "temperature": 0});
+    let (status, body) = api.post_json("/v1/completions", completion).await;
+    assert_eq!((status, body["choices"][0]["text"].as_str()), (StatusCode::OK, Some("aaaaa")), "{body}");
+    assert_eq!(
+        (body["object"].as_str(), body["usage"]["completion_tokens"].as_u64()),
+        (Some("text_completion"), Some(5))
+    );
+    assert_eq!(body["usage"]["prompt_tokens"], 6);
+    let (status, body) = api.post_json("/v1/completions", json!({"model": "iris", "prompt": "x"})).await;
+    assert_eq!((status, body["error"]["code"].as_str()), (StatusCode::BAD_REQUEST, Some("bad_request")), "{body}");
+    assert_eq!(body["error"]["type"], "invalid_request_error");
+    let (status, body) = api.get("/v1/models").await;
+    let ids: Vec<&str> = body["data"].as_array().unwrap().iter().filter_map(|m| m["id"].as_str()).collect();
+    assert_eq!((status, body["object"].as_str(), ids.len()), (StatusCode::OK, Some("list"), 5), "{body}");
     let (status, _) = api.post("/v1/stylize?style=graffiti", "image/png", png()).await;
     assert_eq!(status, StatusCode::OK);
 }
