@@ -12,8 +12,8 @@ fn latency_buckets() -> Vec<f64> {
 
 pub struct Metrics {
     registry: Registry,
-    pub requests_total: IntCounterVec,
-    pub request_duration: HistogramVec,
+    requests_total: IntCounterVec,
+    request_duration: HistogramVec,
     queue_duration: HistogramVec,
     inference_duration: HistogramVec,
     batch_size: HistogramVec,
@@ -170,6 +170,12 @@ impl Metrics {
             tokens: self.generated_tokens_total.with_label_values(&[model]),
             active_sequences: self.active_sequences.with_label_values(&[model]),
         }
+    }
+
+    /// Counts one answered request (HTTP, or a gRPC call) and its duration.
+    pub fn observe_request(&self, model: &str, route: &str, status: &str, took: std::time::Duration) {
+        self.requests_total.with_label_values(&[model, route, status]).inc();
+        self.request_duration.with_label_values(&[model, route]).observe(took.as_secs_f64());
     }
 
     /// Brings the span counters up to the export pipeline's counts since the process started.

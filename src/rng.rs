@@ -1,5 +1,16 @@
 //! The seeded random numbers of sampling and of fine-tuning's data order and augmentation.
 
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+/// A seed that differs per call (the clock, and a counter for calls within one tick): for a generation request
+/// that names none (the answer reports it, so the text can be reproduced), or a request id.
+pub fn fresh_seed() -> u64 {
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let nanos = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64);
+    nanos ^ COUNTER.fetch_add(1, Ordering::Relaxed).wrapping_mul(0x9E37_79B9_7F4A_7C15)
+}
+
 /// SplitMix64: tiny, fast, and the same stream for the same seed on every platform and release, which is all
 /// reproducible sampling needs.
 #[derive(Debug, Clone)]

@@ -29,8 +29,6 @@ use crate::repository::Repository;
 struct Connections {
     max: usize,
     header_read_timeout: Duration,
-    /// `--body-read-timeout-ms`, which also bounds how long a gRPC call may take to send its message.
-    body_read_timeout: Duration,
     /// How long shutdown waits for open connections: every one of them is bounded by a timeout by then.
     drain_timeout: Duration,
 }
@@ -80,7 +78,6 @@ impl Server {
         let connections = Connections {
             max: connection_cap(config.max_connections),
             header_read_timeout: config.header_read_timeout(),
-            body_read_timeout: config.body_read_timeout(),
             drain_timeout: config.header_read_timeout()
                 + config.body_read_timeout().max(config.upload_read_timeout())
                 + config.request_timeout(),
@@ -116,11 +113,7 @@ impl Server {
             let stopped = async move {
                 let _ = stopping.wait_for(|stop| *stop).await;
             };
-            let bounds = crate::grpc::Bounds {
-                max_connections: connections.max,
-                call_timeout: connections.body_read_timeout + state.limits.request_timeout,
-            };
-            tokio::spawn(crate::grpc::serve(listener, state.clone(), bounds, stopped))
+            tokio::spawn(crate::grpc::serve(listener, state.clone(), connections.max, stopped))
         });
         let jobs = state.admin.as_ref().map(|admin| admin.jobs.clone());
         let metrics = Arc::clone(&state.metrics);

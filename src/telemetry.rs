@@ -20,7 +20,7 @@ use opentelemetry_otlp::{SpanExporter, WithExportConfig};
 use opentelemetry_sdk::error::{OTelSdkError, OTelSdkResult};
 use opentelemetry_sdk::trace::{SdkTracerProvider, Span, SpanData, SpanExporter as _, SpanProcessor};
 use opentelemetry_sdk::Resource;
-use tracing_subscriber::filter::filter_fn;
+use tracing_subscriber::filter::{filter_fn, FilterExt};
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{EnvFilter, Layer};
@@ -66,6 +66,9 @@ pub fn tracing_on() -> bool {
 
 /// The span names that are exported (a `probe` span, and anything else, is only logged).
 const EXPORTED_SPANS: [&str; 5] = ["request", "decode", "queue_wait", "batch_forward", "encode"];
+/// The spans only traces need; the logs leave them out, so that without `--otlp-endpoint` nothing listens to
+/// them and `info_span!` makes none (every request, and every job in a batch, would otherwise build them).
+const TRACE_ONLY_SPANS: [&str; 4] = ["decode", "queue_wait", "batch_forward", "encode"];
 
 /// What `init` set up; `shutdown` sends the spans still queued.
 pub struct Telemetry {
@@ -113,8 +116,9 @@ fn install(format: LogFormat, provider: Option<SdkTracerProvider>) -> Option<()>
         let only_ours = filter_fn(|meta| meta.is_span() && EXPORTED_SPANS.contains(&meta.name()));
         tracing_opentelemetry::layer().with_tracer(provider.tracer("ember")).with_filter(only_ours)
     });
+    let logged = filter.and(filter_fn(|meta| !(meta.is_span() && TRACE_ONLY_SPANS.contains(&meta.name()))));
     // try_init: a second call (tests starting several servers) keeps the first subscriber.
-    tracing_subscriber::registry().with(logs.with_filter(filter)).with(traces).try_init().ok()
+    tracing_subscriber::registry().with(logs.with_filter(logged)).with(traces).try_init().ok()
 }
 
 /// The URL spans are posted to: the endpoint as given if it has a path, else the OTLP/HTTP traces path on it.

@@ -208,3 +208,52 @@ async fn the_grpc_port_serves_at_most_max_connections() {
     let (third_served, _third) = served(third, 5).await;
     assert!(third_served, "the third connection is served once one closed");
 }
+
+/// Hostile gRPC calls, each refused before anything is sized by what it claims, and the server answers the next
+/// call: a message over --max-body-bytes (tonic reads only its length prefix), and a shape claiming 2^40 rows
+/// with 16 bytes of data, raw or typed.
+#[tokio::test(flavor = "multi_thread")]
+async fn hostile_grpc_calls_are_refused_by_what_they_claim() {
+    use ember::grpc::proto::grpc_inference_service_client::GrpcInferenceServiceClient;
+    use ember::grpc::proto::model_infer_request::InferInputTensor;
+    use ember::grpc::proto::{InferTensorContents, ModelInferRequest};
+    use tonic::Code;
+
+    let repo = TempRepo::of("iris", &[]);
+    let port = free_port().to_string();
+    let server = TestServer::start_ready(repo.path(), &["--max-body-bytes", "4096", "--grpc-port", &port]).await;
+    let address = format!("http://{}", server.grpc.clone().unwrap());
+    let channel = tonic::transport::Endpoint::from_shared(address).unwrap().connect().await.unwrap();
+    let mut client = GrpcInferenceServiceClient::new(channel);
+    let request = |shape: Vec<i64>, raw: Option<Vec<u8>>, contents: Option<InferTensorContents>| ModelInferRequest {
+        model_name: "iris".into(),
+        inputs: vec![InferInputTensor {
+            name: "measurements".into(),
+            datatype: "FP32".into(),
+            shape,
+            contents,
+            ..Default::default()
+        }],
+        raw_input_contents: raw.into_iter().map(Into::into).collect(),
+        ..Default::default()
+    };
+    let refused = |result: Result<tonic::Response<_>, tonic::Status>| result.expect_err("refused");
+
+    let too_large = refused(client.model_infer(request(vec![256, 4], Some(vec![0; 4096]), None)).await);
+    assert_eq!(too_large.code(), Code::OutOfRange, "{too_large:?}");
+    assert!(too_large.message().contains("4096"), "{too_large:?}");
+
+    let flower = [5.1f32, 3.5, 1.4, 0.2];
+    let raw: Vec<u8> = flower.iter().flat_map(|v| v.to_le_bytes()).collect();
+    let claimed = refused(client.model_infer(request(vec![1 << 40, 4], Some(raw.clone()), None)).await);
+    assert_eq!(claimed.code(), Code::ResourceExhausted, "{claimed:?}");
+    assert!(claimed.message().contains("batching.max_request_rows"), "{claimed:?}");
+    let typed = InferTensorContents { fp32_contents: flower.to_vec(), ..Default::default() };
+    let claimed = refused(client.model_infer(request(vec![1 << 40, 4], None, Some(typed.clone()))).await);
+    assert_eq!(claimed.code(), Code::ResourceExhausted, "{claimed:?}");
+    let wide = refused(client.model_infer(request(vec![1, 1 << 40], None, Some(typed.clone()))).await);
+    assert_eq!(wide.code(), Code::InvalidArgument, "{wide:?}");
+
+    let answer = client.model_infer(request(vec![1, 4], Some(raw), None)).await.expect("answered").into_inner();
+    assert_eq!(answer.raw_output_contents.len(), 2, "both outputs come back raw");
+}

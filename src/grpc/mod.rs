@@ -32,29 +32,23 @@ use proto::grpc_inference_service_server::GrpcInferenceServiceServer;
 const STREAM_WINDOW: u32 = 4 << 20;
 const CONNECTION_WINDOW: u32 = 16 << 20;
 
-/// How the gRPC port takes connections and bounds calls: the same flags as the HTTP port's.
-#[derive(Debug, Clone, Copy)]
-pub struct Bounds {
-    /// Connections served at once (`--max-connections`); beyond it clients wait in the listen backlog.
-    pub max_connections: usize,
-    /// The longest a call may take from its headers to its answer: reading its message
-    /// (`--body-read-timeout-ms`) plus `--request-timeout-ms`, so a client that sends slowly cannot hold a stream.
-    pub call_timeout: Duration,
-}
-
 /// Concurrent calls (HTTP/2 streams) on one connection; a client needing more opens another connection.
 const STREAMS_PER_CONNECTION: u32 = 256;
 /// A connection whose peer does not answer a ping within the timeout is closed (a vanished client).
 const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(30);
 const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Serves the gRPC service on `listener` until `shutdown` completes, then finishes the calls in flight.
+/// Serves the gRPC service on `listener` until `shutdown` completes, then finishes the calls in flight. At most
+/// `max_connections` connections are served at once (`--max-connections`, as on the HTTP port).
 pub async fn serve(
     listener: TcpListener,
     state: AppState,
-    bounds: Bounds,
+    max_connections: usize,
     shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
+    // The longest a call may take from its headers to its answer: reading its message (`--body-read-timeout-ms`)
+    // plus `--request-timeout-ms`, so a client that sends slowly cannot hold a stream.
+    let call_timeout = state.limits.body.read_timeout + state.limits.request_timeout;
     // A message is a request body: --max-body-bytes bounds it, as over HTTP. Answers are bounded by
     // --max-response-bytes before they are encoded (tensors::encode); the framing adds little to that.
     let max_request = state.limits.body.max_bytes;
@@ -65,7 +59,7 @@ pub async fn serve(
         .accept_compressed(CompressionEncoding::Gzip)
         .send_compressed(CompressionEncoding::Gzip);
     Server::builder()
-        .timeout(bounds.call_timeout)
+        .timeout(call_timeout)
         .max_concurrent_streams(Some(STREAMS_PER_CONNECTION))
         .http2_keepalive_interval(Some(KEEPALIVE_INTERVAL))
         .http2_keepalive_timeout(Some(KEEPALIVE_TIMEOUT))
@@ -74,7 +68,7 @@ pub async fn serve(
         .initial_stream_window_size(Some(STREAM_WINDOW))
         .initial_connection_window_size(Some(CONNECTION_WINDOW))
         .add_service(service)
-        .serve_with_incoming_shutdown(connections::capped(listener, bounds.max_connections), shutdown)
+        .serve_with_incoming_shutdown(connections::capped(listener, max_connections), shutdown)
         .await?;
     Ok(())
 }

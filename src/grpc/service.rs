@@ -2,12 +2,14 @@
 //! limits, deadlines, admin token and metrics as the REST and /v2 routes, and the same messages.
 
 use std::future::Future;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use axum::extract::{Path, State};
-use tonic::metadata::{MetadataMap, MetadataValue};
+use futures_util::FutureExt;
+use opentelemetry::propagation::Extractor;
+use tonic::metadata::{KeyRef, MetadataMap, MetadataValue};
 use tonic::{Request, Response, Status};
 use tracing::Instrument;
 
@@ -17,13 +19,14 @@ use super::proto::repository_index_response::ModelIndex;
 use super::proto::*;
 use super::status::to_status;
 use super::tensors;
+use crate::engine::panic_message;
 use crate::http::admin;
 use crate::http::error::ApiError;
 use crate::http::ops::readiness;
 use crate::http::trace::continue_trace;
 use crate::http::v2::{self, metadata_of, optional_version, served, Metadata, EXTENSIONS, PLATFORM};
 use crate::http::{decoding, encoding, AppState};
-use crate::rng::Rng;
+use crate::rng::{fresh_seed, Rng};
 use crate::signature::TensorSpec;
 
 pub struct Inference {
@@ -50,12 +53,14 @@ impl Inference {
             _ => fresh_request_id(),
         };
         // The RPC's span: what an HTTP request's is (`request`, the client's trace continued), named by its method.
-        let span =
-            tracing::info_span!("request", method = "POST", uri = %format!("{SERVICE}{rpc}"), request_id = %request_id);
-        continue_trace(&span, &metadata.clone().into_headers());
-        let result = work.instrument(span).await;
-        let label = model.filter(|name| self.state.registry.get(name).is_some()).unwrap_or("");
         let route = format!("{SERVICE}{rpc}");
+        let span = tracing::info_span!("request", method = "POST", uri = %route, request_id = %request_id);
+        continue_trace(&span, &TraceCarrier(metadata));
+        // A panic in the call fails the call, as over HTTP (CatchPanicLayer), not the connection's other calls.
+        let result = AssertUnwindSafe(work).catch_unwind().instrument(span).await.unwrap_or_else(|panic| {
+            Err(ApiError::internal(format!("the call panicked: {}", panic_message(panic.as_ref()))))
+        });
+        let label = model.filter(|name| self.state.registry.get(name).is_some()).unwrap_or("");
         // The status HTTP would answer the same outcome with, so that dashboards and alerts (5xx, 429) read gRPC
         // calls as they read HTTP requests; the route tells them apart.
         let status = match &result {
@@ -63,9 +68,7 @@ impl Inference {
             Err(error) => error.status().as_str().to_string(),
         };
         let result = result.map_err(|e| to_status(e, &request_id));
-        let metrics = &self.state.metrics;
-        metrics.requests_total.with_label_values(&[label, &route, &status]).inc();
-        metrics.request_duration.with_label_values(&[label, &route]).observe(started.elapsed().as_secs_f64());
+        self.state.metrics.observe_request(label, &route, &status, started.elapsed());
         let id = MetadataValue::try_from(request_id.as_str()).ok();
         match result {
             Ok(answer) => {
@@ -91,11 +94,28 @@ impl Inference {
     }
 }
 
+/// A call's metadata as a carrier of the client's trace context (`traceparent`, `tracestate`).
+struct TraceCarrier<'a>(&'a MetadataMap);
+
+impl Extractor for TraceCarrier<'_> {
+    fn get(&self, key: &str) -> Option<&str> {
+        self.0.get(key).and_then(|v| v.to_str().ok())
+    }
+
+    fn keys(&self) -> Vec<&str> {
+        self.0
+            .keys()
+            .filter_map(|key| match key {
+                KeyRef::Ascii(key) => Some(key.as_str()),
+                KeyRef::Binary(_) => None,
+            })
+            .collect()
+    }
+}
+
 /// A request id for a call whose client sent none.
 fn fresh_request_id() -> String {
-    static COUNTER: AtomicU64 = AtomicU64::new(0);
-    let nanos = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64);
-    let mut rng = Rng::new(nanos ^ COUNTER.fetch_add(1, Ordering::Relaxed).wrapping_mul(0x9E37_79B9_7F4A_7C15));
+    let mut rng = Rng::new(fresh_seed());
     format!("grpc-{:016x}{:016x}", rng.next_u64(), rng.next_u64())
 }
 

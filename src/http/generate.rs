@@ -5,8 +5,7 @@
 //! model's scheduler, one deadline, collecting the whole answer or streaming its events.
 
 use std::convert::Infallible;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use axum::extract::State;
 use axum::response::sse::{Event, Sse};
@@ -22,6 +21,7 @@ use super::{wrong_backend, AppState};
 use crate::config::TaskKind;
 use crate::engine::EngineError;
 use crate::registry::Loaded;
+use crate::rng::fresh_seed;
 use crate::tasks::generate::{FinishReason, GenerateRequest, GenerationEvent};
 use crate::tasks::Backend;
 
@@ -78,13 +78,6 @@ pub async fn generate(
         let Origin { model, version, seed, .. } = origin;
         Ok(Json(GenerateResponse { model, version, text, tokens, finish_reason, seed }).into_response())
     }
-}
-
-/// A seed for a request that names none: different per request, reported back in the response.
-fn fresh_seed() -> u64 {
-    static COUNTER: AtomicU64 = AtomicU64::new(0);
-    let nanos = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64);
-    nanos ^ COUNTER.fetch_add(1, Ordering::Relaxed).wrapping_mul(0x9E37_79B9_7F4A_7C15)
 }
 
 /// The sequence ended without `Done` or `Error`: its scheduler stopped.

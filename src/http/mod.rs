@@ -262,8 +262,6 @@ async fn record_request(State(metrics): State<Arc<Metrics>>, mut request: Reques
     request.extensions_mut().insert(label.clone());
     let response = next.run(request).await;
     let model = label.get().unwrap_or_default();
-    let model = model.as_str();
-    metrics.requests_total.with_label_values(&[model, &route, response.status().as_str()]).inc();
-    metrics.request_duration.with_label_values(&[model, &route]).observe(started.elapsed().as_secs_f64());
+    metrics.observe_request(&model, &route, response.status().as_str(), started.elapsed());
     response
 }

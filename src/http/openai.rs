@@ -184,7 +184,7 @@ struct Completion<'a> {
     choices: Vec<Choice<'a>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     usage: Option<Usage>,
-    system_fingerprint: String,
+    system_fingerprint: &'a str,
     /// ember's addition: the seed used, so that a request without one can be reproduced.
     seed: u64,
 }
@@ -194,9 +194,16 @@ struct Header {
     id: String,
     created: u64,
     origin: Origin,
+    /// ember's version and the model version that answered.
+    fingerprint: String,
 }
 
 impl Header {
+    fn new(id: String, created: u64, origin: Origin) -> Header {
+        let fingerprint = format!("ember-{}-v{}", env!("CARGO_PKG_VERSION"), origin.version);
+        Header { id, created, origin, fingerprint }
+    }
+
     fn completion<'a>(&'a self, choices: Vec<Choice<'a>>, usage: Option<Usage>) -> Completion<'a> {
         Completion {
             id: &self.id,
@@ -205,7 +212,7 @@ impl Header {
             model: &self.origin.model,
             choices,
             usage,
-            system_fingerprint: format!("ember-{}-v{}", env!("CARGO_PKG_VERSION"), self.origin.version),
+            system_fingerprint: &self.fingerprint,
             seed: self.origin.seed,
         }
     }
@@ -251,7 +258,7 @@ async fn complete(
     let created = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
     if !stream {
         let Finished { origin, text, tokens, finish_reason } = sequence.collect().await?;
-        let header = Header { id, created, origin };
+        let header = Header::new(id, created, origin);
         let text = match echo {
             Some(prompt) => prompt + &text,
             None => text,
@@ -261,7 +268,7 @@ async fn complete(
         return Ok(Json(header.completion(vec![choice], Some(usage))).into_response());
     }
     let first = sequence.first_event().await?;
-    let header = Header { id, created, origin: sequence.origin().clone() };
+    let header = Header::new(id, created, sequence.origin().clone());
     let echoed = echo.map(|prompt| header.chunk(&prompt, None));
     let events =
         sequence.events_from(first).flat_map(move |event| stream::iter(to_chunks(event, &header, include_usage)));

@@ -30,14 +30,14 @@ pub fn request_span(request: &Request) -> Span {
     }
     let span = tracing::info_span!("request", method = %method, uri = %uri, request_id = %id, status = Empty,
         "otel.kind" = "server");
-    continue_trace(&span, request.headers());
+    continue_trace(&span, &Headers(request.headers()));
     span
 }
 
-/// Makes the client's trace (its `traceparent` header or gRPC metadata) the parent of `span`, when tracing is on.
-pub fn continue_trace(span: &Span, headers: &HeaderMap) {
+/// Makes the client's trace (its `traceparent` header, or gRPC metadata) the parent of `span`, when tracing is on.
+pub fn continue_trace(span: &Span, carrier: &dyn Extractor) {
     if tracing_on() {
-        let parent = TraceContextPropagator::new().extract(&Headers(headers));
+        let parent = TraceContextPropagator::new().extract(carrier);
         if parent.span().span_context().is_valid() {
             let _ = span.set_parent(parent);
         }

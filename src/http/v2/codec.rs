@@ -365,11 +365,9 @@ pub fn encode(
         let tensor = output_tensor(&outputs[choice.index], spec)?;
         let shape = tensor.size();
         let (parameters, data) = if choice.binary {
-            let size = tensor.numel() * spec.datatype.byte_size();
-            let start = binary.len();
-            binary.resize(start + size, 0);
-            tensor.f_copy_data_u8(&mut binary[start..], tensor.numel()).map_err(internal)?;
-            (Some(serde_json::json!({"binary_data_size": size})), None)
+            let bytes = raw_bytes(&tensor, spec.datatype)?;
+            binary.extend_from_slice(&bytes);
+            (Some(serde_json::json!({"binary_data_size": bytes.len()})), None)
         } else {
             (None, Some(json_data(&tensor, spec.datatype).map_err(internal)?))
         };
