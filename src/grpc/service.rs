@@ -57,9 +57,17 @@ impl Inference {
         let span = tracing::info_span!("request", method = "POST", uri = %route, request_id = %request_id);
         continue_trace(&span, &TraceCarrier(metadata));
         // A panic in the call fails the call, as over HTTP (CatchPanicLayer), not the connection's other calls.
-        let result = AssertUnwindSafe(work).catch_unwind().instrument(span).await.unwrap_or_else(|panic| {
-            Err(ApiError::internal(format!("the call panicked: {}", panic_message(panic.as_ref()))))
-        });
+        let guarded = AssertUnwindSafe(work).catch_unwind().instrument(span);
+        let budget = deadline(metadata, self.state.limits.request_timeout);
+        let result = match tokio::time::timeout(budget, guarded).await {
+            Ok(Ok(result)) => result,
+            Ok(Err(panic)) => Err(ApiError::internal(format!("the call panicked: {}", panic_message(panic.as_ref())))),
+            Err(_) => Err(ApiError::timeout(format!(
+                "{rpc} did not finish within its deadline of {} ms (the client's grpc-timeout or \
+                 --request-timeout-ms)",
+                budget.as_millis()
+            ))),
+        };
         let label = model.filter(|name| self.state.registry.get(name).is_some()).unwrap_or("");
         // The status HTTP would answer the same outcome with, so that dashboards and alerts (5xx, 429) read gRPC
         // calls as they read HTTP requests; the route tells them apart.
@@ -119,8 +127,10 @@ fn fresh_request_id() -> String {
     format!("grpc-{:016x}{:016x}", rng.next_u64(), rng.next_u64())
 }
 
-/// The call's deadline: the client's `grpc-timeout` (`<digits><unit>`, unit H M S m u n) if it is sooner than
-/// `--request-timeout-ms`.
+/// The call's deadline: the client's `grpc-timeout` (`<digits><unit>`, unit H M S m u n), less a margin, if it
+/// is sooner than `--request-timeout-ms`. The margin (1%, at least 2 ms) makes ember's DEADLINE_EXCEEDED the
+/// answer: tonic's own timer fires at the client's deadline and answers CANCELLED "Timeout expired", and an
+/// answer after the client's deadline is of no use to it anyway.
 fn deadline(metadata: &MetadataMap, request_timeout: Duration) -> Duration {
     let Some(value) = metadata.get("grpc-timeout").and_then(|v| v.to_str().ok()) else { return request_timeout };
     let (digits, unit) = value.split_at(value.len().saturating_sub(1));
@@ -134,7 +144,8 @@ fn deadline(metadata: &MetadataMap, request_timeout: Duration) -> Duration {
         "n" => Duration::from_nanos(amount),
         _ => return request_timeout,
     };
-    client.min(request_timeout)
+    let margin = (client / 100).max(Duration::from_millis(2));
+    client.saturating_sub(margin).min(request_timeout)
 }
 
 fn tensor_metadata(specs: &[TensorSpec]) -> Vec<TensorMetadata> {
@@ -314,9 +325,9 @@ mod tests {
             metadata.insert("grpc-timeout", value.parse().unwrap());
             deadline(&metadata, limit)
         };
-        assert_eq!(with("2500m"), Duration::from_millis(2500));
-        assert_eq!(with("1n"), Duration::from_nanos(1));
-        assert_eq!(with("7S"), Duration::from_secs(7));
+        assert_eq!(with("2500m"), Duration::from_millis(2475));
+        assert_eq!(with("1n"), Duration::ZERO);
+        assert_eq!(with("7S"), Duration::from_millis(6930));
         assert_eq!(with("10M"), limit);
         assert_eq!(with("99999999H"), limit);
         assert_eq!(with("junk"), limit);
