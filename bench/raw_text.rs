@@ -12,6 +12,7 @@
 use std::path::Path;
 use std::time::Instant;
 
+use ember::config::TextPreprocessing;
 use ember::engine::InferenceModule;
 use ember::tasks::generate::{Sampler, SamplingParams, VOCABULARY};
 use ember::tasks::sentiment::TextClassifier;
@@ -38,10 +39,10 @@ fn optimize(args: &[String]) -> bool {
 
 fn sentiment(seconds: f64, optimize: bool) -> anyhow::Result<()> {
     let labels = vec!["negative".to_string(), "positive".to_string()];
-    let classifier =
-        TextClassifier::load(Path::new("models/sentiment/tokenizer.json"), labels, 128).map_err(anyhow::Error::msg)?;
-    let (ids, _) = classifier.encode(SENTENCE).map_err(anyhow::Error::msg)?;
-    let ids: Vec<i64> = ids.into_iter().map(i64::from).collect();
+    let text = TextPreprocessing { max_tokens: 128, window_stride: None, max_windows: 1 };
+    let classifier = TextClassifier::load(Path::new("models/sentiment/tokenizer.json"), labels, &text)
+        .map_err(anyhow::Error::msg)?;
+    let ids = classifier.tokenize(SENTENCE)?.ids().to_vec();
     println!("sentiment: {:?} ({} tokens), {seconds}s per case, optimized: {optimize}", SENTENCE, ids.len());
     // (batch, loops, threads per loop): batch 1 on both cores in one loop is what a lone request gets (its
     // worker borrows the idle worker's thread); the rest is ember's layout of 2 workers x 1 thread.

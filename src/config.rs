@@ -316,8 +316,20 @@ pub struct ImagePreprocessing {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TextPreprocessing {
-    /// Longest token sequence the model sees, special tokens included; longer texts are truncated to it.
+    /// Longest token sequence the model sees at once (one window), special tokens included.
     pub max_tokens: usize,
+    /// A longer text is read as overlapping windows whose starts are this many text tokens apart, and their
+    /// outputs are pooled into one answer. Absent: a longer text is truncated to its first window.
+    #[serde(default)]
+    pub window_stride: Option<usize>,
+    /// The most windows one text may take; a longer text is refused (413), naming this limit. It bounds the
+    /// rows one text adds to the batches.
+    #[serde(default = "default_max_windows")]
+    pub max_windows: usize,
+}
+
+fn default_max_windows() -> usize {
+    16
 }
 
 /// What a text-generation request may ask for. `batching.max_batch_size` is the number of sequences that
@@ -432,7 +444,13 @@ impl ModelToml {
             (None, TaskKind::TextClassification) => {
                 return Err(format!("task `{}` needs a [text] table (max_tokens)", self.task))
             }
-            (Some(text), _) => check_range("text.max_tokens", text.max_tokens, 2, 8192)?,
+            (Some(text), _) => {
+                check_range("text.max_tokens", text.max_tokens, 2, 8192)?;
+                if let Some(stride) = text.window_stride {
+                    check_range("text.window_stride", stride, 1, text.max_tokens)?;
+                }
+                check_range("text.max_windows", text.max_windows, 1, 1024)?;
+            }
             (None, _) => {}
         }
         let g = &self.generation;

@@ -1034,15 +1034,20 @@ mod tokenizer {
     use std::path::Path;
 
     use super::*;
-    use crate::tasks::sentiment::TextClassifier;
+    use crate::config::TextPreprocessing;
+    use crate::tasks::sentiment::{LongTexts, TextClassifier};
 
-    /// The tokenizer at the smallest `text.max_tokens` model.toml allows, and at larger ones.
+    /// The tokenizer at the smallest `text.max_tokens` model.toml allows and at larger ones, truncating and
+    /// cutting windows (the smallest stride, one that overlaps, one that just touches).
     static CLASSIFIERS: LazyLock<Vec<TextClassifier>> = LazyLock::new(|| {
         let file = Path::new(env!("CARGO_MANIFEST_DIR")).join("models/sentiment/tokenizer.json");
         let labels = vec!["negative".to_string(), "positive".to_string()];
-        [2, 3, 16, 512]
+        [(2, None), (3, None), (3, Some(1)), (16, Some(10)), (16, Some(14)), (128, Some(96)), (512, None)]
             .into_iter()
-            .map(|max_tokens| TextClassifier::load(&file, labels.clone(), max_tokens).unwrap())
+            .map(|(max_tokens, window_stride)| {
+                let text = TextPreprocessing { max_tokens, window_stride, max_windows: 64 };
+                TextClassifier::load(&file, labels.clone(), &text).unwrap()
+            })
             .collect()
     });
 
@@ -1065,21 +1070,25 @@ mod tokenizer {
         #![proptest_config(config(512))]
 
         #[test]
-        fn any_text_tokenizes_within_max_tokens(text in text(), which in any::<Index>()) {
+        fn any_text_becomes_windows_within_max_tokens(text in text(), which in any::<Index>()) {
             let classifier = &CLASSIFIERS[which.index(CLASSIFIERS.len())];
-            match classifier.encode(&text) {
-                Ok((ids, mask)) => {
+            match classifier.windows(&text) {
+                Ok(windows) => {
                     let max_tokens = classifier.max_tokens;
-                    prop_assert!(ids.len() <= max_tokens, "{} tokens, over max_tokens {max_tokens}", ids.len());
-                    prop_assert_eq!(mask.len(), ids.len());
+                    let limit = match classifier.long_texts() {
+                        LongTexts::Truncate => 1,
+                        LongTexts::Windows { max_windows, .. } => max_windows,
+                    };
+                    prop_assert!((1..=limit).contains(&windows.len()), "{} windows, limit {limit}", windows.len());
                     let vocabulary = classifier.vocabulary_size();
-                    prop_assert!(ids.iter().all(|&id| (id as usize) < vocabulary), "an id outside the vocabulary");
-                    prop_assert!(classifier.tokenize(&text).is_ok());
+                    for window in &windows {
+                        let ids = window.ids();
+                        prop_assert!(ids.len() <= max_tokens, "{} tokens, over max_tokens {max_tokens}", ids.len());
+                        prop_assert!(ids.iter().all(|&id| (id as usize) < vocabulary), "an id outside the vocabulary");
+                    }
+                    prop_assert_eq!(classifier.tokenize(&text).map(|t| t.ids().to_vec()).ok(), Some(windows[0].ids().to_vec()));
                 }
-                Err(_) => {
-                    let error = classifier.tokenize(&text).err().ok_or_else(|| TestCaseError::fail("tokenize ok"))?;
-                    assert_client_error(error.clone())?;
-                }
+                Err(error) => assert_client_error(error.clone())?,
             }
         }
     }

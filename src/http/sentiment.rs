@@ -1,5 +1,6 @@
 //! `POST /v1/models/{name}/sentiment` and `POST /v1/sentiment`: one text or a list of texts in, a label and the
-//! score of every label per text out. The texts of all callers are batched together by the model's pool.
+//! score of every label per text out. A text longer than the model's window runs as several windows; the windows
+//! of all callers are batched together by the model's pool.
 
 use axum::extract::State;
 use axum::Json;
@@ -15,7 +16,8 @@ use crate::tasks::TaskError;
 
 /// Most texts in one request.
 pub const MAX_TEXTS: usize = 64;
-/// Longest text, in bytes of UTF-8 (the model reads only its first `[text] max_tokens` tokens anyway).
+/// Longest text, in bytes of UTF-8 (about 2,500 tokens of English; model.toml `[text] max_windows` may refuse
+/// it sooner).
 pub const MAX_TEXT_BYTES: usize = 10_000;
 
 #[derive(Deserialize)]
@@ -39,7 +41,15 @@ impl TaskRoute for Sentiment {
 pub(super) struct SentimentResponse {
     model: String,
     version: u64,
-    results: Vec<Classification>,
+    results: Vec<TextResult>,
+}
+
+#[derive(Serialize)]
+struct TextResult {
+    #[serde(flatten)]
+    classification: Classification,
+    /// How many windows of the model's `[text] max_tokens` the text was read as (1 for a text that fits).
+    windows: usize,
 }
 
 pub async fn sentiment(
@@ -55,17 +65,34 @@ pub async fn sentiment(
     pool.check_room()?;
     let tokenizer = pool.task().clone();
     // Tokenising up to MAX_TEXTS long texts takes milliseconds: keep it off the async workers.
-    let inputs = decoding("tokenisation", move || {
-        texts.iter().map(|text| tokenizer.tokenize(text)).collect::<Result<Vec<TokenizedText>, TaskError>>()
+    let windows = decoding("tokenisation", move || {
+        let name = |i: usize| if texts.len() == 1 { "text".to_string() } else { format!("texts[{i}]") };
+        (texts.iter().enumerate())
+            .map(|(i, text)| tokenizer.windows(text).map_err(|e| e.map_message(|m| format!("{}: {m}", name(i)))))
+            .collect::<Result<Vec<Vec<TokenizedText>>, TaskError>>()
     })
     .await?;
+    let counts: Vec<usize> = windows.iter().map(Vec::len).collect();
+    let total: usize = counts.iter().sum();
+    let capacity = pool.spec().batching.queue_capacity;
+    if total > capacity {
+        // The queue admits a request all or none: more windows than it holds would be refused as "full" forever.
+        return Err(ApiError::payload_too_large(format!(
+            "the texts need {total} windows of {} tokens together; the model queues at most {capacity} \
+             (batching.queue_capacity): send fewer or shorter texts per request",
+            pool.task().max_tokens
+        )));
+    }
 
-    let probabilities = pool.infer_all(inputs, state.limits.request_timeout).await?;
-    Ok(Json(SentimentResponse {
-        model: name,
-        version: loaded.version,
-        results: probabilities.iter().map(|p| pool.task().classification(p)).collect(),
-    }))
+    let rows = pool.infer_all(windows.into_iter().flatten().collect(), state.limits.request_timeout).await?;
+    let mut rows = rows.into_iter();
+    let results = (counts.into_iter())
+        .map(|count| {
+            let pooled = pool.task().pool(&rows.by_ref().take(count).collect::<Vec<_>>());
+            TextResult { classification: pool.task().classification(&pooled), windows: count }
+        })
+        .collect();
+    Ok(Json(SentimentResponse { model: name, version: loaded.version, results }))
 }
 
 /// Exactly one of `text` and `texts`; 1 to MAX_TEXTS texts, each non-blank and at most MAX_TEXT_BYTES.

@@ -52,7 +52,7 @@ impl Backend {
                 let (Some(labels), Some(text)) = (&spec.labels, &spec.config.text) else {
                     return Err(unsupported("text classification needs labels.txt and a [text] table".into()));
                 };
-                let task = sentiment::TextClassifier::load(&spec.tokenizer_file(), labels.clone(), text.max_tokens)
+                let task = sentiment::TextClassifier::load(&spec.tokenizer_file(), labels.clone(), text)
                     .map_err(unsupported)?;
                 Ok(Backend::TextClassification(WorkerPool::start(worker, task, model_metrics)?))
             }

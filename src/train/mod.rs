@@ -123,7 +123,7 @@ fn load_images(data: &DataSource, prep: &ImagePreprocessing) -> Result<Labelled<
 fn load_texts(spec: &ModelSpec, data: &DataSource) -> Result<Labelled<TextInputs>, TrainError> {
     let text = spec.config.text.as_ref().ok_or_else(|| TrainError::Model("the model has no [text] table".into()))?;
     let labels = spec.labels.clone().unwrap_or_default();
-    let tokenizer = TextClassifier::load(&spec.tokenizer_file(), labels, text.max_tokens).map_err(TrainError::Model)?;
+    let tokenizer = TextClassifier::load(&spec.tokenizer_file(), labels, text).map_err(TrainError::Model)?;
     let texts = data::labelled_texts(&data.path)?;
     let inputs = TextInputs::new(&texts.examples, &tokenizer)?;
     Ok(Labelled { examples: inputs, labels: texts.labels, classes: texts.classes })
