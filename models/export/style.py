@@ -52,12 +52,17 @@ WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
 MEDIA = SOURCES / "media"  # fetched by fetch_media.sh
 MATPLOTLIB_SAMPLES = Path(sysconfig.get_paths()["purelib"]) / "matplotlib" / "mpl-data" / "sample_data"
 
-# style name -> the painting (Debian opencv-doc, examples/data/) and its sha256, so a changed package is noticed.
+# style name -> the painting (Debian opencv-doc, examples/data/), its sha256 (so a changed package is noticed) and
+# the pixels cut from each side before its Grams are taken. The photo of The Starry Night has a black border
+# and a cream strip of bare canvas (about 22 pixels of its 752): its Grams learnt them, and the network painted a
+# dark frame and long white vertical streaks (the canvas edge). Measured: one or two thin white vertical lines
+# added to the cropped painting bring it closer to the uncropped painting's Grams (0.89 -> 0.84) and further from
+# its own (0 -> 0.09), and a 5-pixel black frame halves its distance to them (README.md, "Style transfer").
 STYLES = {
     "starry_night": (MEDIA / "opencv-doc" / "starry_night.jpg",
-                     "accda7a19a90f22a4a922fdc8c230167d7abf5f80882171e2cee125c5f12481d"),
+                     "accda7a19a90f22a4a922fdc8c230167d7abf5f80882171e2cee125c5f12481d", 24),
     "graffiti": (MEDIA / "opencv-doc" / "graf1.png",
-                 "1504b769303c7bde00fa578eeaad3c68e02aceabeb1242e556f1f8d19e4bdea5"),
+                 "1504b769303c7bde00fa578eeaad3c68e02aceabeb1242e556f1f8d19e4bdea5", 0),
 }
 # The photos the style networks learn from. The five test photos (samples.py: chelsea, coffee, rocket,
 # motorcycle_left, china) are never among them, and motorcycle_right (the same scene) is left out too.
@@ -82,6 +87,14 @@ CHECK_SIZE = 256  # the held-out photos' longer side in the checks
 # photo's, the 32x32 luminance still correlated with the photo's.
 MAX_DISTANCE_RATIO = 0.5
 MIN_LUMINANCE_CORRELATION = 0.5
+# Issue 17's bar for what those two numbers missed (README.md, "Style transfer", has the measurements):
+# straight streaks (the network's change to the photo lining up along whole columns or rows) and a frame (the
+# outer FRAME_PIXELS changed more than the rest). On the held-out photos the first starry_night network, which
+# painted white vertical streaks, one-pixel horizontal stripes and a dark frame, scored 69-87 and 1.26-1.58; its
+# successor 25-35 and 0.80-1.24, the graffiti network 8-11 and 0.62-1.09.
+MAX_STREAK_INDEX = 40.0
+MAX_FRAME_RATIO = 1.3
+FRAME_PIXELS = 4
 
 
 class FeatureNetwork(nn.Module):
@@ -123,10 +136,14 @@ def total_variation(image: torch.Tensor) -> torch.Tensor:
     return (image[:, :, 1:, :] - image[:, :, :-1, :]).abs().mean() + (image[:, :, :, 1:] - image[:, :, :, :-1]).abs().mean()
 
 
+def coarse_weights() -> torch.Tensor:
+    """[1, 3, 1, 1]: luminance from RGB (ITU-R BT.601)."""
+    return torch.tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)
+
+
 def coarse_luminance(image: torch.Tensor) -> torch.Tensor:
     """[N, 1, 32, 32]: the images' luminance averaged down to 32 x 32, their composition without texture."""
-    weights = torch.tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)
-    return F.adaptive_avg_pool2d((image * weights).sum(1, keepdim=True), 32)
+    return F.adaptive_avg_pool2d((image * coarse_weights()).sum(1, keepdim=True), 32)
 
 
 def luminance_correlation(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -134,6 +151,29 @@ def luminance_correlation(a: torch.Tensor, b: torch.Tensor) -> float:
     la, lb = coarse_luminance(a).flatten(), coarse_luminance(b).flatten()
     la, lb = la - la.mean(), lb - lb.mean()
     return float(la @ lb / (la.norm() * lb.norm()))
+
+
+def streak_index(photo: torch.Tensor, styled: torch.Tensor) -> float:
+    """How far the change to the photo's luminance lines up along whole columns or rows (the larger of the two):
+    the energy of its gradient across them averaged along them, relative to the gradient's own energy and scaled
+    by their length. Texture scores about 1 (its gradients cancel along a column); a streak the height of the
+    picture scores up to that height."""
+    change = (coarse_weights() * (styled - photo)).sum(1)[0]
+
+    def along(d: torch.Tensor) -> float:
+        gradient = d[:, 1:] - d[:, :-1]
+        return float(gradient.mean(0).pow(2).mean() / gradient.pow(2).mean().clamp_min(1e-12)) * d.size(0)
+
+    return max(along(change), along(change.t()))
+
+
+def frame_ratio(photo: torch.Tensor, styled: torch.Tensor) -> float:
+    """RMS of the change to the photo in its outer FRAME_PIXELS over the RMS of the change inside them: a painted
+    frame scores well over 1."""
+    change = (styled - photo)[0]
+    inside = torch.zeros(change.shape[1:], dtype=torch.bool)
+    inside[FRAME_PIXELS:-FRAME_PIXELS, FRAME_PIXELS:-FRAME_PIXELS] = True
+    return float(change[:, ~inside].pow(2).mean().sqrt() / change[:, inside].pow(2).mean().sqrt().clamp_min(1e-12))
 
 
 class ReflectConv(nn.Sequential):
@@ -204,9 +244,12 @@ def load_half(network: nn.Module, path: Path) -> None:
     network.load_state_dict({k: v.float() for k, v in torch.load(path).items()})
 
 
-def load_photo(path: Path, longer_side: int) -> torch.Tensor:
-    """[1, 3, H, W] in 0..1, the longer side resized to `longer_side`, aspect kept."""
+def load_photo(path: Path, longer_side: int, border: int = 0) -> torch.Tensor:
+    """[1, 3, H, W] in 0..1, `border` pixels cut from each side, the longer side resized to `longer_side`, aspect
+    kept."""
     image = Image.open(path).convert("RGB")
+    if border:
+        image = image.crop((border, border, image.width - border, image.height - border))
     scale = longer_side / max(image.size)
     image = image.resize((max(1, round(image.width * scale)), max(1, round(image.height * scale))), Image.BICUBIC)
     return TF.to_tensor(image).unsqueeze(0)
@@ -217,12 +260,12 @@ def sha256(path: Path) -> str:
 
 
 def style_image(name: str) -> Tuple[Path, torch.Tensor]:
-    path, expected_sha256 = STYLES[name]
+    path, expected_sha256, border = STYLES[name]
     if not path.exists():
         raise SystemExit(f"{path} is missing: run `make setup` (models/export/fetch_media.sh downloads it)")
     if sha256(path) != expected_sha256:
         raise SystemExit(f"{path} is not the painting the style_{name} network was trained on (sha256 differs)")
-    return path, load_photo(path, STYLE_IMAGE_SIZE)
+    return path, load_photo(path, STYLE_IMAGE_SIZE, border)
 
 
 @torch.no_grad()
@@ -244,6 +287,8 @@ def check_on_held_out(features: FeatureNetwork, stylize, grams: List[torch.Tenso
             "style_distance": round(distance, 4),
             "distance_ratio": round(distance / unstyled, 4),
             "luminance_correlation": round(luminance_correlation(styled, photo), 4),
+            "streak_index": round(streak_index(photo, styled), 2),
+            "frame_ratio": round(frame_ratio(photo, styled), 3),
         }
     return results
 
@@ -292,15 +337,25 @@ def train(args: argparse.Namespace) -> None:
     while step < args.steps and time.time() < deadline and not interrupted:
         batch = random_crops(photos, args.batch, args.size, rng)
         out = network(batch)
-        maps = features(out)
+        # The feature network starts with a stride-2 convolution, which reads a pattern alternating every pixel
+        # as a constant: stripes one pixel apart then shift its features like a colour would, and the network
+        # learnt to paint them to match the painting's Grams. Seen from a phase drawn anew each step (the
+        # picture and the photo shifted by 0 or 1 pixel alike), such stripes no longer pay.
+        dy, dx = (rng.randint(0, args.phase_jitter) for _ in range(2))
+        seen_out, seen_batch = out[:, :, dy:, dx:], batch[:, :, dy:, dx:]
+        if args.edge_pad:
+            # The feature network's own zero padding leaves the outermost rows and columns barely seen by the
+            # losses, and the network painted lines there. Mirrored outward, they are seen like any other.
+            seen_out, seen_batch = (F.pad(x, [args.edge_pad] * 4, mode="reflect") for x in (seen_out, seen_batch))
+        maps = features(seen_out)
         with torch.no_grad():
-            content_target = features(batch)[0]
+            content_target = features(seen_batch)[0]
         content = F.mse_loss(maps[0], content_target)
         style_term = style_loss(list(maps[1:]), grams).mean()
         loss = args.content_weight * content + args.style_weight * style_term + args.tv_weight * total_variation(out)
         if args.luminance_weight > 0:
             # Keeps the photo's composition (light and dark areas) while leaving colour and texture to the style.
-            loss = loss + args.luminance_weight * F.mse_loss(coarse_luminance(out), coarse_luminance(batch))
+            loss = loss + args.luminance_weight * F.mse_loss(coarse_luminance(seen_out), coarse_luminance(seen_batch))
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
@@ -358,6 +413,17 @@ def export_features(root: Path, features: FeatureNetwork) -> None:
     publish_version(root, "style_features", 1, write)
 
 
+def save_painting(name: str, destination: Path) -> None:
+    """The painting as the network learnt it: its border cut off, so that the optimisation method (which takes
+    the painting from the request) does not learn the frame either."""
+    path, _, border = STYLES[name]
+    if not border:
+        shutil.copy(path, destination)
+        return
+    image = Image.open(path)
+    image.crop((border, border, image.width - border, image.height - border)).save(destination, quality=95)
+
+
 def export_style(root: Path, name: str, features: FeatureNetwork) -> None:
     weights = weights_file(name)
     log = json.loads(training_log(weights).read_text())
@@ -368,20 +434,24 @@ def export_style(root: Path, name: str, features: FeatureNetwork) -> None:
     results = check_on_held_out(features, network, target_grams(features, style))
     for photo, r in results.items():
         print(f"style_{name} on {photo}: style distance {r['distance_ratio']:.3f} of the unstyled photo's, "
-              f"luminance correlation {r['luminance_correlation']:.3f}")
+              f"luminance correlation {r['luminance_correlation']:.3f}, streak index {r['streak_index']:.1f}, "
+              f"frame ratio {r['frame_ratio']:.2f}")
     failed = [photo for photo, r in results.items()
-              if r["distance_ratio"] > MAX_DISTANCE_RATIO or r["luminance_correlation"] < MIN_LUMINANCE_CORRELATION]
+              if r["distance_ratio"] > MAX_DISTANCE_RATIO or r["luminance_correlation"] < MIN_LUMINANCE_CORRELATION
+              or r["streak_index"] > MAX_STREAK_INDEX or r["frame_ratio"] > MAX_FRAME_RATIO]
     if failed:
         raise SystemExit(f"style_{name} misses the bar (distance ratio <= {MAX_DISTANCE_RATIO}, luminance "
-                         f"correlation >= {MIN_LUMINANCE_CORRELATION}) on {', '.join(failed)}: not exported")
+                         f"correlation >= {MIN_LUMINANCE_CORRELATION}, streak index <= {MAX_STREAK_INDEX}, frame "
+                         f"ratio <= {MAX_FRAME_RATIO}) on {', '.join(failed)}: not exported")
 
     def write(staging: Path) -> dict:
         scripted = scripted_matches_eager(network, load_photo(HELD_OUT_PHOTOS["chelsea"], CHECK_SIZE))
         scripted.save(str(staging / "model.pt"))
-        shutil.copy(path, staging / f"style{path.suffix}")
+        save_painting(name, staging / f"style{path.suffix}")
         runs = log["runs"]
         return {
-            "style_image": f"{path.name} from Debian opencv-doc (examples/data), sha256 {log['style_image_sha256']}",
+            "style_image": f"{path.name} from Debian opencv-doc (examples/data), sha256 {log['style_image_sha256']}, "
+                           f"{STYLES[name][2]} pixels cut from each side",
             "held_out": results,
             "mean_distance_ratio": round(sum(r["distance_ratio"] for r in results.values()) / len(results), 4),
             "mean_luminance_correlation": round(
@@ -393,7 +463,7 @@ def export_style(root: Path, name: str, features: FeatureNetwork) -> None:
     publish_version(root, f"style_{name}", 1, write)
     tests_styles = root / "tests" / "data" / "styles"
     tests_styles.mkdir(parents=True, exist_ok=True)
-    shutil.copy(path, tests_styles / f"{name}{path.suffix}")
+    save_painting(name, tests_styles / f"{name}{path.suffix}")
 
 
 def export(root: Path) -> None:
@@ -420,6 +490,10 @@ def main() -> None:
         parser.add_argument("--tv-weight", type=float, default=1.0)
         parser.add_argument("--luminance-weight", type=float, default=0.0,
                             help="weight of the squared difference of 32x32 luminance (0: off)")
+        parser.add_argument("--phase-jitter", type=int, default=0,
+                            help="shift the picture by up to this many pixels before the feature network (0: off)")
+        parser.add_argument("--edge-pad", type=int, default=0,
+                            help="mirror the picture outward by this many pixels before the feature network (0: off)")
         parser.add_argument("--threads", type=int, default=2)
         parser.add_argument("--seed", type=int, default=0)
         parser.add_argument("--log-every", type=int, default=20)
