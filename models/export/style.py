@@ -91,9 +91,9 @@ MIN_LUMINANCE_CORRELATION = 0.5
 # straight streaks (the network's change to the photo lining up along whole columns or rows) and a frame (the
 # outer FRAME_PIXELS changed more than the rest). On the held-out photos the first starry_night network, which
 # painted white vertical streaks, one-pixel horizontal stripes and a dark frame, scored 69-87 and 1.26-1.58; its
-# successor 25-35 and 0.80-1.24, the graffiti network 8-11 and 0.62-1.09.
-MAX_STREAK_INDEX = 40.0
-MAX_FRAME_RATIO = 1.3
+# successor 8-16 and 0.79-1.08, the graffiti network 7-13 and 0.63-1.10.
+MAX_STREAK_INDEX = 20.0
+MAX_FRAME_RATIO = 1.25
 FRAME_PIXELS = 4
 
 
@@ -197,8 +197,11 @@ class StyleNetwork(nn.Module):
     """Johnson et al. (2016) with instance norm and nearest-neighbour upsampling, narrowed for CPUs: two strided
     convolutions down to 1/4 resolution, residual blocks there, two upsampling convolutions back."""
 
+    __constants__ = ["margin"]
+
     def __init__(self, width: int = 16, blocks: int = 5):
         super().__init__()
+        self.margin = 8  # pixels mirrored around the picture and cut off again (forward)
 
         def conv_norm_relu(channels_in: int, channels_out: int, kernel: int, stride: int = 1) -> List[nn.Module]:
             return [ReflectConv(channels_in, channels_out, kernel, stride), nn.InstanceNorm2d(channels_out, affine=True), nn.ReLU()]
@@ -217,14 +220,18 @@ class StyleNetwork(nn.Module):
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
         height, width = image.size(2), image.size(3)
-        # Padded to a multiple of 4 so that the way back up lands on the input's size.
-        padded = F.pad(image, [0, (4 - width % 4) % 4, 0, (4 - height % 4) % 4], mode="reflect")
+        # Mirrored outward by `margin` pixels, whose output is cut off again: what the network paints at its own
+        # edges (a line a few pixels inside the bottom edge, streak index 29 -> 10 on chelsea) falls outside
+        # the picture. Then padded to a multiple of 4 so that the way back up lands on the padded size.
+        m = self.margin
+        padded = F.pad(image, [m, m + (4 - (width + 2 * m) % 4) % 4, m, m + (4 - (height + 2 * m) % 4) % 4],
+                       mode="reflect")
         change = self.up(self.residual(self.down(padded * 2.0 - 1.0)))
         # The network learns a change to the photo (in logit space, so any colour stays reachable) rather than
         # the whole picture: the content is there from the first step, and the training budget of a CPU goes
         # into the style. From scratch, 150 steps gave the style but lost the photo (luminance correlation ~0).
         out = torch.sigmoid(torch.logit(padded.clamp(0.01, 0.99)) + change)
-        return out[:, :, :height, :width]
+        return out[:, :, m:m + height, m:m + width]
 
 
 def weights_file(style: str) -> Path:
