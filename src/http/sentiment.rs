@@ -60,15 +60,16 @@ pub async fn sentiment(
     let Backend::TextClassification(pool) = &loaded.backend else {
         return Err(wrong_backend(&name, Sentiment::TASK));
     };
-    let texts = validate(params)?;
+    let Texts { texts, from_list } = validate(params)?;
 
     pool.check_room()?;
     let tokenizer = pool.task().clone();
     // Tokenising up to MAX_TEXTS long texts takes milliseconds: keep it off the async workers.
     let windows = decoding("tokenisation", move || {
-        let name = |i: usize| if texts.len() == 1 { "text".to_string() } else { format!("texts[{i}]") };
         (texts.iter().enumerate())
-            .map(|(i, text)| tokenizer.windows(text).map_err(|e| e.map_message(|m| format!("{}: {m}", name(i)))))
+            .map(|(i, text)| {
+                tokenizer.windows(text).map_err(|e| e.map_message(|m| format!("{}: {m}", field_name(from_list, i))))
+            })
             .collect::<Result<Vec<Vec<TokenizedText>>, TaskError>>()
     })
     .await?;
@@ -95,12 +96,27 @@ pub async fn sentiment(
     Ok(Json(SentimentResponse { model: name, version: loaded.version, results }))
 }
 
+/// The request's texts, and whether they came as the list `texts` (which names them in errors).
+struct Texts {
+    texts: Vec<String>,
+    from_list: bool,
+}
+
+/// How an error names the request's `i`-th text.
+fn field_name(from_list: bool, i: usize) -> String {
+    if from_list {
+        format!("texts[{i}]")
+    } else {
+        "text".to_string()
+    }
+}
+
 /// Exactly one of `text` and `texts`; 1 to MAX_TEXTS texts, each non-blank and at most MAX_TEXT_BYTES.
-fn validate(params: SentimentParams) -> Result<Vec<String>, ApiError> {
+fn validate(params: SentimentParams) -> Result<Texts, ApiError> {
     let invalid = |message: String| Err(ApiError::validation(message));
-    let (texts, field) = match (params.text, params.texts) {
-        (Some(text), None) => (vec![text], None),
-        (None, Some(texts)) => (texts, Some("texts")),
+    let (texts, from_list) = match (params.text, params.texts) {
+        (Some(text), None) => (vec![text], false),
+        (None, Some(texts)) => (texts, true),
         (Some(_), Some(_)) => return invalid("send either `text` or `texts`, not both".into()),
         (None, None) => return invalid(r#"the body needs `text` (a string) or `texts` (a list of strings)"#.into()),
     };
@@ -110,7 +126,7 @@ fn validate(params: SentimentParams) -> Result<Vec<String>, ApiError> {
     if texts.len() > MAX_TEXTS {
         return invalid(format!("texts holds {} texts; at most {MAX_TEXTS} are allowed per request", texts.len()));
     }
-    let name = |i: usize| field.map_or("text".to_string(), |f| format!("{f}[{i}]"));
+    let name = |i: usize| field_name(from_list, i);
     for (i, text) in texts.iter().enumerate() {
         if text.trim().is_empty() {
             return invalid(format!("{} is empty", name(i)));
@@ -119,5 +135,5 @@ fn validate(params: SentimentParams) -> Result<Vec<String>, ApiError> {
             return invalid(format!("{} is {} bytes long; the limit is {MAX_TEXT_BYTES}", name(i), text.len()));
         }
     }
-    Ok(texts)
+    Ok(Texts { texts, from_list })
 }
