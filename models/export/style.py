@@ -251,12 +251,14 @@ def load_half(network: nn.Module, path: Path) -> None:
     network.load_state_dict({k: v.float() for k, v in torch.load(path).items()})
 
 
+def without_border(image: Image.Image, border: int) -> Image.Image:
+    return image.crop((border, border, image.width - border, image.height - border)) if border else image
+
+
 def load_photo(path: Path, longer_side: int, border: int = 0) -> torch.Tensor:
     """[1, 3, H, W] in 0..1, `border` pixels cut from each side, the longer side resized to `longer_side`, aspect
     kept."""
-    image = Image.open(path).convert("RGB")
-    if border:
-        image = image.crop((border, border, image.width - border, image.height - border))
+    image = without_border(Image.open(path).convert("RGB"), border)
     scale = longer_side / max(image.size)
     image = image.resize((max(1, round(image.width * scale)), max(1, round(image.height * scale))), Image.BICUBIC)
     return TF.to_tensor(image).unsqueeze(0)
@@ -427,8 +429,7 @@ def save_painting(name: str, destination: Path) -> None:
     if not border:
         shutil.copy(path, destination)
         return
-    image = Image.open(path)
-    image.crop((border, border, image.width - border, image.height - border)).save(destination, quality=95)
+    without_border(Image.open(path), border).save(destination, quality=95)
 
 
 def export_style(root: Path, name: str, features: FeatureNetwork) -> None:

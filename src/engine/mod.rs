@@ -24,6 +24,9 @@ pub use pool::{BatchTask, WorkerPool, WorkerSpec};
 pub enum EngineError {
     #[error("model `{model}` is overloaded: its queue holds {capacity} waiting requests (batching.queue_capacity); retry after {retry_after_secs}s")]
     QueueFull { model: String, capacity: usize, retry_after_secs: u64 },
+    /// One request of more entries than the whole queue holds: it is queued all or none, so it would never fit.
+    #[error("the request needs {entries} places in model `{model}`'s queue together; it holds at most {capacity} (batching.queue_capacity): send less per request")]
+    LargerThanQueue { model: String, entries: usize, capacity: usize },
     #[error("model `{model}` did not answer within {}ms (--request-timeout-ms)", timeout.as_millis())]
     DeadlineExceeded { model: String, timeout: Duration },
     #[error("model `{model}` is shutting down")]

@@ -267,6 +267,11 @@ impl<T: BatchTask> WorkerPool<T> {
             if state.closed {
                 return Err(self.shared.error(|model| EngineError::Stopped { model }));
             }
+            let capacity = state.batcher.capacity();
+            if works.len() > capacity {
+                let entries = works.len();
+                return Err(self.shared.error(|model| EngineError::LargerThanQueue { model, entries, capacity }));
+            }
             if !state.batcher.has_room_for(works.len()) {
                 return Err(self.shared.queue_full(state.batcher.capacity()));
             }

@@ -253,6 +253,7 @@ impl From<EngineError> for ApiError {
         let message = err.to_string();
         match err {
             EngineError::QueueFull { retry_after_secs, .. } => ApiError::overloaded(message, retry_after_secs),
+            EngineError::LargerThanQueue { .. } => ApiError::payload_too_large(message),
             EngineError::DeadlineExceeded { .. } => ApiError::timeout(message),
             EngineError::Stopped { .. } | EngineError::Load { .. } => ApiError::unavailable(message),
             EngineError::Inference { .. } | EngineError::WorkerLost { .. } => ApiError::internal(message),
@@ -324,6 +325,7 @@ mod tests {
         assert_eq!(status(EngineError::queue_full("m", 8).into()), 429);
         assert_eq!(status(EngineError::Stopped { model: "m".into() }.into()), 503);
         assert_eq!(status(EngineError::Rejected { model: "m".into(), message: "x".into() }.into()), 400);
+        assert_eq!(status(EngineError::LargerThanQueue { model: "m".into(), entries: 9, capacity: 8 }.into()), 413);
         assert_eq!(status(EngineError::WorkerLost { model: "m".into() }.into()), 500);
     }
 }

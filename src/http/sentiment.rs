@@ -10,6 +10,7 @@ use super::error::ApiError;
 use super::extract::{JsonBody, JsonShape, Serving, TaskRoute};
 use super::{decoding, wrong_backend, AppState};
 use crate::config::TaskKind;
+use crate::engine::EngineError;
 use crate::tasks::sentiment::{Classification, TokenizedText};
 use crate::tasks::Backend;
 use crate::tasks::TaskError;
@@ -74,18 +75,17 @@ pub async fn sentiment(
     })
     .await?;
     let counts: Vec<usize> = windows.iter().map(Vec::len).collect();
-    let total: usize = counts.iter().sum();
-    let capacity = pool.spec().batching.queue_capacity;
-    if total > capacity {
-        // The queue admits a request all or none: more windows than it holds would be refused as "full" forever.
-        return Err(ApiError::payload_too_large(format!(
-            "the texts need {total} windows of {} tokens together; the model queues at most {capacity} \
-             (batching.queue_capacity): send fewer or shorter texts per request",
-            pool.task().max_tokens
-        )));
-    }
-
-    let rows = pool.infer_all(windows.into_iter().flatten().collect(), state.limits.request_timeout).await?;
+    let rows = (pool.infer_all(windows.into_iter().flatten().collect(), state.limits.request_timeout).await).map_err(
+        |error| match error {
+            // Said in the request's own terms: a place in the queue is a window here.
+            EngineError::LargerThanQueue { entries, capacity, .. } => ApiError::payload_too_large(format!(
+                "the texts need {entries} windows of {} tokens together; the model queues at most {capacity} \
+                 (batching.queue_capacity): send fewer or shorter texts per request",
+                pool.task().max_tokens
+            )),
+            other => other.into(),
+        },
+    )?;
     let mut rows = rows.into_iter();
     let results = (counts.into_iter())
         .map(|count| {

@@ -27,6 +27,8 @@ pub struct TextClassifier {
     pub labels: Arc<Vec<String>>,
     /// One window: the most tokens the model reads at once, special tokens included.
     pub max_tokens: usize,
+    /// The text's own tokens in one window: `max_tokens` less the framing.
+    window_text_tokens: usize,
     framing: Framing,
     long_texts: LongTexts,
 }
@@ -92,18 +94,25 @@ impl TextClassifier {
                 "text.max_tokens is {max_tokens}, too few for the tokenizer's {framed} special tokens"
             ));
         }
-        let content = max_tokens - framed;
+        let window_text_tokens = max_tokens - framed;
         let long_texts = match text.window_stride {
             None => LongTexts::Truncate,
-            Some(stride) if stride > content => {
+            Some(stride) if stride > window_text_tokens => {
                 return Err(format!(
-                    "text.window_stride is {stride}, more than the {content} text tokens of a window \
+                    "text.window_stride is {stride}, more than the {window_text_tokens} text tokens of a window \
                      (text.max_tokens {max_tokens} less {framed} special tokens): windows would skip tokens"
                 ))
             }
             Some(stride) => LongTexts::Windows { stride, max_windows: text.max_windows },
         };
-        Ok(TextClassifier { tokenizer: Arc::new(tokenizer), labels: Arc::new(labels), max_tokens, framing, long_texts })
+        Ok(TextClassifier {
+            tokenizer: Arc::new(tokenizer),
+            labels: Arc::new(labels),
+            max_tokens,
+            window_text_tokens,
+            framing,
+            long_texts,
+        })
     }
 
     pub fn long_texts(&self) -> LongTexts {
@@ -114,12 +123,8 @@ impl TextClassifier {
     /// when the model truncates). A text that needs more than `max_windows` is refused before any window is
     /// built.
     pub fn windows(&self, text: &str) -> Result<Vec<TokenizedText>, TaskError> {
-        let encoding = self
-            .tokenizer
-            .encode(text, false)
-            .map_err(|e| TaskError::Invalid(format!("cannot tokenise the text: {e}")))?;
-        let content: Vec<i64> = encoding.get_ids().iter().map(|&id| i64::from(id)).collect();
-        let size = self.max_tokens - self.framing.prefix.len() - self.framing.suffix.len();
+        let content = self.text_tokens(text)?;
+        let size = self.window_text_tokens;
         let starts = match self.long_texts {
             _ if content.len() <= size => vec![0],
             LongTexts::Truncate => vec![0],
@@ -145,13 +150,15 @@ impl TextClassifier {
 
     /// The text's first window (what fine-tuning reads: its texts are sentences).
     pub fn tokenize(&self, text: &str) -> Result<TokenizedText, TaskError> {
-        let content = self
-            .tokenizer
-            .encode(text, false)
+        let content = self.text_tokens(text)?;
+        Ok(self.framing.frame(&content[..content.len().min(self.window_text_tokens)]))
+    }
+
+    /// The text's own token ids, without the framing.
+    fn text_tokens(&self, text: &str) -> Result<Vec<i64>, TaskError> {
+        let encoding = (self.tokenizer.encode(text, false))
             .map_err(|e| TaskError::Invalid(format!("cannot tokenise the text: {e}")))?;
-        let size = self.max_tokens - self.framing.prefix.len() - self.framing.suffix.len();
-        let ids: Vec<i64> = content.get_ids().iter().take(size).map(|&id| i64::from(id)).collect();
-        Ok(self.framing.frame(&ids))
+        Ok(encoding.get_ids().iter().map(|&id| i64::from(id)).collect())
     }
 
     /// Pools the probabilities of one text's windows into the text's own: their mean (measured against the

@@ -65,10 +65,10 @@ for split in ("validation", "test"):
     for (kind, options), bucket in itertools.product(constructions.items(), long_texts.BUCKETS[:3]):
         texts = long_texts.joined(splits[split], bucket, JOINED_PER_LABEL, rng, **options)
         sets[split, kind, bucket] = (long_texts.per_text_logits(model, windows, texts), [l for _, l in texts])
-reviews = []
+every_review, reviews = long_texts.reviews(), []
 for bucket in long_texts.BUCKETS:
     for label in (0, 1):
-        mine = [r for r in long_texts.reviews() if r[1] == label and long_texts.bucket_of(r[0]) == bucket]
+        mine = [r for r in every_review if r[1] == label and long_texts.bucket_of(r[0]) == bucket]
         reviews += mine if bucket == long_texts.BUCKETS[0] else rng.sample(mine, min(REVIEWS_PER_LABEL, len(mine)))
 review_logits = long_texts.per_text_logits(model, windows, reviews)
 for bucket in long_texts.BUCKETS:
