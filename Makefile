@@ -66,26 +66,28 @@ $(MEDIA_STAMP): models/export/fetch_media.sh
 	models/export/fetch_media.sh $(VENV)/sources/media
 	touch $@
 
-## models: export the default models (TorchScript) and the test reference data
+## models: export the default models (TorchScript, and beside it ONNX and for mobilenet_v2 an AOTInductor
+## package, each checked against TorchScript's answers) and the test reference data
 models: $(MODELS)
 
-models/mobilenet_v2/1/model.pt: $(VENV_STAMP) models/export/mobilenet_v2.py models/export/samples.py models/mobilenet_v2/labels.txt
+models/mobilenet_v2/1/model.pt: $(VENV_STAMP) models/export/mobilenet_v2.py models/export/samples.py models/export/formats.py \
+		models/mobilenet_v2/labels.txt
 	$(PYTHON) models/export/mobilenet_v2.py .
 
 # Rebuilt from the base encoder wheel plus the committed fine-tuned delta, then verified (held-out accuracy).
-models/sentiment/1/model.pt: $(VENV_STAMP) $(SOURCES_STAMP) models/export/sentiment.py models/export/common.py \
+models/sentiment/1/model.pt: $(VENV_STAMP) $(SOURCES_STAMP) models/export/sentiment.py models/export/common.py models/export/formats.py \
 		models/export/long_texts.py models/export/weights/sentiment_delta.fp16.pt models/sentiment/tokenizer.json \
 		models/sentiment/labels.txt models/sentiment/model.toml
 	$(PYTHON) models/export/sentiment.py .
 
 # Rebuilt from the committed fp16 weights, then verified (validation loss on held-out works, a sample).
-models/shakespeare/1/model.pt: $(VENV_STAMP) $(SOURCES_STAMP) models/export/shakespeare.py models/export/common.py \
+models/shakespeare/1/model.pt: $(VENV_STAMP) $(SOURCES_STAMP) models/export/shakespeare.py models/export/common.py models/export/formats.py \
 		models/export/weights/shakespeare_gru.fp16.pt
 	$(PYTHON) models/export/shakespeare.py .
 
 # The feature network and every style network, rebuilt from the committed fp16 weights, then verified
 # (style distance and luminance correlation on held-out photos).
-$(STYLE_MODELS) &: $(VENV_STAMP) $(MEDIA_STAMP) models/export/style.py models/export/common.py \
+$(STYLE_MODELS) &: $(VENV_STAMP) $(MEDIA_STAMP) models/export/style.py models/export/common.py models/export/formats.py \
 		models/export/mobilenet_v2.py models/export/samples.py $(wildcard models/export/weights/style_*.fp16.pt)
 	$(PYTHON) models/export/style.py .
 
@@ -114,7 +116,7 @@ endef
 
 # A model of task `tensor` (Open Inference Protocol only), trained at export on scikit-learn's iris data, then
 # verified (held-out accuracy).
-models/iris/1/model.pt: $(VENV_STAMP) models/export/iris.py models/export/common.py
+models/iris/1/model.pt: $(VENV_STAMP) models/export/iris.py models/export/common.py models/export/formats.py
 	$(PYTHON) models/export/iris.py .
 
 ## system-tools: cmake and nasm, which build the bundled libjpeg-turbo (installed from Debian when missing)

@@ -1,42 +1,21 @@
-// The one thing ember needs from libtorch that tch does not wrap: loading a TorchScript module and running
+// What ember needs from libtorch that tch does not wrap. Loading a TorchScript module and running
 // torch::jit::freeze + torch::jit::optimize_for_inference on it (what Python's torch.jit.optimize_for_inference
-// does). Freezing folds batch norms into convolutions and inlines the weights; on CPU the optimisation then
-// prepacks them for oneDNN, which cannot be serialised, so it has to happen in the serving process.
+// does): freezing folds batch norms into convolutions and inlines the weights; on CPU the optimisation then
+// prepacks them for oneDNN, which cannot be serialised, so it has to happen in the serving process. Reading a
+// module's parameters and buffers by name (fine-tuning writes them into a copy of an ONNX graph). And a tensor
+// over memory another runtime owns (ONNX Runtime's outputs), released when libtorch lets go of it.
 //
 // Every function catches every C++ exception and reports it as a malloc'd message: nothing unwinds into Rust.
 
-#include <cstdlib>
-#include <cstring>
 #include <string>
 #include <vector>
 
 #include <torch/csrc/jit/api/module.h>
 #include <torch/script.h>
 
-namespace {
+#include "shim.h"
 
-char* copy_message(const std::string& message) {
-  char* copy = static_cast<char*>(std::malloc(message.size() + 1));
-  if (copy != nullptr) {
-    std::memcpy(copy, message.c_str(), message.size() + 1);
-  }
-  return copy;
-}
-
-// Runs `body`, turning any C++ exception into (failure, *error = malloc'd message).
-template <typename F, typename R>
-R guarded(char** error, R failure, F body) {
-  try {
-    return body();
-  } catch (const std::exception& e) {
-    *error = copy_message(e.what());
-  } catch (...) {
-    *error = copy_message("unknown C++ exception");
-  }
-  return failure;
-}
-
-}  // namespace
+using ember::guarded;
 
 extern "C" {
 
@@ -89,6 +68,38 @@ int64_t ember_module_forward(void* module, void** inputs, size_t n_inputs, void*
       outputs[i] = new at::Tensor(std::move(tensors[i]));
     }
     return static_cast<int64_t>(tensors.size());
+  });
+}
+
+// Calls visit(context, name, tensor) for every parameter and buffer of the module and its submodules, named as
+// in Python's state_dict ("features.0.1.running_mean"); the tensor is borrowed for the call. Returns the count, or
+// -1 with *error set.
+int64_t ember_module_named_tensors(void* module, void* context, void (*visit)(void*, const char*, const void*),
+                                   char** error) {
+  return guarded(error, static_cast<int64_t>(-1), [&]() -> int64_t {
+    auto* jit_module = static_cast<torch::jit::Module*>(module);
+    int64_t count = 0;
+    for (const auto& parameter : jit_module->named_parameters(/*recurse=*/true)) {
+      visit(context, parameter.name.c_str(), &parameter.value);
+      ++count;
+    }
+    for (const auto& buffer : jit_module->named_buffers(/*recurse=*/true)) {
+      visit(context, buffer.name.c_str(), &buffer.value);
+      ++count;
+    }
+    return count;
+  });
+}
+
+// A CPU tensor over `data` (contiguous, `ndim` sizes, c10::ScalarType `scalar_type`) that calls release(context)
+// once libtorch no longer uses it. On failure returns null with *error set, and the caller still owns context.
+void* ember_tensor_from_blob(void* data, const int64_t* sizes, size_t ndim, int scalar_type, void* context,
+                             void (*release)(void*), char** error) {
+  return guarded(error, static_cast<void*>(nullptr), [&]() -> void* {
+    auto options = torch::TensorOptions().dtype(static_cast<c10::ScalarType>(scalar_type)).device(torch::kCPU);
+    at::Tensor tensor =
+        torch::from_blob(data, c10::IntArrayRef(sizes, ndim), [context, release](void*) { release(context); }, options);
+    return new at::Tensor(std::move(tensor));
   });
 }
 

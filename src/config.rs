@@ -10,6 +10,7 @@ use clap::{Args, Parser, ValueEnum};
 use serde::Deserialize;
 
 use crate::cpus::{self, Sizing, Threads};
+use crate::formats::FormatChoice;
 use crate::signature::TensorSpec;
 
 /// Settings of `ember serve`. Every flag is also an `EMBER_*` environment variable.
@@ -215,12 +216,17 @@ pub struct ModelToml {
     pub default: bool,
     #[serde(default)]
     pub device: DeviceChoice,
+    /// Which file of a version serves: `auto` (the fastest present for the device), `torchscript` (model.pt),
+    /// `onnx` (model.onnx, through ONNX Runtime) or `aoti` (model.pt2, an AOTInductor package).
+    #[serde(default)]
+    pub format: FormatChoice,
     /// Serve this version instead of the highest one.
     pub version: Option<u64>,
     #[serde(default)]
     pub description: String,
     /// Freeze the module and run libtorch's optimize_for_inference when loading it (batch norms folded into
-    /// convolutions, weights prepacked for oneDNN on CPU). Turn off for a model whose ops it mishandles.
+    /// convolutions, weights prepacked for oneDNN on CPU); for ONNX, ONNX Runtime's full graph optimisation.
+    /// Turn off for a model whose ops it mishandles.
     #[serde(default = "default_true")]
     pub optimize: bool,
     #[serde(default)]

@@ -3,7 +3,7 @@
 use std::fmt::Write as _;
 use std::path::Path;
 
-use crate::engine::cuda;
+use crate::engine::{cuda, onnx};
 use crate::repository::Repository;
 
 /// A human-readable report; never fails (a broken repository is reported, not raised).
@@ -24,6 +24,17 @@ pub fn report(model_repo: &Path) -> String {
             tch::Cuda::cudnn_is_available()
         ),
         None => writeln!(out, "cuda: not loaded (no NVIDIA driver sees a GPU; libtorch_cuda is opened only for one)"),
+    };
+    let _ = match (onnx::runtime::loaded_from(), onnx::runtime::library()) {
+        (Some(library), _) => writeln!(out, "onnxruntime: loaded from {}", library.display()),
+        (None, Some(library)) => {
+            writeln!(out, "onnxruntime: {} (opened when an ONNX model loads)", library.display())
+        }
+        (None, None) => writeln!(
+            out,
+            "onnxruntime: not found (ONNX models cannot load; set {} or run make setup)",
+            onnx::runtime::LIBRARY_VARIABLE
+        ),
     };
     let _ = writeln!(
         out,
@@ -53,7 +64,15 @@ pub fn report(model_repo: &Path) -> String {
         }
         Ok(repo) => {
             for model in &repo.models {
-                let served = model.served_version().map_or("none (run the setup)".to_string(), |v| v.to_string());
+                let served = model.served_version().map_or("none (run the setup)".to_string(), |v| {
+                    let files: Vec<&str> = model.formats(v).iter().map(|f| f.name()).collect();
+                    format!(
+                        "{v} as {} (of {}; format {})",
+                        model.expected_format(v),
+                        files.join(", "),
+                        model.config.format
+                    )
+                });
                 let default = if repo.defaults.get(&model.config.task) == Some(&model.name) { ", default" } else { "" };
                 let sizing = model.config.sizing();
                 let _ = writeln!(

@@ -1,4 +1,4 @@
-//! ember: a model-serving HTTP microservice for TorchScript models.
+//! ember: a model-serving HTTP microservice for TorchScript, ONNX and AOTInductor models.
 //!
 //! The binary (`src/main.rs`) is a thin CLI over this library; integration tests drive the same `Server`.
 
@@ -6,6 +6,7 @@ pub mod config;
 pub mod cpus;
 pub mod engine;
 pub mod fd_limit;
+pub mod formats;
 #[cfg(test)]
 mod fuzz;
 pub mod grpc;

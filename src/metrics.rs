@@ -104,8 +104,8 @@ impl Metrics {
             queue_depth: gauge("ember_queue_depth", "Requests waiting in the model's queue.", &["model"]),
             model_info: gauge(
                 "ember_model_info",
-                "1 for each model version being served, with its device.",
-                &["model", "version", "device"],
+                "1 for each model version being served, with its device and the format that serves it.",
+                &["model", "version", "device", "format"],
             ),
             model_load_duration: histogram(
                 "ember_model_load_duration_seconds",

@@ -15,7 +15,8 @@ use std::time::Instant;
 use tch::Device;
 
 use crate::config::{DeviceChoice, TaskKind};
-use crate::engine::{device, retired, EngineError, StandIn, WorkerSpec};
+use crate::engine::{device, format_usable, retired, EngineError, StandIn, WorkerSpec};
+use crate::formats::ModelFormat;
 use crate::metrics::Metrics;
 use crate::repository::{self, ModelSpec, Repository};
 use crate::signature::Signature;
@@ -25,6 +26,8 @@ use crate::tasks::Backend;
 pub struct Loaded {
     pub version: u64,
     pub device: Device,
+    /// Which of the version's files serves.
+    pub format: ModelFormat,
     pub backend: Backend,
     /// The version's model-level tensors, for the Open Inference Protocol.
     pub signature: Signature,
@@ -105,6 +108,11 @@ impl ModelEntry {
     fn update(&self, change: impl FnOnce(&mut Current)) {
         change(&mut self.current.write().unwrap_or_else(|e| e.into_inner()))
     }
+}
+
+/// The labels of `ember_model_info` for a loaded version: model, version, device, format.
+fn model_info_labels(name: &str, loaded: &Loaded) -> [String; 4] {
+    [name.to_string(), loaded.version.to_string(), device::name(loaded.device), loaded.format.name().to_string()]
 }
 
 /// What a reload did.
@@ -250,8 +258,10 @@ impl Registry {
             Err(e) => return Err(self.keep_serving(entry, &before, None, load_error(e.to_string()))),
         };
         let Some(version) = spec.served_version() else {
-            let message =
-                format!("{} has no version folder with a model.pt (run the setup: make models)", entry.dir.display());
+            let message = format!(
+                "{} has no version folder with a model file (model.pt, model.onnx or model.pt2; run the setup: make models)",
+                entry.dir.display()
+            );
             return Err(self.keep_serving(entry, &before, None, load_error(message)));
         };
         let serving = match &before.state {
@@ -273,7 +283,7 @@ impl Registry {
 
     /// Serves a loaded version in place of what `before` served.
     fn install(&self, entry: &ModelEntry, before: &Current, spec: ModelSpec, loaded: Loaded, started: Instant) {
-        let (version, device) = (loaded.version, device::name(loaded.device));
+        let (version, device, format) = (loaded.version, device::name(loaded.device), loaded.format);
         let previous = match &before.state {
             ModelState::Ready(old) => {
                 self.forget_model_info(&entry.name, old);
@@ -281,8 +291,8 @@ impl Registry {
             }
             _ => None,
         };
-        self.metrics.model_info.with_label_values(&[&entry.name, &version.to_string(), &device]).set(1);
-        tracing::info!(model = %entry.name, version, ?previous, %device, seconds = started.elapsed().as_secs_f64(), "model ready");
+        self.metrics.model_info.with_label_values(&model_info_labels(&entry.name, &loaded)).set(1);
+        tracing::info!(model = %entry.name, version, ?previous, %device, %format, seconds = started.elapsed().as_secs_f64(), "model ready");
         entry.update(|current| {
             *current = Current {
                 spec: Arc::new(spec),
@@ -331,10 +341,21 @@ impl Registry {
         let load_error = |message: String| EngineError::Load { model: spec.name.clone(), message };
         let spec = spec.at_version(version).map_err(|e| load_error(e.to_string()))?;
         let device = device::resolve(spec.config.device, self.server_device).map_err(load_error)?;
+        let format = spec
+            .config
+            .format
+            .resolve(&spec.formats(version), device != Device::Cpu, |format| {
+                format_usable(format, &spec.model_file(version, format), device)
+            })
+            .map_err(|e| load_error(format!("{}: {e}", spec.version_dir(version).display())))?;
+        let signature = crate::tasks::tensor::signature(&spec);
         let worker = WorkerSpec {
             model: spec.name.clone(),
-            path: spec.model_file(version),
+            path: spec.model_file(version, format),
+            format,
             device,
+            task_inputs: signature.inputs,
+            task_outputs: signature.outputs,
             optimize: spec.config.optimize,
             batching: spec.config.batching.clone(),
             sizing: spec.config.sizing(),
@@ -342,7 +363,7 @@ impl Registry {
         };
         let backend = Backend::start(&spec, worker, &self.metrics)?;
         let signature = backend.signature(&spec);
-        Ok(Loaded { version, device, backend, signature })
+        Ok(Loaded { version, device, format, backend, signature })
     }
 
     /// A model folder that appeared after startup (or was named to the admin API) joins the registry.
@@ -376,8 +397,7 @@ impl Registry {
 
     /// Drops `ember_model_info` of a version that no longer serves.
     fn forget_model_info(&self, name: &str, old: &Loaded) {
-        let _ =
-            self.metrics.model_info.remove_label_values(&[name, &old.version.to_string(), &device::name(old.device)]);
+        let _ = self.metrics.model_info.remove_label_values(&model_info_labels(name, old));
     }
 
     /// Looks at the repository once: a model whose folder now names another version (a new one, or a pin in

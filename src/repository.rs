@@ -1,9 +1,11 @@
-//! The model repository on disk: `<repo>/<name>/model.toml`, `labels.txt`, and `<version>/model.pt`.
+//! The model repository on disk: `<repo>/<name>/model.toml`, `labels.txt`, and `<version>/model.pt` (or
+//! `model.onnx`, `model.pt2`: see `formats`).
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use crate::config::{ModelToml, TaskKind};
+use crate::formats::ModelFormat;
 
 #[derive(Debug, thiserror::Error)]
 pub enum RepoError {
@@ -19,7 +21,7 @@ pub struct ModelSpec {
     pub name: String,
     pub dir: PathBuf,
     pub config: ModelToml,
-    /// Every version directory holding a model.pt, ascending.
+    /// Every version directory holding a model file (model.pt, model.onnx or model.pt2), ascending.
     pub versions: Vec<u64>,
     /// Class names in index order, for classification tasks.
     pub labels: Option<Vec<String>>,
@@ -36,8 +38,24 @@ impl ModelSpec {
         self.config.version.or_else(|| self.versions.iter().rev().find(|v| !self.held.contains(v)).copied())
     }
 
-    pub fn model_file(&self, version: u64) -> PathBuf {
-        self.dir.join(version.to_string()).join("model.pt")
+    pub fn version_dir(&self, version: u64) -> PathBuf {
+        self.dir.join(version.to_string())
+    }
+
+    /// The file of `version` in `format` (which may not exist).
+    pub fn model_file(&self, version: u64, format: ModelFormat) -> PathBuf {
+        self.version_dir(version).join(format.file_name())
+    }
+
+    /// The formats `version` holds a file of.
+    pub fn formats(&self, version: u64) -> Vec<ModelFormat> {
+        ModelFormat::present_in(&self.version_dir(version))
+    }
+
+    /// The format that would serve `version` on the CPU, told without loading anything (for a version not
+    /// loaded: `ember info`, metadata); TorchScript when none would.
+    pub fn expected_format(&self, version: u64) -> ModelFormat {
+        self.config.format.resolve(&self.formats(version), false, |_| Ok(())).unwrap_or(ModelFormat::TorchScript)
     }
 
     pub fn tokenizer_file(&self) -> PathBuf {
@@ -146,7 +164,10 @@ pub fn read_model(dir: &Path) -> Result<ModelSpec, RepoError> {
         if !versions.contains(&pinned) {
             return Err(invalid(
                 &toml_path,
-                format!("version = {pinned} is pinned but {}/{pinned}/model.pt does not exist", dir.display()),
+                format!(
+                    "version = {pinned} is pinned but {}/{pinned}/ holds no model file (model.pt, model.onnx or model.pt2)",
+                    dir.display()
+                ),
             ));
         }
     }
@@ -161,14 +182,14 @@ pub fn read_model(dir: &Path) -> Result<ModelSpec, RepoError> {
     Ok(ModelSpec { name, dir: dir.to_path_buf(), config, versions, labels, held })
 }
 
-/// Version folders are positive integers holding a model.pt; anything else (a `.partial` folder being
-/// written, a README) is not a version.
+/// Version folders are positive integers holding a model file of any format; anything else (a `.partial`
+/// folder being written, a README) is not a version.
 fn list_versions(dir: &Path) -> Result<Vec<u64>, RepoError> {
     let entries = std::fs::read_dir(dir).map_err(|source| RepoError::Io { path: dir.to_path_buf(), source })?;
     let mut versions: Vec<u64> = entries
         .filter_map(|entry| entry.ok())
         .filter_map(|entry| entry.file_name().to_str()?.parse::<u64>().ok().filter(|v| *v > 0))
-        .filter(|version| dir.join(version.to_string()).join("model.pt").is_file())
+        .filter(|version| !ModelFormat::present_in(&dir.join(version.to_string())).is_empty())
         .collect();
     versions.sort_unstable();
     Ok(versions)
@@ -228,11 +249,15 @@ mod tests {
     fn highest_integer_version_is_served_and_other_folders_are_ignored() {
         let root = tempfile::tempdir().unwrap();
         write_model(root.path(), "pets", CLASSIFIER, &["1", "10", "2", ".3.partial", "abc", "0"]);
-        std::fs::create_dir_all(root.path().join("11")).unwrap(); // no model.pt: not a version
+        std::fs::create_dir_all(root.path().join("pets/11")).unwrap(); // no model file: not a version
+        std::fs::create_dir_all(root.path().join("pets/12")).unwrap();
+        std::fs::write(root.path().join("pets/12/model.onnx"), b"").unwrap(); // an ONNX file alone is a version
         let repo = Repository::scan(root.path()).unwrap();
         let pets = &repo.models[0];
-        assert_eq!(pets.versions, vec![1, 2, 10]);
-        assert_eq!(pets.served_version(), Some(10));
+        assert_eq!(pets.versions, vec![1, 2, 10, 12]);
+        assert_eq!(pets.served_version(), Some(12));
+        assert_eq!(pets.formats(12), vec![ModelFormat::Onnx]);
+        assert_eq!(pets.formats(10), vec![ModelFormat::TorchScript]);
         assert_eq!(pets.labels.as_deref(), Some(&["cat".to_string(), "dog".to_string()][..]));
         assert_eq!(repo.defaults.get(&TaskKind::ImageClassification).map(String::as_str), Some("pets"));
     }

@@ -105,7 +105,8 @@ pub fn init(format: LogFormat, otlp_endpoint: Option<&str>) -> anyhow::Result<Te
 fn install(format: LogFormat, provider: Option<SdkTracerProvider>) -> Option<()> {
     let filter = EnvFilter::try_from_env("EMBER_LOG")
         .or_else(|_| EnvFilter::try_from_default_env())
-        .unwrap_or_else(|_| EnvFilter::new("info"));
+        // ONNX Runtime logs every session's options at info (through the `ort` crate's target): warnings only.
+        .unwrap_or_else(|_| EnvFilter::new("info,ort=warn"));
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stdout());
     let logs = tracing_subscriber::fmt::layer().with_target(false).with_ansi(ansi);
     let logs = match format {

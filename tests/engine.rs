@@ -8,6 +8,7 @@ use std::time::Duration;
 use ember::config::BatchingConfig;
 use ember::cpus::Sizing;
 use ember::engine::{BatchTask, EngineError, InferenceModule, WorkerPool, WorkerSpec};
+use ember::formats::ModelFormat;
 use ember::metrics::Metrics;
 use tch::{CModule, Device, Kind, Tensor};
 use tokio::task::JoinHandle;
@@ -42,7 +43,10 @@ fn square_spec(dir: &Path, max_batch_size: usize) -> WorkerSpec {
     WorkerSpec {
         model: "square".into(),
         path: traced_square_model(dir),
+        format: ModelFormat::TorchScript,
         device: Device::Cpu,
+        task_inputs: vec![],
+        task_outputs: vec![],
         optimize: true,
         batching: BatchingConfig { max_batch_size, ..BatchingConfig::default() },
         sizing: Sizing { workers: 1, intra_op_threads: 1, cpus: 1 },

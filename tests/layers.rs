@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 /// its own, never one of its own layer or above.
 const LAYERS: &[&[&str]] = &[
     // leaves: know nothing of ember
-    &["cpus", "fd_limit", "metrics", "reference", "rng", "shutdown", "signature"],
+    &["cpus", "fd_limit", "formats", "metrics", "reference", "rng", "shutdown", "signature"],
     // the configuration (flags, model.toml) and the repository of model folders
     &["config", "malloc_arenas"],
     &["repository", "telemetry"],

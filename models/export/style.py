@@ -44,6 +44,7 @@ import torch.nn.functional as F
 import torchvision.transforms.functional as TF
 from PIL import Image
 
+import formats
 from common import SOURCES, now, publish_version
 from mobilenet_v2 import build_model
 from samples import SKIMAGE_DATA, SKLEARN_IMAGES
@@ -408,6 +409,33 @@ def scripted_matches_eager(module: nn.Module, photo: torch.Tensor) -> torch.jit.
     return scripted
 
 
+# The most a format's pixels may differ from TorchScript's, as RMS on a held-out photo (issue 23).
+MAX_PIXEL_RMS = 1 / 255
+
+
+def export_onnx(network: nn.Module, scripted, staging: Path) -> dict:
+    """model.onnx beside model.pt, any batch, height and width: refused unless its pixels on every held-out photo
+    (at the checks' size, and at half of it) are within MAX_PIXEL_RMS of TorchScript's."""
+    path = staging / "model.onnx"
+    side = lambda name: torch.export.Dim(name, min=16, max=8192)
+    seconds = formats.export_onnx(network, (load_photo(HELD_OUT_PHOTOS["chelsea"], CHECK_SIZE),), path, ["image"],
+                                  ["stylized"], [{0: formats.BATCH, 2: side("height"), 3: side("width")}])
+    session = formats.onnx_session(path)
+    worst = 0.0
+    for name, photo_path in HELD_OUT_PHOTOS.items():
+        for size in (CHECK_SIZE, CHECK_SIZE // 2):
+            photo = load_photo(photo_path, size)
+            with torch.no_grad():
+                want, got = scripted(photo), formats.run_onnx(session, photo)[0]
+            rms = float((want - got).pow(2).mean().sqrt())
+            worst = max(worst, rms)
+            if want.shape != got.shape or rms > MAX_PIXEL_RMS:
+                raise SystemExit(f"model.onnx stylises {name} at {size} px with pixels {rms:.2e} RMS from TorchScript's "
+                                 f"(at most {MAX_PIXEL_RMS:.2e}): not exported")
+    print(f"model.onnx: pixels within {worst:.1e} RMS of TorchScript's on {len(HELD_OUT_PHOTOS)} held-out photos")
+    return {"onnx": {"held_out_photos": len(HELD_OUT_PHOTOS), "max_pixel_rms": worst, "export_seconds": round(seconds, 1)}}
+
+
 def export_features(root: Path, features: FeatureNetwork) -> None:
     def write(staging: Path) -> dict:
         scripted = scripted_matches_eager(features, load_photo(HELD_OUT_PHOTOS["chelsea"], CHECK_SIZE))
@@ -455,9 +483,11 @@ def export_style(root: Path, name: str, features: FeatureNetwork) -> None:
     def write(staging: Path) -> dict:
         scripted = scripted_matches_eager(network, load_photo(HELD_OUT_PHOTOS["chelsea"], CHECK_SIZE))
         scripted.save(str(staging / "model.pt"))
+        checked_formats = export_onnx(network, scripted, staging)
         save_painting(name, staging / f"style{path.suffix}")
         runs = log["runs"]
         return {
+            "formats": checked_formats,
             "style_image": f"{path.name} from Debian opencv-doc (examples/data), sha256 {log['style_image_sha256']}, "
                            f"{STYLES[name][2]} pixels cut from each side",
             "held_out": results,

@@ -86,10 +86,20 @@ fn dlopen(path: &std::path::Path, flags: c_int) -> Result<*mut c_void, String> {
 }
 
 fn last_dl_error(path: &std::path::Path) -> String {
+    let message = dl_error();
+    if message.is_empty() {
+        format!("cannot load {}", path.display())
+    } else {
+        message
+    }
+}
+
+/// The dynamic linker's last error on this thread, or "".
+pub(super) fn dl_error() -> String {
     // SAFETY: dlerror returns null or a NUL-terminated string valid until the next dl call on this thread.
     let message = unsafe { libc::dlerror() };
     if message.is_null() {
-        format!("cannot load {}", path.display())
+        String::new()
     } else {
         unsafe { CStr::from_ptr(message) }.to_string_lossy().into_owned()
     }

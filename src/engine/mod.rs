@@ -1,18 +1,25 @@
-//! Model execution: worker threads that run TorchScript modules, the per-model queue and batcher feeding them,
-//! and device choice. It knows nothing of tasks: a task plugs in through `BatchTask`.
+//! Model execution: worker threads that run models (TorchScript, ONNX through ONNX Runtime, AOTInductor
+//! packages), the per-model queue and batcher feeding them, and device and format choice. It knows nothing of
+//! tasks: a task plugs in through `BatchTask`.
 //!
 //! Tokio never runs a forward pass: handlers push a job onto a model's queue and await its oneshot.
 
+pub mod aoti;
 pub mod batcher;
 pub mod cuda;
 pub mod device;
 pub mod fault;
 mod forward;
 pub mod module;
+pub mod onnx;
 pub mod pool;
 pub mod retired;
+mod signature_check;
 
 use std::time::Duration;
+
+use crate::formats::ModelFormat;
+use onnx::OnnxModel;
 
 pub use fault::{catch_panic, panic_message, torch_error_summary};
 pub use forward::forward_batched;
@@ -53,13 +60,42 @@ impl EngineError {
 }
 
 impl WorkerSpec {
-    /// Loads this worker's copy of the module; the error names the file and libtorch's one-line reason.
+    /// Loads this worker's copy of the model in its format; the error names the file and the one-line reason.
+    /// An ONNX graph's declared inputs are checked against what the task feeds it.
     pub fn load_module(&self) -> Result<InferenceModule, String> {
         if let Some(stand_in) = &self.stand_in {
             return Ok(InferenceModule::stand_in(stand_in.clone()));
         }
-        InferenceModule::load(&self.path, self.device, self.optimize)
-            .map_err(|e| format!("cannot load {}: {}", self.path.display(), torch_error_summary(&e)))
+        let path = &self.path;
+        match self.format {
+            ModelFormat::TorchScript => InferenceModule::load(path, self.device, self.optimize)
+                .map_err(|e| format!("cannot load {}: {}", path.display(), torch_error_summary(&e))),
+            ModelFormat::Onnx => {
+                let model = OnnxModel::load(path, self.device, self.sizing.intra_op_threads, self.optimize)?;
+                signature_check::ports_fit("inputs", model.inputs(), &self.task_inputs)
+                    .and_then(|()| signature_check::ports_fit("outputs", model.outputs(), &self.task_outputs))
+                    .map_err(|e| format!("{}: {e}", path.display()))?;
+                Ok(InferenceModule::from_onnx(model, self.optimize))
+            }
+            // One model instance per worker that calls the shared package at once.
+            ModelFormat::Aoti => {
+                let runners = if self.batching.share_weights { self.sizing.workers } else { 1 };
+                InferenceModule::aoti(path, self.device, runners)
+            }
+        }
+    }
+}
+
+/// Whether a version's file in `format` can run on `device` here (for `format = "auto"`, which passes over one
+/// that cannot); the error says why not. Reads only an AOTInductor package's metadata.
+pub fn format_usable(format: ModelFormat, path: &std::path::Path, device: tch::Device) -> Result<(), String> {
+    match format {
+        ModelFormat::TorchScript => Ok(()),
+        ModelFormat::Onnx if device != tch::Device::Cpu => {
+            Err("this build of ONNX Runtime (PyPI's onnxruntime) runs on the CPU only".into())
+        }
+        ModelFormat::Onnx => Ok(()),
+        ModelFormat::Aoti => aoti::inspect(path)?.runs_on(device, path),
     }
 }
 

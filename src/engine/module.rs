@@ -1,5 +1,8 @@
-//! A TorchScript module prepared for inference: loaded, in eval mode, and (unless turned off) frozen and
-//! optimised with `torch::jit::optimize_for_inference` through the C++ shim in csrc/inference_module.cpp.
+//! A model prepared for inference, in whichever format its version holds: a TorchScript module (loaded, in eval
+//! mode, and unless turned off frozen and optimised with `torch::jit::optimize_for_inference` through the C++
+//! shim in csrc/inference_module.cpp), an ONNX graph in an ONNX Runtime session (`onnx`), or an AOTInductor
+//! package (`aoti`). Every task calls `forward` with libtorch tensors and gets libtorch tensors back, whatever
+//! the format.
 //!
 //! Why not tch's `CModule`: tch cannot freeze or optimise a module, and on CPU that optimisation (batch norms
 //! folded, weights prepacked for oneDNN) makes MobileNetV2 about 1.7x faster per core. The prepacked weights
@@ -12,6 +15,10 @@ use std::ptr::NonNull;
 use std::sync::Arc;
 
 use tch::{Device, Tensor};
+
+use super::aoti::AotiPackage;
+use super::onnx::OnnxModel;
+use crate::formats::ModelFormat;
 
 extern "C" {
     fn ember_module_load(path: *const c_char, device: c_int, optimize: c_int, error: *mut *mut c_char) -> *mut c_void;
@@ -33,6 +40,8 @@ pub struct InferenceModule {
 
 enum Inner {
     TorchScript { raw: NonNull<c_void>, optimized: bool },
+    Onnx { model: OnnxModel, optimized: bool },
+    Aoti(AotiPackage),
     StandIn(StandIn),
 }
 
@@ -62,19 +71,47 @@ unsafe impl Sync for InferenceModule {}
 const MAX_OUTPUTS: usize = 16;
 
 /// Calls a shim function that reports failure as (null or -1, malloc'd message); `succeeded` tells them apart.
-fn checked<R>(call: impl FnOnce(*mut *mut c_char) -> R, succeeded: impl FnOnce(&R) -> bool) -> Result<R, String> {
+pub(super) fn checked<R>(
+    call: impl FnOnce(*mut *mut c_char) -> R,
+    succeeded: impl FnOnce(&R) -> bool,
+) -> Result<R, String> {
     let mut error: *mut c_char = std::ptr::null_mut();
     let result = call(&mut error);
     if succeeded(&result) {
         return Ok(result);
     }
+    Err(take_message(error))
+}
+
+/// The message a shim function reported (and frees it).
+pub(super) fn take_message(error: *mut c_char) -> String {
     if error.is_null() {
-        return Err("libtorch failed without a message".into());
+        return "libtorch failed without a message".into();
     }
     // SAFETY: the shim wrote a NUL-terminated malloc'd string; it is freed right after copying.
     let message = unsafe { CStr::from_ptr(error) }.to_string_lossy().into_owned();
     unsafe { ember_message_free(error) };
-    Err(message)
+    message
+}
+
+/// Runs a shim call that takes tensors and writes at most `max` new ones, `call(inputs, count, outputs, max,
+/// error) -> count or -1`, over `inputs`, and takes ownership of the tensors it returns.
+pub(super) fn call_returning_tensors(
+    inputs: &[&Tensor],
+    call: impl FnOnce(*const *mut c_void, usize, *mut *mut c_void, usize, *mut *mut c_char) -> i64,
+) -> Result<Vec<Tensor>, String> {
+    let input_ptrs: Vec<*mut c_void> = inputs.iter().map(|t| t.as_ptr() as *mut c_void).collect();
+    let mut output_ptrs = [std::ptr::null_mut::<c_void>(); MAX_OUTPUTS];
+    // SAFETY (of the shim calls this wraps): the input tensors are only read and outlive the call; the shim
+    // writes at most MAX_OUTPUTS new heap at::Tensor pointers, which Tensor::from_ptr takes ownership of.
+    let count = checked(
+        |error| call(input_ptrs.as_ptr(), input_ptrs.len(), output_ptrs.as_mut_ptr(), MAX_OUTPUTS, error),
+        |count| *count >= 0,
+    )?;
+    Ok(output_ptrs[..count as usize]
+        .iter()
+        .map(|&ptr| unsafe { Tensor::from_ptr(ptr as *mut torch_sys::C_tensor) })
+        .collect())
 }
 
 impl InferenceModule {
@@ -112,38 +149,57 @@ impl InferenceModule {
         InferenceModule { inner: Inner::StandIn(stand_in) }
     }
 
-    /// Whether freeze + optimize_for_inference was applied.
-    pub fn is_optimized(&self) -> bool {
-        matches!(self.inner, Inner::TorchScript { optimized: true, .. })
+    /// An ONNX graph opened in ONNX Runtime (see `onnx`), optimised by it or not.
+    pub fn from_onnx(model: OnnxModel, optimized: bool) -> InferenceModule {
+        InferenceModule { inner: Inner::Onnx { model, optimized } }
     }
 
-    /// Runs `forward(inputs...)`; returns its tensor, or the elements of its tuple of tensors.
+    /// Loads the AOTInductor package `path` with `runners` model instances (see `aoti`).
+    pub fn aoti(path: &Path, device: Device, runners: usize) -> Result<InferenceModule, String> {
+        Ok(InferenceModule { inner: Inner::Aoti(AotiPackage::load(path, device, runners)?) })
+    }
+
+    /// Whether the model was optimised at load (TorchScript: freeze + optimize_for_inference; ONNX: ONNX
+    /// Runtime's graph optimisations). An AOTInductor package was optimised when it was compiled.
+    pub fn is_optimized(&self) -> bool {
+        match &self.inner {
+            Inner::TorchScript { optimized, .. } | Inner::Onnx { optimized, .. } => *optimized,
+            Inner::Aoti(_) => true,
+            Inner::StandIn(_) => false,
+        }
+    }
+
+    /// The format this module runs (a stand-in counts as TorchScript, which it replaces).
+    pub fn format(&self) -> ModelFormat {
+        match &self.inner {
+            Inner::TorchScript { .. } | Inner::StandIn(_) => ModelFormat::TorchScript,
+            Inner::Onnx { .. } => ModelFormat::Onnx,
+            Inner::Aoti(_) => ModelFormat::Aoti,
+        }
+    }
+
+    /// The shape the model declares for input `index`, -1 for a dimension of any size: known for an ONNX graph,
+    /// `None` for formats that declare none.
+    pub fn declared_input_shape(&self, index: usize) -> Option<Vec<i64>> {
+        match &self.inner {
+            Inner::Onnx { model, .. } => model.inputs().get(index).map(|port| port.shape.clone()),
+            _ => None,
+        }
+    }
+
+    /// Runs `forward(inputs...)`; returns its tensor, or the elements of its tuple of tensors (an ONNX graph's
+    /// or a package's outputs, in order).
     pub fn forward(&self, inputs: &[&Tensor]) -> Result<Vec<Tensor>, String> {
         let raw = match &self.inner {
             Inner::TorchScript { raw, .. } => raw,
+            Inner::Onnx { model, .. } => return model.run(inputs),
+            Inner::Aoti(package) => return package.run(inputs),
             Inner::StandIn(stand_in) => return (stand_in.0)(inputs),
         };
-        let input_ptrs: Vec<*mut c_void> = inputs.iter().map(|t| t.as_ptr() as *mut c_void).collect();
-        let mut output_ptrs = [std::ptr::null_mut::<c_void>(); MAX_OUTPUTS];
-        // SAFETY: the module is alive for &self; the input tensors are only read and outlive the call; the shim
-        // writes at most MAX_OUTPUTS new heap at::Tensor pointers, which Tensor::from_ptr takes ownership of.
-        let count = checked(
-            |error| unsafe {
-                ember_module_forward(
-                    raw.as_ptr(),
-                    input_ptrs.as_ptr(),
-                    input_ptrs.len(),
-                    output_ptrs.as_mut_ptr(),
-                    MAX_OUTPUTS,
-                    error,
-                )
-            },
-            |count| *count >= 0,
-        )?;
-        Ok(output_ptrs[..count as usize]
-            .iter()
-            .map(|&ptr| unsafe { Tensor::from_ptr(ptr as *mut torch_sys::C_tensor) })
-            .collect())
+        // SAFETY: the module is alive for &self.
+        call_returning_tensors(inputs, |inputs, n, outputs, max, error| unsafe {
+            ember_module_forward(raw.as_ptr(), inputs, n, outputs, max, error)
+        })
     }
 
     /// Runs a model whose forward returns exactly one tensor.

@@ -18,7 +18,9 @@ use super::module::{InferenceModule, StandIn};
 use super::EngineError;
 use crate::config::BatchingConfig;
 use crate::cpus::Sizing;
+use crate::formats::ModelFormat;
 use crate::metrics::ModelMetrics;
+use crate::signature::TensorSpec;
 
 /// What a task does on a worker thread. One implementation per task in `tasks/`.
 pub trait BatchTask: Send + Sync + 'static {
@@ -58,8 +60,14 @@ pub trait BatchTask: Send + Sync + 'static {
 #[derive(Debug, Clone)]
 pub struct WorkerSpec {
     pub model: String,
+    /// The version's file in `format`.
     pub path: PathBuf,
+    pub format: ModelFormat,
     pub device: Device,
+    /// What the task feeds the model and reads back (its Open Inference Protocol signature), checked against a
+    /// graph that declares its own tensors.
+    pub task_inputs: Vec<TensorSpec>,
+    pub task_outputs: Vec<TensorSpec>,
     /// Freeze and optimise the module for inference at load time (model.toml `optimize`).
     pub optimize: bool,
     pub batching: BatchingConfig,

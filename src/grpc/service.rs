@@ -24,7 +24,7 @@ use crate::http::admin;
 use crate::http::error::ApiError;
 use crate::http::ops::readiness;
 use crate::http::trace::continue_trace;
-use crate::http::v2::{self, metadata_of, optional_version, served, Metadata, EXTENSIONS, PLATFORM};
+use crate::http::v2::{self, metadata_of, optional_version, served, Metadata, EXTENSIONS};
 use crate::http::{decoding, encoding, AppState};
 use crate::rng::{fresh_seed, Rng};
 use crate::signature::TensorSpec;
@@ -206,11 +206,11 @@ impl GrpcInferenceService for Inference {
         let (metadata, _, message) = request.into_parts();
         self.call("ModelMetadata", Some(&message.name), &metadata, async {
             let version = optional_version(&message.version)?;
-            let Metadata { versions, signature, .. } = metadata_of(&self.state, &message.name, version)?;
+            let Metadata { versions, signature, platform, .. } = metadata_of(&self.state, &message.name, version)?;
             Ok(ModelMetadataResponse {
                 name: message.name.clone(),
                 versions: versions.iter().map(u64::to_string).collect(),
-                platform: PLATFORM.to_string(),
+                platform: platform.to_string(),
                 inputs: tensor_metadata(&signature.inputs),
                 outputs: tensor_metadata(&signature.outputs),
             })

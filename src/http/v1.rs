@@ -50,6 +50,10 @@ struct ModelInfo {
     #[serde(skip_serializing_if = "Option::is_none")]
     error: Option<String>,
     device: Option<String>,
+    /// The format serving (torchscript | onnx | aoti; null until loaded) and the formats the version on offer
+    /// holds files of.
+    format: Option<&'static str>,
+    formats: Vec<&'static str>,
     default: bool,
     batching: BatchingInfo,
 }
@@ -97,9 +101,11 @@ impl From<&ModelToml> for BatchingInfo {
 fn model_info(state: &AppState, entry: &ModelEntry) -> ModelInfo {
     let current = entry.current();
     let spec = &current.spec;
-    let (served_version, device) = match &current.state {
-        ModelState::Ready(loaded) => (Some(loaded.version), Some(device::name(loaded.device))),
-        _ => (None, None),
+    let (served_version, device, format) = match &current.state {
+        ModelState::Ready(loaded) => {
+            (Some(loaded.version), Some(device::name(loaded.device)), Some(loaded.format.name()))
+        }
+        _ => (None, None, None),
     };
     let error = match &current.state {
         ModelState::Failed(message) => Some(message.clone()),
@@ -118,6 +124,8 @@ fn model_info(state: &AppState, entry: &ModelEntry) -> ModelInfo {
         state: current.state.name(),
         error,
         device,
+        format,
+        formats: version.map(|v| spec.formats(v).iter().map(|f| f.name()).collect()).unwrap_or_default(),
         default: state.registry.default_for(spec.config.task) == Some(spec.name.as_str()),
         batching: BatchingInfo::from(&spec.config),
     }

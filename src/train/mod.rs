@@ -18,6 +18,7 @@ use serde_json::json;
 use tch::Device;
 
 use crate::config::{ImagePreprocessing, TaskKind};
+use crate::formats::ModelFormat;
 use crate::repository::{ModelSpec, Repository, VersionToml};
 use crate::tasks::sentiment::TextClassifier;
 use data::{Images, Labelled};
@@ -96,6 +97,21 @@ fn open(repo: &Path, name: &str, version: Option<u64>) -> Result<(ModelSpec, u64
     Ok((spec, version))
 }
 
+/// The TorchScript file of `version`, which training runs (its gradients are libtorch's): a version served only
+/// as ONNX or as an AOTInductor package cannot be trained, and says so.
+fn torchscript_file(spec: &ModelSpec, version: u64) -> Result<PathBuf, TrainError> {
+    let path = spec.model_file(version, ModelFormat::TorchScript);
+    if path.is_file() {
+        return Ok(path);
+    }
+    let present: Vec<&str> = spec.formats(version).iter().map(|f| f.file_name()).collect();
+    Err(TrainError::Model(format!(
+        "model `{}` version {version} has no model.pt (it holds {}): fine-tuning trains the TorchScript module, so          export one beside it",
+        spec.name,
+        if present.is_empty() { "no model file".to_string() } else { present.join(", ") }
+    )))
+}
+
 fn image_preprocessing(spec: &ModelSpec, image_size: Option<u32>) -> Result<ImagePreprocessing, TrainError> {
     let prep = spec.config.image.clone().ok_or_else(|| TrainError::Model("the model has no [image] table".into()))?;
     Ok(match image_size {
@@ -136,7 +152,7 @@ pub fn train(job: &TrainJob, progress: &dyn Progress, cancel: &Cancel) -> Result
         tch::set_num_threads(job.settings.threads as i32);
     }
     let (spec, base_version) = open(&job.repo, &job.model, job.version)?;
-    let path = spec.model_file(base_version);
+    let path = torchscript_file(&spec, base_version)?;
     let mut model = TrainableModel::load(&path, job.device)?;
     let settings = &job.settings;
     let mut outputs = Outputs { labels: None, version: VersionToml { image: None, held: job.hold } };
@@ -376,7 +392,7 @@ fn features_model(repo: &Path, device: Device) -> Result<TrainableModel, TrainEr
         TrainError::Model(format!("training a style needs a style-features model in {}", repo.display()))
     })?;
     let version = spec.served_version().ok_or_else(|| TrainError::Model(format!("{} has no version", spec.name)))?;
-    let mut features = TrainableModel::load(&spec.model_file(version), device)?;
+    let mut features = TrainableModel::load(&torchscript_file(spec, version)?, device)?;
     features.set_train(false); // batch norms on their running statistics; only the style network trains
     Ok(features)
 }
@@ -448,7 +464,7 @@ pub fn evaluate(
         tch::set_num_threads(settings.threads as i32);
     }
     let (spec, version) = open(repo, name, version)?;
-    let mut model = TrainableModel::load(&spec.model_file(version), device)?;
+    let mut model = TrainableModel::load(&torchscript_file(&spec, version)?, device)?;
     model.set_train(false);
     let labels = spec.labels.clone().unwrap_or_default();
     let all = |n: usize| (0..n).collect::<Vec<_>>();

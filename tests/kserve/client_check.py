@@ -47,7 +47,7 @@ assert client.is_server_live() and client.is_server_ready()
 metadata = client.get_server_metadata()
 assert metadata["name"] == "ember" and "binary_tensor_data" in metadata["extensions"], metadata
 iris = client.get_model_metadata("iris")
-assert iris["platform"] == "pytorch_torchscript" and iris["versions"] == ["1"], iris
+assert iris["platform"] == "onnxruntime_onnx" and iris["versions"] == ["1"], iris
 assert iris["inputs"] == [{"name": "measurements", "datatype": "FP32", "shape": [-1, 4]}], iris
 assert [o["name"] for o in iris["outputs"]] == ["probabilities", "species"], iris
 mobilenet = client.get_model_metadata("mobilenet_v2", "1")

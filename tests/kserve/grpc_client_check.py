@@ -177,7 +177,7 @@ assert client.get_server_metadata(as_json=True)["name"] == "ember"
 if http:
     assert http.get_server_metadata() == client.get_server_metadata(as_json=True), "server metadata differs"
 iris = client.get_model_metadata("iris")
-assert iris.name == "iris" and iris.platform == "pytorch_torchscript" and list(iris.versions) == ["1"], iris
+assert iris.name == "iris" and iris.platform == "onnxruntime_onnx" and list(iris.versions) == ["1"], iris
 assert [(i.name, i.datatype, list(i.shape)) for i in iris.inputs] == [("measurements", "FP32", [-1, 4])], iris
 assert [(o.name, o.datatype, list(o.shape)) for o in iris.outputs] == [
     ("probabilities", "FP32", [-1, 3]),

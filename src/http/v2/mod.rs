@@ -27,8 +27,6 @@ use crate::tasks::tensor;
 
 /// The protocol extensions ember implements (`GET /v2`).
 pub(crate) const EXTENSIONS: [&str; 2] = ["binary_tensor_data", "model_repository"];
-/// What `platform` says in model metadata.
-pub(crate) const PLATFORM: &str = "pytorch_torchscript";
 
 pub fn routes(state: AppState) -> Router<AppState> {
     Router::new()
@@ -89,15 +87,17 @@ pub(crate) struct Metadata {
     pub versions: Vec<u64>,
     pub task: crate::config::TaskKind,
     pub signature: crate::signature::Signature,
+    /// The format serving the version, in Triton's platform names (`onnxruntime_onnx`, ...).
+    pub platform: &'static str,
 }
 
 /// Name, versions, platform and the tensors of `version` (default: the one served, else the one that would be).
 fn metadata(state: &AppState, name: &str, version: Option<u64>) -> Result<Json<Value>, ApiError> {
-    let Metadata { versions, task, signature } = metadata_of(state, name, version)?;
+    let Metadata { versions, task, signature, platform } = metadata_of(state, name, version)?;
     Ok(Json(json!({
         "name": name,
         "versions": versions.iter().map(u64::to_string).collect::<Vec<_>>(),
-        "platform": PLATFORM,
+        "platform": platform,
         "task": task,
         "inputs": signature.inputs,
         "outputs": signature.outputs,
@@ -120,11 +120,14 @@ pub(crate) fn metadata_of(state: &AppState, name: &str, version: Option<u64>) ->
     };
     // The loaded version's signature is in memory; another version's is read from its folder (its labels and
     // image size may differ from the model's: a fine-tune).
-    let signature = match served(state, name, Some(version)) {
-        Ok(loaded) => loaded.signature.clone(),
-        Err(_) => tensor::signature(&spec.at_version(version).map_err(|e| ApiError::unavailable(e.to_string()))?),
+    let (signature, format) = match served(state, name, Some(version)) {
+        Ok(loaded) => (loaded.signature.clone(), loaded.format),
+        Err(_) => (
+            tensor::signature(&spec.at_version(version).map_err(|e| ApiError::unavailable(e.to_string()))?),
+            spec.expected_format(version),
+        ),
     };
-    Ok(Metadata { versions: spec.versions.clone(), task: spec.config.task, signature })
+    Ok(Metadata { versions: spec.versions.clone(), task: spec.config.task, signature, platform: format.platform() })
 }
 
 async fn model_ready(State(state): State<AppState>, ModelName(name): ModelName) -> Result<Json<Value>, ApiError> {

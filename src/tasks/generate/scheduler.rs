@@ -3,7 +3,8 @@
 //! the next step instead of waiting for the others to finish.
 //!
 //! The model's interface (see models/export/shakespeare.py): `forward(ids [B, T], state) -> (logits [B, T, V],
-//! state)`, where the state's dimension 1 is the batch and an empty state starts new sequences. Each sequence
+//! state)`, where the state's dimension 1 is the batch and an all-zero state (for TorchScript also an empty one)
+//! starts new sequences. Each sequence
 //! keeps its own state between steps; a step concatenates them along dimension 1 and splits the result.
 
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
@@ -349,7 +350,7 @@ fn prefill_pass(
     }
     let ids = Tensor::from_slice(&ids).view([batch as i64, pass.tokens as i64]).to_device(device);
     let state = if pass.fresh {
-        Tensor::zeros([0], (Kind::Float, device))
+        fresh_state(model, batch, device)
     } else {
         let states: Vec<&Tensor> = pass.members.iter().filter_map(|&m| prefilling[m].state.as_ref()).collect();
         Tensor::f_cat(&states, 1).map_err(|e| torch_error_summary(&e.to_string()))?
@@ -429,6 +430,19 @@ fn step(shared: &Shared, model: &InferenceModule, active: &mut [Sequence]) -> Re
     Ok(())
 }
 
+/// The state that starts `batch` new sequences: zeros in the shape the model declares for its state (an ONNX
+/// graph fixes it, `[layers, batch, hidden]`), or the empty tensor from which a TorchScript model's forward makes
+/// its own zeros.
+fn fresh_state(model: &InferenceModule, batch: usize, device: Device) -> Tensor {
+    match model.declared_input_shape(1) {
+        Some(mut shape) if shape.len() >= 2 && shape.iter().enumerate().all(|(i, &d)| i == 1 || d > 0) => {
+            shape[1] = batch as i64;
+            Tensor::zeros(shape.as_slice(), (Kind::Float, device))
+        }
+        _ => Tensor::zeros([0], (Kind::Float, device)),
+    }
+}
+
 /// Checks the model's outputs against the interface: logits `[batch, T, 256]` and a state batched on dimension 1.
 fn run_model(model: &InferenceModule, ids: &Tensor, state: &Tensor, batch: usize) -> Result<(Tensor, Tensor), String> {
     let outputs = model.forward(&[ids, state]).map_err(|e| torch_error_summary(&e))?;
@@ -484,10 +498,10 @@ fn load_and_warm_up(shared: &Shared) -> Result<InferenceModule, String> {
     let started = Instant::now();
     let model = spec.load_module()?;
     // A prefill and a step at every batch size, which also proves the model keeps the interface.
-    let empty = Tensor::zeros([0], (Kind::Float, spec.device));
+    let fresh = fresh_state(&model, 1, spec.device);
     let prompt = Tensor::from_slice(b"Warm up.".map(i64::from).as_slice()).view([1, -1]).to_device(spec.device);
     for _ in 0..spec.batching.warmup_runs.max(1) {
-        let (_, state) = run_model(&model, &prompt, &empty, 1).map_err(|e| format!("warm-up prefill: {e}"))?;
+        let (_, state) = run_model(&model, &prompt, &fresh, 1).map_err(|e| format!("warm-up prefill: {e}"))?;
         for batch in 1..=spec.batching.max_batch_size.min(64) {
             let ids = Tensor::zeros([batch as i64, 1], (Kind::Int64, spec.device));
             let states = Tensor::cat(&vec![&state; batch], 1);
