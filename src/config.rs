@@ -10,7 +10,7 @@ use clap::{Args, Parser, ValueEnum};
 use serde::Deserialize;
 
 use crate::cpus::{self, Sizing, Threads};
-use crate::formats::FormatChoice;
+use crate::formats::{FormatChoice, ModelFormat};
 use crate::signature::TensorSpec;
 
 /// Settings of `ember serve`. Every flag is also an `EMBER_*` environment variable.
@@ -483,6 +483,15 @@ impl ModelToml {
                 return Err(format!("{key} must be a finite number >= 0, got {value}"));
             }
         }
+        if self.task.runs_backward()
+            && !matches!(self.format, FormatChoice::Auto | FormatChoice::Only(ModelFormat::TorchScript))
+        {
+            return Err(format!(
+                "format must be \"torchscript\" (or \"auto\") for a {} model: its route runs backward passes, which only \
+                 TorchScript serves; got \"{}\"",
+                self.task, self.format
+            ));
+        }
         if self.task == TaskKind::StyleFeatures && b.max_batch_size != 1 {
             return Err(format!(
                 "batching.max_batch_size must be 1 for a style-features model (each optimisation runs alone), got {}",
@@ -540,6 +549,12 @@ impl TaskKind {
 
     pub fn needs_image_preprocessing(self) -> bool {
         matches!(self, TaskKind::ImageClassification)
+    }
+
+    /// Tasks whose route runs gradients back through the model (the optimisation method): served from TorchScript
+    /// only, whatever other files a version holds.
+    pub fn runs_backward(self) -> bool {
+        matches!(self, TaskKind::StyleFeatures)
     }
 
     /// Tasks whose models need a `tokenizer.json` beside model.toml.

@@ -69,6 +69,8 @@ pub struct JobStatus {
     pub error: Option<String>,
     /// The version written, once succeeded.
     pub version: Option<u64>,
+    /// Once succeeded: the formats of the version it started from, each carried into the new one or not, and why.
+    pub formats: Vec<crate::train::formats::FormatNote>,
     /// Whether the version is served (false when the job was asked only to save it).
     pub publish: bool,
     pub settings: TrainSettings,
@@ -216,6 +218,7 @@ impl Jobs {
             progress: Snapshot { epochs: settings.epochs, ..Snapshot::default() },
             error: None,
             version: None,
+            formats: Vec::new(),
             publish,
             settings,
             created_at: now(),
@@ -311,8 +314,12 @@ fn run_jobs(shared: &Shared) {
         let outcome = std::panic::catch_unwind(AssertUnwindSafe(|| run_one(shared, &job)));
         let id = job.status().id;
         match outcome {
-            Ok(Ok(version)) => {
-                job.status().version = Some(version);
+            Ok(Ok(trained)) => {
+                {
+                    let mut status = job.status();
+                    status.version = Some(trained.version);
+                    status.formats = trained.formats;
+                }
                 finish(&job, JobState::Succeeded, None);
             }
             Ok(Err(TrainError::Cancelled)) => finish(&job, JobState::Cancelled, None),
@@ -336,7 +343,7 @@ fn run_jobs(shared: &Shared) {
     }
 }
 
-fn run_one(shared: &Shared, job: &Job) -> Result<u64, TrainError> {
+fn run_one(shared: &Shared, job: &Job) -> Result<Trained, TrainError> {
     let (model, mut settings, publish, id) = {
         let status = job.status();
         (status.model.clone(), status.settings.clone(), status.publish, status.id)
@@ -368,7 +375,7 @@ fn run_one(shared: &Shared, job: &Job) -> Result<u64, TrainError> {
         }
     }
     tracing::info!(job = id, model = %model, version = trained.version, publish, "fine-tuning job succeeded");
-    Ok(trained.version)
+    Ok(trained)
 }
 
 /// nice 19 for this thread and the threads it starts (libtorch's), so serving threads always win the CPU.
@@ -426,6 +433,7 @@ mod tests {
                 version: 7,
                 dir: job.repo.clone(),
                 metrics: serde_json::Value::Null,
+                formats: vec![],
             })
         });
         let jobs = Jobs::start_with(registry, metrics, 4, trainer);

@@ -218,7 +218,7 @@ async fn metrics_use_the_documented_names() {
         "ember_inference_duration_seconds_count{model=\"mobilenet_v2\"}",
         "ember_batch_size_count{model=\"mobilenet_v2\"}",
         "ember_queue_depth{model=\"mobilenet_v2\"}",
-        "ember_model_info{device=\"cpu\",model=\"mobilenet_v2\",version=\"1\"} 1",
+        "ember_model_info{device=\"cpu\",format=\"onnx\",model=\"mobilenet_v2\",version=\"1\"} 1",
         // One load per version: its two workers share the module.
         "ember_model_load_duration_seconds_count{model=\"mobilenet_v2\"} 1",
         "process_resident_memory_bytes",

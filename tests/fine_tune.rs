@@ -105,10 +105,25 @@ async fn train_publishes_a_new_version_onto_new_labels_and_the_running_server_sw
     assert!(output.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&output.stderr));
     assert!(stdout.contains("published mobilenet_v2 version 2"), "{stdout}");
     let version_dir = repo.path().join("mobilenet_v2/2");
-    for file in ["model.pt", "metrics.json", "settings.json", "labels.txt", "version.toml"] {
+    // The base version's formats: model.onnx carried (the trained weights in its graph, its head two wide),
+    // model.pt2 not (it needs a compiler), and the run says so.
+    for file in ["model.pt", "model.onnx", "metrics.json", "settings.json", "labels.txt", "version.toml"] {
         assert!(version_dir.join(file).is_file(), "version 2 lacks {file}");
     }
+    assert!(!version_dir.join("model.pt2").exists());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("model.onnx: the base version's graph with the") && stderr.contains("model.pt2: not carried"),
+        "{stderr}"
+    );
     let metrics: Value = serde_json::from_slice(&std::fs::read(version_dir.join("metrics.json")).unwrap()).unwrap();
+    let written: Vec<(&str, bool)> = metrics["formats"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| (f["format"].as_str().unwrap(), f["written"].as_bool().unwrap()))
+        .collect();
+    assert_eq!(written, [("torchscript", true), ("onnx", true), ("aoti", false)], "{metrics}");
     assert_eq!(metrics["data"]["details"]["classes"], serde_json::json!(["cat", "cup"]));
     assert_eq!(metrics["history"].as_array().unwrap().len(), 3, "one validation per epoch: {metrics}");
 
@@ -120,6 +135,43 @@ async fn train_publishes_a_new_version_onto_new_labels_and_the_running_server_sw
     assert_eq!(coffee["predictions"][0]["label"], "cup", "{coffee}");
     let info: Value = reqwest::get(server.url("/v1/models/mobilenet_v2")).await.unwrap().json().await.unwrap();
     assert_eq!((info["versions"].clone(), info["served_version"].clone()), (serde_json::json!([1, 2]), 2.into()));
+    assert_eq!(info["format"], "onnx", "{info}");
+    // Version 2's carried graph answers as its model.pt: the same folder served as TorchScript under another name.
+    let copy = repo.path().join("mobilenet_v2_torchscript");
+    std::fs::create_dir_all(&copy).unwrap();
+    std::fs::copy(repo.path().join("mobilenet_v2/labels.txt"), copy.join("labels.txt")).unwrap();
+    let toml = std::fs::read_to_string(repo.path().join("mobilenet_v2/model.toml")).unwrap();
+    let toml =
+        toml.replace("default = true", "default = false").replace("format = \"auto\"", "format = \"torchscript\"");
+    std::fs::write(copy.join("model.toml"), toml).unwrap();
+    std::os::unix::fs::symlink(&version_dir, copy.join("1")).unwrap();
+    let reload = reqwest::Client::new();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    for file in ["chelsea.png", "coffee.png"] {
+        let onnx = classify(&server, &reload, file).await.1;
+        let torchscript = loop {
+            let response = reload
+                .post(server.url("/v1/models/mobilenet_v2_torchscript/classify"))
+                .header("content-type", "image/png")
+                .body(photo(file))
+                .send()
+                .await
+                .unwrap();
+            if response.status() == 200 {
+                break response.json::<Value>().await.unwrap();
+            }
+            assert!(Instant::now() < deadline, "the TorchScript copy never served");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        };
+        for (a, b) in onnx["predictions"].as_array().unwrap().iter().zip(torchscript["predictions"].as_array().unwrap())
+        {
+            assert_eq!(a["label"], b["label"], "{onnx} vs {torchscript}");
+            assert!(
+                (a["score"].as_f64().unwrap() - b["score"].as_f64().unwrap()).abs() < 1e-4,
+                "{onnx} vs {torchscript}"
+            );
+        }
+    }
 
     // ember eval measures any version with the same metric.
     let output =
@@ -378,6 +430,14 @@ async fn the_admin_api_fine_tunes_in_the_background_behind_its_token() {
     let done = job_until(&server, id, |job| job["state"] != "queued" && job["state"] != "running").await;
     assert_eq!((done["state"].clone(), done["version"].clone()), ("succeeded".into(), 2.into()), "{done}");
     assert_eq!(done["progress"]["validation"].as_array().unwrap().len(), 3, "{done}");
+    // The job's result says what became of each format of version 1.
+    let formats = done["formats"].as_array().unwrap();
+    assert_eq!(
+        formats.iter().map(|f| f["file"].as_str().unwrap()).collect::<Vec<_>>(),
+        ["model.pt", "model.onnx", "model.pt2"]
+    );
+    assert_eq!(formats[1]["written"], true, "{done}");
+    assert!(formats[2]["note"].as_str().unwrap().starts_with("not carried"), "{done}");
     let answer = wait_for_version(&server, 2).await;
     assert_eq!(answer["predictions"][0]["label"], "cat", "{answer}");
     let metrics = reqwest::get(server.url("/metrics")).await.unwrap().text().await.unwrap();

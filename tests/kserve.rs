@@ -120,29 +120,35 @@ async fn v2_and_rest_requests_share_the_batcher_and_agree() {
     assert!(batches < 16.0, "16 concurrent requests (8 v2, 8 REST) ran in {batches} batches: v2 requests did not join");
 }
 
-/// A tensor model whose model.toml declares outputs the model does not return fails to load, saying so; one with
-/// bad declarations is refused naming the key; and a tensor model has no REST route.
+/// A tensor model whose model.toml declares outputs the model does not return fails to load, saying so (an ONNX
+/// graph when its declared outputs are read, TorchScript at warm-up); one with bad declarations is refused naming
+/// the key; and a tensor model has no REST route.
 #[tokio::test(flavor = "multi_thread")]
 async fn tensor_models_are_checked_against_their_declarations() {
     let repo = TempRepo::of("iris", &[]);
     let toml_path = repo.path().join("iris/model.toml");
     let toml = std::fs::read_to_string(&toml_path).unwrap();
     let one_output = toml.split("[[outputs]]\nname = \"species\"").next().unwrap().to_string();
-    std::fs::write(&toml_path, &one_output).unwrap();
-    let server = TestServer::start(repo.path(), &[]);
-    let state = loop {
-        let model: Value = reqwest::get(server.url("/v1/models/iris")).await.unwrap().json().await.unwrap();
-        if model["state"] != "loading" {
-            break model;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-    };
-    assert_eq!(state["state"], "failed", "{state}");
-    let error = state["error"].as_str().unwrap_or_default();
-    assert!(error.contains("returns 2 tensors but model.toml declares 1 outputs"), "{state}");
-    let (status, _, message) = error_of(reqwest::get(server.url("/v2/models/iris/ready")).await.unwrap()).await;
-    assert_eq!(status, 503, "{message}");
-    server.stop();
+    for (format, expected) in [
+        ("onnx", "the graph has 2 outputs (`probabilities` FP32 [-1, 3], `species` INT64 [-1]); the task needs 1"),
+        ("torchscript", "returns 2 tensors but model.toml declares 1 outputs"),
+    ] {
+        std::fs::write(&toml_path, one_output.replace("format = \"auto\"", &format!("format = \"{format}\""))).unwrap();
+        let server = TestServer::start(repo.path(), &[]);
+        let state = loop {
+            let model: Value = reqwest::get(server.url("/v1/models/iris")).await.unwrap().json().await.unwrap();
+            if model["state"] != "loading" {
+                break model;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        };
+        assert_eq!(state["state"], "failed", "{state}");
+        let error = state["error"].as_str().unwrap_or_default();
+        assert!(error.contains(expected), "{format}: {state}");
+        let (status, _, message) = error_of(reqwest::get(server.url("/v2/models/iris/ready")).await.unwrap()).await;
+        assert_eq!(status, 503, "{message}");
+        server.stop();
+    }
 
     std::fs::write(&toml_path, toml.replace("shape = [-1, 4]", "shape = [4]")).unwrap();
     let output = std::process::Command::new(env!("CARGO_BIN_EXE_ember"))

@@ -74,10 +74,14 @@ def export_formats(model: torch.nn.Module, scripted, staging: Path, photos: dict
     """model.onnx and model.pt2 beside model.pt, each checked against TorchScript on the sample photos."""
     example = (torch.randn(2, 3, 224, 224),)
     onnx_path, package_path = staging / "model.onnx", staging / "model.pt2"
-    seconds = formats.export_onnx(model, example, onnx_path, ["image"], ["logits"], [{0: formats.BATCH}])
+    # Any image size, so that a version fine-tuned at another size (version.toml [image]) keeps its model.onnx.
+    side = lambda name: torch.export.Dim(name, min=32, max=4096)
+    seconds = formats.export_onnx(model, example, onnx_path, ["image"], ["logits"],
+                                  [{0: formats.BATCH, 2: side("height"), 3: side("width")}])
     session = formats.onnx_session(onnx_path)
     checked = {"onnx": {**check_format("model.onnx", lambda b: formats.run_onnx(session, b)[0], scripted, photos),
                         "export_seconds": round(seconds, 1)}}
+    # The package is compiled for 224 x 224 (the served size: specialised code), any batch.
     seconds = formats.export_aoti(model, example, [{0: formats.BATCH}], package_path)
     package = formats.load_aoti(package_path)
     checked["aoti"] = {**check_format("model.pt2", lambda b: package(b), scripted, photos),

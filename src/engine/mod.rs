@@ -14,7 +14,7 @@ pub mod module;
 pub mod onnx;
 pub mod pool;
 pub mod retired;
-mod signature_check;
+pub mod signature_check;
 
 use std::time::Duration;
 

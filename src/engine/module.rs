@@ -31,6 +31,12 @@ extern "C" {
         error: *mut *mut c_char,
     ) -> i64;
     fn ember_module_free(module: *mut c_void);
+    fn ember_module_named_tensors(
+        module: *mut c_void,
+        context: *mut c_void,
+        visit: extern "C" fn(*mut c_void, *const c_char, *const c_void),
+        error: *mut *mut c_char,
+    ) -> i64;
     fn ember_message_free(message: *mut c_char);
 }
 
@@ -200,6 +206,36 @@ impl InferenceModule {
         call_returning_tensors(inputs, |inputs, n, outputs, max, error| unsafe {
             ember_module_forward(raw.as_ptr(), inputs, n, outputs, max, error)
         })
+    }
+
+    /// Every parameter and buffer of a TorchScript module, named as in its state dict (`features.0.1.running_mean`),
+    /// on the CPU: what a fine-tune writes into a copy of an ONNX graph. Errors for other formats.
+    pub fn named_tensors(&self) -> Result<Vec<(String, Tensor)>, String> {
+        let Inner::TorchScript { raw, optimized: false } = &self.inner else {
+            return Err("only an unoptimised TorchScript module has its parameters by name".into());
+        };
+        extern "C" fn collect(context: *mut c_void, name: *const c_char, tensor: *const c_void) {
+            // SAFETY: `context` is the Vec below, `name` a NUL-terminated string and `tensor` an at::Tensor, both
+            // valid for this call; the tensor is shallow-copied (sharing its storage), not taken.
+            let found = unsafe { &mut *context.cast::<Vec<(String, Tensor)>>() };
+            let name = unsafe { CStr::from_ptr(name) }.to_string_lossy().into_owned();
+            let borrowed = std::mem::ManuallyDrop::new(unsafe { Tensor::from_ptr(tensor as *mut torch_sys::C_tensor) });
+            found.push((name, borrowed.shallow_clone()));
+        }
+        let mut found: Vec<(String, Tensor)> = Vec::new();
+        // SAFETY: the module lives for &self; `collect` gets `found` as its context for the call's duration.
+        checked(
+            |error| unsafe {
+                ember_module_named_tensors(
+                    raw.as_ptr(),
+                    (&mut found as *mut Vec<(String, Tensor)>).cast(),
+                    collect,
+                    error,
+                )
+            },
+            |count| *count >= 0,
+        )?;
+        found.into_iter().map(|(name, t)| Ok((name, t.f_to_device(Device::Cpu).map_err(|e| e.to_string())?))).collect()
     }
 
     /// Runs a model whose forward returns exactly one tensor.

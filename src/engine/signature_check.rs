@@ -49,7 +49,7 @@ mod tests {
     use crate::signature::DataType;
 
     fn port(name: &str, kind: Kind, shape: &[i64]) -> Port {
-        Port { name: name.into(), kind: Ok(kind), shape: shape.to_vec() }
+        Port { name: name.into(), kind: Ok(kind), shape: shape.to_vec(), symbols: vec![String::new(); shape.len()] }
     }
 
     #[test]

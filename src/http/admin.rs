@@ -144,6 +144,12 @@ async fn fine_tune(
             )))
         }
     };
+    // Training runs the TorchScript module: a version served only as ONNX or a package is refused before the
+    // upload is read.
+    let spec = entry.spec();
+    if let Some(version) = spec.served_version() {
+        crate::train::torchscript_file(&spec, version).map_err(|e| ApiError::validation(e.to_string()))?;
+    }
     let ([data], mut params) = read_multipart_images(request, admin.upload, ["data"]).await?;
     let settings: TrainSettings = match params.remove("settings") {
         None => TrainSettings::default(),

@@ -27,8 +27,10 @@ pub struct Prediction {
 
 impl ImageClassifier {
     /// Decodes and preprocesses one image whose header `probe` checked. CPU work: call it off the async runtime.
+    /// A JPEG is decoded no larger than the resize needs (`image::DecodeSize`).
     pub fn prepare(&self, bytes: &[u8], probe: image::Probe) -> Result<Tensor, TaskError> {
-        let decoded = image::decode_probed(bytes, probe)?;
+        let size = image::DecodeSize::ShorterAtLeast(self.preprocessing.resize);
+        let decoded = image::decode_probed_for(bytes, probe, size)?;
         image::to_normalized_tensor(decoded, &self.preprocessing)
     }
 

@@ -100,8 +100,46 @@ pub fn decode(bytes: &[u8], limits: ImageLimits) -> Result<DynamicImage, TaskErr
     decode_probed(bytes, probe(bytes, limits)?)
 }
 
+/// How large a decoded image must be for what is made of it next. A JPEG much larger than that is decoded at
+/// 1/2, 1/4 or 1/8 of its size, which libjpeg-turbo does inside the inverse DCT for a fraction of the work (a
+/// 4000-pixel photo for a 224-pixel model: bench/RESULTS.md), but never below the size asked for, so the resize
+/// that follows still only shrinks (antialiased, as torchvision's).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DecodeSize {
+    Full,
+    /// The shorter side at least this long (classification resizes the shorter side).
+    ShorterAtLeast(u32),
+    /// The longer side at least this long (stylize fits the longer side).
+    LongerAtLeast(u32),
+}
+
+impl DecodeSize {
+    /// The smallest of libjpeg-turbo's DCT scales (1/8, 1/4, 1/2, 1) that keeps `width` x `height` at least the
+    /// size asked for.
+    fn jpeg_scale(self, width: u32, height: u32) -> turbojpeg::ScalingFactor {
+        use turbojpeg::ScalingFactor as S;
+        let fits = |denom: u32| {
+            let (w, h) = (width.div_ceil(denom), height.div_ceil(denom));
+            match self {
+                DecodeSize::Full => false,
+                DecodeSize::ShorterAtLeast(side) => w.min(h) >= side,
+                DecodeSize::LongerAtLeast(side) => w.max(h) >= side,
+            }
+        };
+        [(8, S::ONE_EIGHTH), (4, S::ONE_QUARTER), (2, S::ONE_HALF)]
+            .into_iter()
+            .find(|(denom, _)| fits(*denom))
+            .map_or(S::ONE, |(_, scale)| scale)
+    }
+}
+
 /// `decode` of an image whose header `probe` has read and checked already.
 pub fn decode_probed(bytes: &[u8], probe: Probe) -> Result<DynamicImage, TaskError> {
+    decode_probed_for(bytes, probe, DecodeSize::Full)
+}
+
+/// `decode_probed`, a large JPEG decoded no larger than `size` needs.
+pub fn decode_probed_for(bytes: &[u8], probe: Probe, size: DecodeSize) -> Result<DynamicImage, TaskError> {
     let Probe { format, width, height } = probe;
     if format == ImageFormat::Jpeg && !jpeg_is_complete(bytes) {
         return Err(TaskError::Unreadable(
@@ -109,7 +147,7 @@ pub fn decode_probed(bytes: &[u8], probe: Probe) -> Result<DynamicImage, TaskErr
         ));
     }
     if format == ImageFormat::Jpeg {
-        match decode_jpeg_with_libjpeg_turbo(bytes, probe, MAX_JPEG_SCANS) {
+        match decode_jpeg_with_libjpeg_turbo(bytes, probe, size.jpeg_scale(width, height), MAX_JPEG_SCANS) {
             Ok(Some(image)) => return Ok(image),
             Ok(None) => {} // libjpeg-turbo cannot convert some JPEGs to RGB (CMYK, for one): the image crate can.
             Err(message) => return Err(TaskError::Unreadable(format!("the Jpeg image cannot be decoded: {message}"))),
@@ -125,9 +163,14 @@ pub fn decode_probed(bytes: &[u8], probe: Probe) -> Result<DynamicImage, TaskErr
 }
 
 /// libjpeg-turbo, as PIL and torchvision use it (ISLOW DCT, fancy upsampling): the same pixels the Python side
-/// saw, and about a third faster than the image crate's pure-Rust decoder.
+/// saw at full size, and about a third faster than the image crate's pure-Rust decoder; at `scale` of its size.
 /// `Ok(None)` when libjpeg-turbo cannot make RGB of it; an error when the file is refused (too many scans).
-fn decode_jpeg_with_libjpeg_turbo(bytes: &[u8], probe: Probe, max_scans: u32) -> Result<Option<DynamicImage>, String> {
+fn decode_jpeg_with_libjpeg_turbo(
+    bytes: &[u8],
+    probe: Probe,
+    scale: turbojpeg::ScalingFactor,
+    max_scans: u32,
+) -> Result<Option<DynamicImage>, String> {
     let mut decompressor = turbojpeg::Decompressor::new().map_err(|e| e.to_string())?;
     decompressor.set_scan_limit(max_scans).map_err(|e| e.to_string())?;
     let Ok(header) = decompressor.read_header(bytes) else { return Ok(None) };
@@ -135,6 +178,8 @@ fn decode_jpeg_with_libjpeg_turbo(bytes: &[u8], probe: Probe, max_scans: u32) ->
     if (header.width, header.height) != (probe.width as usize, probe.height as usize) {
         return Ok(None);
     }
+    decompressor.set_scaling_factor(scale).map_err(|e| e.to_string())?;
+    let header = header.scaled(scale);
     let mut image = turbojpeg::Image {
         pixels: vec![0u8; header.width * header.height * 3],
         width: header.width,
@@ -315,6 +360,33 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_large_jpeg_is_decoded_at_the_smallest_scale_that_still_covers_the_size_asked_for() {
+        let scale = |size: DecodeSize, w, h| size.jpeg_scale(w, h).denom();
+        assert_eq!(scale(DecodeSize::ShorterAtLeast(256), 4000, 3000), 8); // 500 x 375
+        assert_eq!(scale(DecodeSize::ShorterAtLeast(256), 2000, 1500), 4); // 500 x 375
+        assert_eq!(scale(DecodeSize::ShorterAtLeast(256), 640, 511), 1); // half would be 255
+        assert_eq!(scale(DecodeSize::ShorterAtLeast(256), 640, 512), 2);
+        assert_eq!(scale(DecodeSize::LongerAtLeast(512), 4000, 100), 4); // longer 1000
+        assert_eq!(scale(DecodeSize::Full, 8000, 8000), 1);
+    }
+
+    #[test]
+    fn a_scaled_decode_keeps_the_picture() {
+        // A smooth 1024 x 768 gradient: decoded at 1/2 it is the full decode averaged 2 x 2, within JPEG noise.
+        let full = RgbImage::from_fn(1024, 768, |x, y| image::Rgb([(x / 4) as u8, (y / 3) as u8, 128]));
+        let jpeg = encode(&full, OutputFormat::Jpeg).unwrap();
+        let limits = ImageLimits { max_pixels: 10_000_000, max_aspect: 32 };
+        let probed = probe(&jpeg, limits).unwrap();
+        let half = decode_probed_for(&jpeg, probed, DecodeSize::ShorterAtLeast(300)).unwrap().into_rgb8();
+        assert_eq!(half.dimensions(), (512, 384));
+        let whole = decode_probed(&jpeg, probed).unwrap().into_rgb8();
+        let averaged = fit_within(DynamicImage::ImageRgb8(whole), 512).unwrap();
+        let worst =
+            half.pixels().zip(averaged.pixels()).flat_map(|(a, b)| (0..3).map(move |c| a[c].abs_diff(b[c]))).max();
+        assert!(worst.unwrap() <= 8, "a pixel differs by {worst:?}");
+    }
+
+    #[test]
     fn resize_keeps_aspect_ratio_like_torchvision() {
         assert_eq!(resized_dimensions(451, 300, 256).unwrap(), (384, 256)); // int(256 * 451 / 300) = 384
         assert_eq!(resized_dimensions(427, 640, 256).unwrap(), (256, 383));
@@ -363,8 +435,10 @@ mod tests {
         };
         let jpeg = compressor.compress_to_vec(source).unwrap();
         let probed = probe(&jpeg, ImageLimits::TRAINING).unwrap();
-        assert!(decode_jpeg_with_libjpeg_turbo(&jpeg, probed, MAX_JPEG_SCANS).unwrap().is_some());
-        let err = decode_jpeg_with_libjpeg_turbo(&jpeg, probed, 2).unwrap_err();
+        assert!(decode_jpeg_with_libjpeg_turbo(&jpeg, probed, turbojpeg::ScalingFactor::ONE, MAX_JPEG_SCANS)
+            .unwrap()
+            .is_some());
+        let err = decode_jpeg_with_libjpeg_turbo(&jpeg, probed, turbojpeg::ScalingFactor::ONE, 2).unwrap_err();
         assert!(err.contains("scans"), "{err}");
     }
 

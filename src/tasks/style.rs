@@ -70,7 +70,7 @@ impl Stylizer {
     /// Decodes an image whose header `probe` checked and scales it so that its longer side is at most `max_size`. CPU work: call it off the
     /// async runtime. The tensor is both the network's input and the original that `finish` blends with.
     pub fn prepare(bytes: &[u8], probe: pixels::Probe, max_size: u32) -> Result<Tensor, TaskError> {
-        let image = pixels::decode_probed(bytes, probe)?;
+        let image = pixels::decode_probed_for(bytes, probe, pixels::DecodeSize::LongerAtLeast(max_size))?;
         let rgb = pixels::fit_within(image, max_size)?;
         let (width, height) = rgb.dimensions();
         if width.min(height) < MIN_SIDE {

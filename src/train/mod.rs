@@ -4,6 +4,7 @@
 pub mod cli;
 pub mod data;
 pub mod driver;
+pub mod formats;
 pub mod model;
 pub mod objectives;
 pub mod progress;
@@ -78,6 +79,8 @@ pub struct Trained {
     pub version: u64,
     pub dir: PathBuf,
     pub metrics: serde_json::Value,
+    /// What became of each format of the base version (model.onnx carried, model.pt2 not, ...).
+    pub formats: Vec<formats::FormatNote>,
 }
 
 /// A model at one version, with that version's labels and preprocessing.
@@ -99,7 +102,7 @@ fn open(repo: &Path, name: &str, version: Option<u64>) -> Result<(ModelSpec, u64
 
 /// The TorchScript file of `version`, which training runs (its gradients are libtorch's): a version served only
 /// as ONNX or as an AOTInductor package cannot be trained, and says so.
-fn torchscript_file(spec: &ModelSpec, version: u64) -> Result<PathBuf, TrainError> {
+pub fn torchscript_file(spec: &ModelSpec, version: u64) -> Result<PathBuf, TrainError> {
     let path = spec.model_file(version, ModelFormat::TorchScript);
     if path.is_file() {
         return Ok(path);
@@ -199,6 +202,8 @@ pub fn train(job: &TrainJob, progress: &dyn Progress, cancel: &Cancel) -> Result
         }
     };
     let target = job.into.clone().unwrap_or_else(|| job.model.clone());
+    let published = crate::tasks::tensor::signature(&published_spec(&spec, &outputs));
+    let formats = formats::carry(&spec.version_dir(base_version), &staging, &published, progress);
     let metrics = json!({
         "task": spec.config.task,
         "trained_by": "ember train",
@@ -213,6 +218,7 @@ pub fn train(job: &TrainJob, progress: &dyn Progress, cancel: &Cancel) -> Result
         "stopped": fitted.stopped,
         "steps": fitted.steps,
         "training_seconds": fitted.training_seconds,
+        "formats": formats,
         "settings": settings,
     });
     staging.write("metrics.json", serde_json::to_string_pretty(&metrics).expect("serialisable").as_bytes())?;
@@ -222,7 +228,7 @@ pub fn train(job: &TrainJob, progress: &dyn Progress, cancel: &Cancel) -> Result
     }
     let (version, dir) = staging.publish()?;
     progress.note(&format!("published {target} version {version} ({})", dir.display()));
-    Ok(Trained { model: target, version, dir, metrics })
+    Ok(Trained { model: target, version, dir, metrics, formats })
 }
 
 /// Where a text of `len` bytes is cut into training and validation parts: the validation part is
@@ -302,6 +308,18 @@ pub fn sweep_leftovers(repo: &Path) {
 struct Outputs {
     labels: Option<Vec<String>>,
     version: VersionToml,
+}
+
+/// The model as the new version will be served: the base with the labels and image size the run changed.
+fn published_spec(spec: &ModelSpec, outputs: &Outputs) -> ModelSpec {
+    let mut published = spec.clone();
+    if let Some(labels) = &outputs.labels {
+        published.labels = Some(labels.clone());
+    }
+    if let Some(image) = &outputs.version.image {
+        published.config.image = Some(image.clone());
+    }
+    published
 }
 
 /// Opens the staging folder and writes the version's labels and overrides into it.

@@ -67,8 +67,14 @@ impl TempRepo {
 
     /// Adds default model `model`: its model.toml (with `overrides`), labels and tokenizer, and version 1.
     pub fn add(&self, model: &str, overrides: &[(&str, &str)]) -> &TempRepo {
+        self.add_as(model, model, overrides)
+    }
+
+    /// Adds default model `model` under the name `name` (a second copy, served in another format, say): with
+    /// `default = false` unless `overrides` say otherwise.
+    pub fn add_as(&self, model: &str, name: &str, overrides: &[(&str, &str)]) -> &TempRepo {
         let source = models_dir().join(model);
-        let target = self.path().join(model);
+        let target = self.path().join(name);
         std::fs::create_dir_all(&target).unwrap();
         for file in ["labels.txt", "tokenizer.json"] {
             if source.join(file).exists() {
@@ -77,6 +83,9 @@ impl TempRepo {
         }
         std::os::unix::fs::symlink(source.join("1"), target.join("1")).unwrap();
         let mut toml = std::fs::read_to_string(source.join("model.toml")).unwrap();
+        if name != model {
+            toml = toml.replace("default = true", "default = false");
+        }
         for (key, value) in overrides {
             let prefix = format!("{key} = ");
             let line = toml

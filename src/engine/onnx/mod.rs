@@ -48,6 +48,9 @@ pub struct Port {
     pub kind: Result<Kind, String>,
     /// Dimensions, -1 for a symbolic one.
     pub shape: Vec<i64>,
+    /// Each dimension's symbol (`batch`, `tokens`; empty for a fixed or unnamed one): dimensions of one symbol
+    /// have one size in a call.
+    pub symbols: Vec<String>,
 }
 
 impl Port {
@@ -79,8 +82,9 @@ unsafe impl Sync for OnnxModel {}
 
 impl OnnxModel {
     /// Checks `path` (its external data stays in its folder), then opens it in a session with `threads` intra-op
-    /// threads and, with `optimize`, every graph optimisation (batch norms folded, operators fused). The error
-    /// names the file and what is wrong with it.
+    /// threads and, with `optimize`, every graph optimisation (batch norms folded into convolutions, operators
+    /// fused, layouts chosen for this CPU); without, the basic ones (constants and batch norms folded, redundant
+    /// nodes removed). The error names the file and what is wrong with it.
     pub fn load(path: &Path, device: Device, threads: usize, optimize: bool) -> Result<OnnxModel, String> {
         if device != Device::Cpu {
             return Err(format!(
@@ -94,7 +98,7 @@ impl OnnxModel {
         graph::check_external_data(&model, version_dir).map_err(|e| format!("{}: {e}", path.display()))?;
         drop(model);
         let environment = runtime::environment()?;
-        let level = if optimize { GraphOptimizationLevel::All } else { GraphOptimizationLevel::Disable };
+        let level = if optimize { GraphOptimizationLevel::All } else { GraphOptimizationLevel::Level1 };
         let opened = Session::builder(environment)
             .and_then(|b| b.with_optimization_level(level).map_err(Into::into))
             .and_then(|b| b.with_intra_threads(threads.max(1)).map_err(Into::into))
@@ -166,10 +170,18 @@ impl OnnxModel {
 
 fn port(name: &str, dtype: &ValueType) -> Port {
     match dtype {
-        ValueType::Tensor { ty, shape, .. } => {
-            Port { name: name.to_string(), kind: kind_of(*ty), shape: shape.iter().copied().collect() }
-        }
-        other => Port { name: name.to_string(), kind: Err(format!("{other:?} (not a tensor)")), shape: vec![] },
+        ValueType::Tensor { ty, shape, dimension_symbols } => Port {
+            name: name.to_string(),
+            kind: kind_of(*ty),
+            shape: shape.iter().copied().collect(),
+            symbols: dimension_symbols.iter().cloned().collect(),
+        },
+        other => Port {
+            name: name.to_string(),
+            kind: Err(format!("{other:?} (not a tensor)")),
+            shape: vec![],
+            symbols: vec![],
+        },
     }
 }
 
