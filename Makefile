@@ -30,7 +30,7 @@ DIST := dist/ember-$(VERSION)-linux-x86_64
 # DIST_TARBALL=no packs only the folder (the Dockerfile copies the folder; gzip of the CUDA one takes minutes).
 DIST_TARBALL ?= yes
 
-.PHONY: run setup system-tools dist-tools deploy-tools deploy-check models build test test-fast docs lint bench bench-text bench-style bench-footprint bench-grpc soak \
+.PHONY: run setup system-tools dist-tools deploy-tools deploy-check models build test test-fast docs lint bench bench-text bench-style bench-footprint bench-grpc bench-formats soak \
 	dist dist-cuda dist-clean browser-tools
 
 ## run: install what is missing, build the models and ember, serve on localhost:8080
@@ -150,6 +150,12 @@ bench: build models
 bench-text: build models
 	cargo build --release --example raw_text --example gen_load
 	bench/text.sh
+
+## bench-formats: the model formats side by side (raw forward on one thread, mobilenet_v2 over HTTP per format,
+## thread layouts, idle CPU and memory) of bench/RESULTS.md
+bench-formats: build models
+	cargo build --release --example formats
+	bench/formats.sh
 
 ## bench-grpc: the Open Inference Protocol over gRPC beside HTTP of bench/RESULTS.md
 bench-grpc: build models

@@ -11,7 +11,8 @@
 # stops if one is missing there too.
 #
 # cpu:  what the binary links: libtorch_cpu + libc10 + libgomp and the two small CUDA runtime libraries
-#       libtorch_cpu itself needs (libcudart, libcupti; they load without a GPU or a driver).
+#       libtorch_cpu itself needs (libcudart, libcupti; they load without a GPU or a driver), and ONNX Runtime
+#       (libonnxruntime.so.*, opened by ember when a model serves from model.onnx).
 # cuda: adds libtorch_cuda, which ember opens with dlopen when a GPU is visible (src/engine/cuda.rs), and
 #       everything it needs, plus the libraries libtorch and cuDNN open with dlopen themselves (not visible in
 #       DT_NEEDED): cuDNN's engine/ops/cnn sub-libraries, NVRTC and libcaffe2_nvrtc. The driver (libcuda.so.1)
@@ -83,6 +84,17 @@ while [ ${#queue[@]} -gt 0 ]; do
   fi
 done
 
+# ONNX Runtime, from PyPI's onnxruntime wheel in the venv: ember opens it with dlopen when a model needs it
+# (src/engine/onnx/runtime.rs looks beside libtorch, in lib/). It needs only system libraries (glibc, libstdc++).
+onnxruntime=$(ls "$site"/onnxruntime/capi/libonnxruntime.so.* 2>/dev/null | sort | tail -n 1)
+[ -n "$onnxruntime" ] || { echo "no onnxruntime wheel under $site (run make setup)" >&2; exit 1; }
+cp "$onnxruntime" "$out/lib/"
+chmod 755 "$out/lib/$(basename "$onnxruntime")"
+for name in $(needed "$onnxruntime"); do
+  grep -q "^[[:space:]]*$name " <<<"$system_libs" || { echo "$name (needed by ONNX Runtime) is not on the system" >&2; exit 1; }
+  system+=("$name")
+done
+
 # The default models: every model folder (model.toml beside its versions), not models/export/ (the Python
 # that builds them) nor anything the setup leaves around.
 for toml in "$root"/models/*/model.toml; do
@@ -96,7 +108,8 @@ cat >"$out/README.txt" <<EOF
 ember $version for Linux x86_64 ($variant)
 
   bin/ember     the server and the fine-tuning CLI (ember --help, ember serve --help)
-  lib/          the libtorch libraries it needs (found through its rpath, \$ORIGIN/../lib: no LD_LIBRARY_PATH)
+  lib/          the libtorch libraries it needs (found through its rpath, \$ORIGIN/../lib: no LD_LIBRARY_PATH),
+                and ONNX Runtime (opened only when a model serves from model.onnx)
   models/       the default models (a model repository: one folder per model)
 
 Run it from anywhere. The system libraries it needs are $(printf '%s\n' "${system[@]}" | sort -u | tr '\n' ' ')
@@ -117,4 +130,4 @@ EOF
 fi
 
 echo "bundled from the wheel: $(cd "$out/lib" && ls | tr '\n' ' ')"
-echo "left to the system: ${system[*]}"
+echo "left to the system: $(printf '%s\n' "${system[@]}" | sort -u | tr '\n' ' ')"

@@ -84,23 +84,25 @@ async fn each_format_of_mobilenet_v2_answers_as_torchscript_and_says_which_it_is
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn text_style_and_tensor_models_answer_alike_from_onnx() {
+    // sentiment serves model.pt (model.toml: TorchScript is faster for it under load); its model.onnx is the copy.
     let repo = TempRepo::of("sentiment", &[]);
-    repo.add_as("sentiment", "sentiment_torchscript", &[("format", "\"torchscript\"")]);
+    repo.add_as("sentiment", "sentiment_onnx", &[("format", "\"onnx\"")]);
     repo.add("shakespeare", &[]).add_as("shakespeare", "shakespeare_torchscript", &[("format", "\"torchscript\"")]);
     repo.add("style_starry_night", &[]);
     repo.add_as("style_starry_night", "starry_torchscript", &[("format", "\"torchscript\"")]);
     repo.add("iris", &[]).add_as("iris", "iris_torchscript", &[("format", "\"torchscript\"")]);
     let server = TestServer::start_ready(repo.path(), &[]).await;
-    for model in ["sentiment", "shakespeare", "style_starry_night", "iris"] {
+    for model in ["sentiment_onnx", "shakespeare", "style_starry_night", "iris"] {
         assert_eq!(get(&server, &format!("/v1/models/{model}")).await["format"], "onnx", "{model}");
     }
+    assert_eq!(get(&server, "/v1/models/sentiment").await["format"], "torchscript");
 
     // The fourth text runs to several windows of 128 tokens.
     let long = vec!["the acting is wonderful but the story drags on"; 35].join(" ");
     let texts = json!({"texts": ["A gripping, beautifully acted film.", "Dull and far too long.", "Not bad at all.", long,
         "The plot twists and turns until nothing makes sense anymore, and yet I loved every minute of it."]});
-    let onnx = post_json(&server, "/v1/models/sentiment/sentiment", texts.clone()).await;
-    let torchscript = post_json(&server, "/v1/models/sentiment_torchscript/sentiment", texts).await;
+    let onnx = post_json(&server, "/v1/models/sentiment_onnx/sentiment", texts.clone()).await;
+    let torchscript = post_json(&server, "/v1/models/sentiment/sentiment", texts).await;
     for (got, want) in onnx["results"].as_array().unwrap().iter().zip(torchscript["results"].as_array().unwrap()) {
         assert_eq!(got["label"], want["label"]);
         assert_eq!(got["windows"], want["windows"]);
