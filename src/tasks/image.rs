@@ -364,7 +364,7 @@ mod tests {
         let scale = |size: DecodeSize, w, h| size.jpeg_scale(w, h).denom();
         assert_eq!(scale(DecodeSize::ShorterAtLeast(256), 4000, 3000), 8); // 500 x 375
         assert_eq!(scale(DecodeSize::ShorterAtLeast(256), 2000, 1500), 4); // 500 x 375
-        assert_eq!(scale(DecodeSize::ShorterAtLeast(256), 640, 511), 1); // half would be 255
+        assert_eq!(scale(DecodeSize::ShorterAtLeast(256), 640, 509), 1); // half would be 255 (rounded up)
         assert_eq!(scale(DecodeSize::ShorterAtLeast(256), 640, 512), 2);
         assert_eq!(scale(DecodeSize::LongerAtLeast(512), 4000, 100), 4); // longer 1000
         assert_eq!(scale(DecodeSize::Full, 8000, 8000), 1);
