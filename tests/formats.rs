@@ -331,7 +331,6 @@ async fn broken_and_hostile_model_files_fail_alone_naming_the_file() {
         assert!(!place.join("escaped_by_ember_test.so").exists(), "{} holds the escaped file", place.display());
     }
     assert_eq!(classify(&server, "mobilenet_v2", "chelsea.png").await["predictions"][0]["label"], "Egyptian cat");
-    assert!(photo("chelsea.png").len() > 1000);
 }
 
 /// The libraries a process has mapped, from /proc/<pid>/maps.
