@@ -37,23 +37,15 @@ echo '```'
 target/release/examples/formats 5 1.0 "$folded"
 echo '```'
 
-# add_model REPO NAME SOURCE [SED]: model SOURCE of models/ as NAME (not a default), model.toml edited by SED.
-add_model() {
-  local repo=$1 name=$2 source=$3
-  mkdir -p "$repo/$name"
-  for file in labels.txt tokenizer.json; do
-    [ -f "models/$source/$file" ] && cp "models/$source/$file" "$repo/$name/"
-  done
-  ln -s "$PWD/models/$source/1" "$repo/$name/1"
-  sed -e 's/^default = true/default = false/' -e "${4:-}" "models/$source/model.toml" > "$repo/$name/model.toml"
-}
+# A copy of a default model that is not its task's default (several serve side by side), as lib.sh's add_model.
+add_copy() { add_model "$1" "$2" "$3" "s/^default = true/default = false/; ${4:-}"; }
 
 repo="$workdir/repo-formats"
-add_model "$repo" torchscript mobilenet_v2 's/^format = .*/format = "torchscript"/'
-add_model "$repo" onnx mobilenet_v2 's/^format = .*/format = "onnx"/'
-add_model "$repo" aoti mobilenet_v2 's/^format = .*/format = "aoti"/'
-add_model "$repo" torchscript_no_borrow mobilenet_v2 's/^format = .*/format = "torchscript"/; s/^borrow_idle_threads = .*/borrow_idle_threads = false/'
-add_model "$repo" onnx_1x2 mobilenet_v2 's/^format = .*/format = "onnx"/; s/^workers = .*/workers = 1/; s/^intra_op_threads = .*/intra_op_threads = 2/'
+add_copy "$repo" torchscript mobilenet_v2 's/^format = .*/format = "torchscript"/'
+add_copy "$repo" onnx mobilenet_v2 's/^format = .*/format = "onnx"/'
+add_copy "$repo" aoti mobilenet_v2 's/^format = .*/format = "aoti"/'
+add_copy "$repo" torchscript_no_borrow mobilenet_v2 's/^format = .*/format = "torchscript"/; s/^borrow_idle_threads = .*/borrow_idle_threads = false/'
+add_copy "$repo" onnx_1x2 mobilenet_v2 's/^format = .*/format = "onnx"/; s/^workers = .*/workers = 1/; s/^intra_op_threads = .*/intra_op_threads = 2/'
 start_server "$repo"
 load() { hey_row "$2" "http://127.0.0.1:$port/v1/models/$1/classify?top_k=1" image/jpeg "$image" | sed "s/^| /| $1 | /"; }
 
@@ -96,8 +88,6 @@ for variant in torchscript auto; do
   all="$workdir/repo-all-$variant"
   for model in $(ls models | grep -v export); do
     add_model "$all" "$model" "$model" "s/^format = \"auto\"/format = \"$variant\"/"
-    sed -i 's/^default = false/default = true/' "$all/$model/model.toml"
-    [ "$model" = style_graffiti ] && sed -i 's/^default = true/default = false/' "$all/$model/model.toml"
   done
   started=$(date +%s.%N)
   start_server "$all"

@@ -18,15 +18,22 @@ require() {
 # hey drives the HTTP load; it is installed from Debian when missing.
 need_hey() { command -v hey >/dev/null || { apt-get update -qq && apt-get install -y -qq hey; }; }
 
+# add_model REPO NAME SOURCE [SED]: default model SOURCE into REPO as NAME (its labels and tokenizer copied, its
+# version 1 linked), model.toml edited by sed expression SED.
+add_model() {
+  local repo=$1 name=$2 source=$3
+  mkdir -p "$repo/$name"
+  for file in labels.txt tokenizer.json; do
+    [ -f "models/$source/$file" ] && cp "models/$source/$file" "$repo/$name/"
+  done
+  ln -s "$PWD/models/$source/1" "$repo/$name/1"
+  sed -e "${4:-}" "models/$source/model.toml" > "$repo/$name/model.toml"
+}
+
 # A repository with default model $1 only, its model.toml edited by sed expression $2; $3 names the copy.
 make_repo() {
-  local model=$1 repo="$workdir/repo-$3"
-  mkdir -p "$repo/$model"
-  for file in labels.txt tokenizer.json; do
-    [ -f "models/$model/$file" ] && cp "models/$model/$file" "$repo/$model/"
-  done
-  ln -s "$PWD/models/$model/1" "$repo/$model/1"
-  sed -e "$2" "models/$model/model.toml" > "$repo/$model/model.toml"
+  local repo="$workdir/repo-$3"
+  add_model "$repo" "$1" "$1" "$2"
   echo "$repo"
 }
 

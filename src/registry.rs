@@ -341,14 +341,10 @@ impl Registry {
         let load_error = |message: String| EngineError::Load { model: spec.name.clone(), message };
         let spec = spec.at_version(version).map_err(|e| load_error(e.to_string()))?;
         let device = device::resolve(spec.config.device, self.server_device).map_err(load_error)?;
-        let mut present = spec.formats(version);
-        if spec.config.task.runs_backward() {
-            present.retain(|format| *format == ModelFormat::TorchScript);
-        }
         let format = spec
             .config
             .format
-            .resolve(&present, device != Device::Cpu, |format| {
+            .resolve(&spec.servable_formats(version), device != Device::Cpu, |format| {
                 format_usable(format, &spec.model_file(version, format), device)
             })
             .map_err(|e| load_error(format!("{}: {e}", spec.version_dir(version).display())))?;

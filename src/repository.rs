@@ -52,10 +52,21 @@ impl ModelSpec {
         ModelFormat::present_in(&self.version_dir(version))
     }
 
+    /// The formats `version` can serve from: its files, less those its task cannot run on (a route that runs
+    /// backward passes is served from TorchScript only).
+    pub fn servable_formats(&self, version: u64) -> Vec<ModelFormat> {
+        let mut formats = self.formats(version);
+        if self.config.task.runs_backward() {
+            formats.retain(|format| *format == ModelFormat::TorchScript);
+        }
+        formats
+    }
+
     /// The format that would serve `version` on the CPU, told without loading anything (for a version not
     /// loaded: `ember info`, metadata); TorchScript when none would.
     pub fn expected_format(&self, version: u64) -> ModelFormat {
-        self.config.format.resolve(&self.formats(version), false, |_| Ok(())).unwrap_or(ModelFormat::TorchScript)
+        let servable = self.servable_formats(version);
+        self.config.format.resolve(&servable, false, |_| Ok(())).unwrap_or(ModelFormat::TorchScript)
     }
 
     pub fn tokenizer_file(&self) -> PathBuf {

@@ -176,37 +176,67 @@ fn tensor_info(name: &str, elem_type: i32, dims: &[i64]) -> proto::ValueInfoProt
     }
 }
 
-/// A one-node graph `image -> op -> logits` (ONNX opset 17, and `domain` for a custom operator).
-fn one_node_graph(
+fn node(
     op: &str,
     domain: &str,
-    (input, output): (proto::ValueInfoProto, proto::ValueInfoProto),
-    initializers: Vec<proto::TensorProto>,
-) -> Vec<u8> {
-    let node = proto::NodeProto {
-        input: vec!["image".into()],
-        output: vec!["logits".into()],
+    inputs: &[&str],
+    outputs: &[&str],
+    attribute: Vec<proto::AttributeProto>,
+) -> proto::NodeProto {
+    proto::NodeProto {
+        input: inputs.iter().map(|i| i.to_string()).collect(),
+        output: outputs.iter().map(|o| o.to_string()).collect(),
         op_type: Some(op.into()),
         domain: Some(domain.into()),
+        attribute,
         ..Default::default()
-    };
-    let opsets = [("", 17), (domain, 1)].into_iter().filter(|(d, _)| d.is_empty() || *d == domain);
+    }
+}
+
+/// A model of `nodes` (ONNX opset 17, and version 1 of every other domain they use).
+fn graph_model(
+    nodes: Vec<proto::NodeProto>,
+    inputs: Vec<proto::ValueInfoProto>,
+    outputs: Vec<proto::ValueInfoProto>,
+    initializers: Vec<proto::TensorProto>,
+) -> Vec<u8> {
+    let mut domains: Vec<String> = nodes.iter().filter_map(|n| n.domain.clone()).filter(|d| !d.is_empty()).collect();
+    domains.dedup();
+    let opsets = std::iter::once((String::new(), 17)).chain(domains.into_iter().map(|d| (d, 1)));
     let model = proto::ModelProto {
         ir_version: Some(8),
-        opset_import: opsets
-            .map(|(d, v)| proto::OperatorSetIdProto { domain: Some(d.into()), version: Some(v) })
-            .collect(),
+        opset_import: opsets.map(|(d, v)| proto::OperatorSetIdProto { domain: Some(d), version: Some(v) }).collect(),
         graph: Some(proto::GraphProto {
             name: Some("hostile".into()),
-            node: vec![node],
-            input: vec![input],
-            output: vec![output],
+            node: nodes,
+            input: inputs,
+            output: outputs,
             initializer: initializers,
             ..Default::default()
         }),
         ..Default::default()
     };
     model.encode_to_vec()
+}
+
+/// A one-node graph `image -> op -> logits` (`domain` for a custom operator).
+fn one_node_graph(
+    op: &str,
+    domain: &str,
+    (input, output): (proto::ValueInfoProto, proto::ValueInfoProto),
+    initializers: Vec<proto::TensorProto>,
+) -> Vec<u8> {
+    graph_model(vec![node(op, domain, &["image"], &["logits"], vec![])], vec![input], vec![output], initializers)
+}
+
+fn int64_tensor(name: &str, values: &[i64]) -> proto::TensorProto {
+    proto::TensorProto {
+        name: Some(name.into()),
+        data_type: Some(7),
+        dims: vec![values.len() as i64],
+        int64_data: values.to_vec(),
+        ..Default::default()
+    }
 }
 
 /// A float initializer whose data is external, at `location`.
@@ -393,4 +423,56 @@ async fn a_version_without_model_pt_cannot_be_fine_tuned_and_says_why() {
         .unwrap();
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(!output.status.success() && stderr.contains("version 1 has no model.pt (it holds model.onnx)"), "{stderr}");
+}
+
+/// A generation model's graph declares the shape of its state, from which the server makes the zero state of new
+/// sequences: one that declares 2^40 values per sequence (4 TiB) fails its load naming the shape, before anything
+/// is allocated, and the other models serve.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_declared_state_too_large_to_allocate_fails_the_load_naming_it() {
+    const FLOAT: i32 = 1;
+    const INT64: i32 = 7;
+    let repo = TempRepo::mobilenet(&[]);
+    let dir = repo.path().join("huge_state");
+    // ids [B, T] -> logits [B, T, 256] (the ids as floats, broadcast), and the state passed through.
+    std::fs::create_dir_all(dir.join("1")).unwrap();
+    let toml = std::fs::read_to_string(models_dir().join("shakespeare/model.toml")).unwrap();
+    std::fs::write(dir.join("model.toml"), toml.replace("format = \"auto\"", "format = \"onnx\"")).unwrap();
+    let to_float = proto::AttributeProto {
+        name: Some("to".into()),
+        r#type: Some(proto::attribute_proto::AttributeType::Int as i32),
+        i: Some(i64::from(FLOAT)),
+        ..Default::default()
+    };
+    let huge = 1i64 << 40;
+    let graph = graph_model(
+        vec![
+            node("Cast", "", &["input_ids"], &["ids"], vec![to_float]),
+            node("Unsqueeze", "", &["ids", "last"], &["column"], vec![]),
+            node("Expand", "", &["column", "vocabulary"], &["logits"], vec![]),
+            node("Identity", "", &["state"], &["state_out"], vec![]),
+        ],
+        vec![tensor_info("input_ids", INT64, &[-1, -1]), tensor_info("state", FLOAT, &[1, -1, huge])],
+        vec![tensor_info("logits", FLOAT, &[-1, -1, 256]), tensor_info("state_out", FLOAT, &[1, -1, huge])],
+        vec![int64_tensor("last", &[2]), int64_tensor("vocabulary", &[1, 1, 256])],
+    );
+    std::fs::write(dir.join("1/model.onnx"), graph).unwrap();
+    let server = TestServer::start(repo.path(), &[]);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let info = loop {
+        let info = get(&server, "/v1/models/huge_state").await;
+        if info["state"] != "loading" {
+            break info;
+        }
+        assert!(Instant::now() < deadline, "still loading: {info}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(info["state"], "failed", "{info}");
+    let error = info["error"].as_str().unwrap();
+    assert!(error.contains("huge_state/1/model.onnx") && error.contains("[1, 1, 1099511627776]"), "{error}");
+    while reqwest::get(server.url("/health/ready")).await.unwrap().status() != 200 {
+        assert!(Instant::now() < deadline, "the server never turned ready");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(classify(&server, "mobilenet_v2", "chelsea.png").await["predictions"][0]["label"], "Egyptian cat");
 }

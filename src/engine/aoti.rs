@@ -116,8 +116,13 @@ impl PackageInfo {
 }
 
 /// The CPU's feature flags as /proc/cpuinfo lists them (`avx512f`, `avx512_vnni`, `amx_tile`), with the names
-/// torch's ISA levels use for those that differ (`AVX512` is avx512f's level).
-fn cpu_flags() -> Vec<String> {
+/// torch's ISA levels use for those that differ (`AVX512` is avx512f's level); read once.
+fn cpu_flags() -> &'static [String] {
+    static FLAGS: std::sync::OnceLock<Vec<String>> = std::sync::OnceLock::new();
+    FLAGS.get_or_init(read_cpu_flags)
+}
+
+fn read_cpu_flags() -> Vec<String> {
     let text = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
     let mut flags: Vec<String> = text
         .lines()
@@ -178,11 +183,7 @@ impl AotiPackage {
     pub fn load(path: &Path, device: Device, runners: usize) -> Result<AotiPackage, String> {
         inspect(path)?.runs_on(device, path)?;
         provide_libtorch_soname().map_err(|e| format!("cannot load {}: {e}", path.display()))?;
-        let c_path = CString::new(path.as_os_str().as_encoded_bytes()).map_err(|_| "the path contains a NUL byte")?;
-        let device_index = match device {
-            Device::Cuda(index) => index as c_int,
-            _ => -1,
-        };
+        let (c_path, device_index) = (super::module::shim_path(path)?, super::module::shim_device(device)?);
         // SAFETY: c_path outlives the call; the shim returns a new loader or null with a message.
         super::module::checked(
             |error| unsafe { ember_aoti_load(c_path.as_ptr(), device_index, runners.max(1), error) },

@@ -91,21 +91,19 @@ impl WorkerSpec {
 pub fn format_usable(format: ModelFormat, path: &std::path::Path, device: tch::Device) -> Result<(), String> {
     match format {
         ModelFormat::TorchScript => Ok(()),
-        ModelFormat::Onnx if device != tch::Device::Cpu => {
-            Err("this build of ONNX Runtime (PyPI's onnxruntime) runs on the CPU only".into())
-        }
-        ModelFormat::Onnx => Ok(()),
+        ModelFormat::Onnx => onnx::runs_on(device),
         ModelFormat::Aoti => aoti::inspect(path)?.runs_on(device, path),
     }
 }
 
 /// Runs a worker thread's `load`, tells the thread that started it how it went (on `ready`), and gives back the
-/// module to serve with, or `None` if the worker should exit.
+/// module to serve with, or `None` if the worker should exit. A panic in the load (task code warming the model up)
+/// fails the load with its message, as it does on a pool's loading thread, instead of ending the thread unheard.
 pub fn load_reporting(
     ready: std::sync::mpsc::Sender<Result<(), String>>,
     load: impl FnOnce() -> Result<InferenceModule, String>,
 ) -> Option<InferenceModule> {
-    match load() {
+    match catch_panic(load).and_then(|loaded| loaded) {
         Ok(model) => {
             let _ = ready.send(Ok(()));
             Some(model)

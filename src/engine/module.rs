@@ -120,16 +120,25 @@ pub(super) fn call_returning_tensors(
         .collect())
 }
 
+/// A path as the shim takes it.
+pub(super) fn shim_path(path: &Path) -> Result<CString, String> {
+    CString::new(path.as_os_str().as_encoded_bytes()).map_err(|_| "the path contains a NUL byte".to_string())
+}
+
+/// A device as the shim takes it: -1 for the CPU, N for cuda:N.
+pub(super) fn shim_device(device: Device) -> Result<c_int, String> {
+    match device {
+        Device::Cpu => Ok(-1),
+        Device::Cuda(index) => Ok(index as c_int),
+        other => Err(format!("device {other:?} is not supported")),
+    }
+}
+
 impl InferenceModule {
     /// Loads `path` onto `device`. With `optimize`, tries freeze + optimize_for_inference and falls back to
     /// the plain module (with a warning) if libtorch cannot optimise this model.
     pub fn load(path: &Path, device: Device, optimize: bool) -> Result<InferenceModule, String> {
-        let c_path = CString::new(path.as_os_str().as_encoded_bytes()).map_err(|_| "the path contains a NUL byte")?;
-        let device_index = match device {
-            Device::Cpu => -1,
-            Device::Cuda(index) => index as c_int,
-            other => return Err(format!("device {other:?} is not supported")),
-        };
+        let (c_path, device_index) = (shim_path(path)?, shim_device(device)?);
         // SAFETY: c_path outlives the call; the shim does not keep it.
         let load = |optimize: bool| {
             checked(

@@ -1,5 +1,6 @@
 //! A graph that declares its tensors (ONNX) is checked at load against what its task feeds it and reads back, so
-//! a model exported for another task fails its load naming the tensor, instead of failing every request.
+//! a model exported for another task fails its load naming the tensor, instead of failing every request; and
+//! what ember allocates from a graph's declared sizes is bounded, since a model file is an input like any other.
 
 use super::onnx::Port;
 use crate::signature::TensorSpec;
@@ -41,6 +42,22 @@ pub fn ports_fit(what: &str, ports: &[Port], expected: &[TensorSpec]) -> Result<
     Ok(())
 }
 
+/// The most elements of a tensor whose size comes from a graph's declared dimensions (a generation model's zero
+/// state, the probe inputs that check a fine-tune's graph): 2^28, 1 GiB of f32.
+pub const MAX_DECLARED_ELEMENTS: i64 = 1 << 28;
+
+/// Refuses a tensor of `shape` made from `what`'s declared sizes before anything is allocated for it.
+pub fn allocatable(what: &str, shape: &[i64]) -> Result<(), String> {
+    let elements = shape.iter().try_fold(1i64, |product, &d| product.checked_mul(d.max(0)));
+    match elements {
+        Some(elements) if elements <= MAX_DECLARED_ELEMENTS => Ok(()),
+        _ => Err(format!(
+            "{what} declares a tensor of shape {shape:?}, more than the {MAX_DECLARED_ELEMENTS} elements ember makes \
+             from a graph's declared sizes"
+        )),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use tch::Kind;
@@ -69,5 +86,13 @@ mod tests {
         let err = ports_fit("inputs", &two, &image).unwrap_err();
         assert!(err.contains("has 2 inputs") && err.contains("needs 1"), "{err}");
         assert!(ports_fit("outputs", &two, &[]).is_ok());
+    }
+
+    #[test]
+    fn tensors_sized_by_a_graph_are_bounded_before_allocation() {
+        assert!(allocatable("the state", &[1, 32, 512]).is_ok());
+        let err = allocatable("the state", &[1, 1, 1 << 40]).unwrap_err();
+        assert!(err.contains("[1, 1, 1099511627776]"), "{err}");
+        assert!(allocatable("the state", &[i64::MAX, i64::MAX, 2]).is_err(), "the product overflows");
     }
 }

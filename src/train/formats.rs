@@ -20,7 +20,7 @@ use tch::{Device, Kind, Tensor};
 
 use super::publish::Staging;
 use super::Progress;
-use crate::engine::onnx::{graph, OnnxModel, Port};
+use crate::engine::onnx::{self, graph, OnnxModel, Port};
 use crate::engine::{signature_check, InferenceModule};
 use crate::formats::ModelFormat;
 use crate::signature::{Signature, TensorSpec};
@@ -114,7 +114,7 @@ fn onnx_with_trained_weights(base: &Path, staging: &Staging, signature: &Signatu
 fn onnx_weights(named: &[(String, Tensor)]) -> Result<HashMap<String, graph::Weights>, String> {
     let mut weights = HashMap::new();
     for (name, tensor) in named.iter().filter(|(name, _)| !name.ends_with("num_batches_tracked")) {
-        let data_type = onnx_data_type(tensor.kind()).ok_or_else(|| {
+        let data_type = onnx::element_type(tensor.kind()).ok_or_else(|| {
             format!("parameter `{name}` is {:?}, which ember does not write into ONNX", tensor.kind())
         })?;
         let contiguous = tensor.f_contiguous().map_err(|e| e.to_string())?;
@@ -122,28 +122,15 @@ fn onnx_weights(named: &[(String, Tensor)]) -> Result<HashMap<String, graph::Wei
         // SAFETY: a contiguous CPU tensor's `length` bytes, copied out while it is alive (little-endian, as ONNX's
         // raw_data is, on every machine ember builds for).
         let bytes = if length == 0 {
-            Vec::new()
+            bytes::Bytes::new()
         } else {
-            unsafe { std::slice::from_raw_parts(contiguous.data_ptr() as *const u8, length) }.to_vec()
+            bytes::Bytes::copy_from_slice(unsafe {
+                std::slice::from_raw_parts(contiguous.data_ptr() as *const u8, length)
+            })
         };
         weights.insert(name.clone(), graph::Weights { data_type, dims: contiguous.size(), bytes });
     }
     Ok(weights)
-}
-
-/// ONNX's TensorProto.DataType of a kind a model's parameters hold.
-fn onnx_data_type(kind: Kind) -> Option<i32> {
-    use graph::proto::tensor_proto::DataType;
-    Some(match kind {
-        Kind::Float => DataType::Float,
-        Kind::Double => DataType::Double,
-        Kind::Half => DataType::Float16,
-        Kind::BFloat16 => DataType::Bfloat16,
-        Kind::Int64 => DataType::Int64,
-        Kind::Int => DataType::Int32,
-        Kind::Bool => DataType::Bool,
-        _ => return None,
-    } as i32)
 }
 
 /// Runs both on the same inputs (shaped as the task feeds them, `expected`) and compares every output; returns
@@ -216,6 +203,7 @@ fn probe(port: &Port, spec: Option<&TensorSpec>, sizes: &HashMap<String, i64>) -
             fixed.or(declared).or(symbol).unwrap_or(if i == 0 { 2 } else { 32 })
         })
         .collect();
+    signature_check::allocatable(&format!("input `{}`", port.name), &shape)?;
     let options = (kind, Device::Cpu);
     Ok(match kind {
         Kind::Float | Kind::Double | Kind::Half | Kind::BFloat16 => Tensor::rand(shape.as_slice(), options),
@@ -223,4 +211,27 @@ fn probe(port: &Port, spec: Option<&TensorSpec>, sizes: &HashMap<String, i64>) -
         Kind::Bool => Tensor::ones(shape.as_slice(), options),
         _ => Tensor::randint(64, shape.as_slice(), options),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn probe_inputs_follow_the_graph_and_are_bounded_before_allocation() {
+        let port = |shape: &[i64], symbols: &[&str]| Port {
+            name: "state".into(),
+            kind: Ok(Kind::Float),
+            shape: shape.to_vec(),
+            symbols: symbols.iter().map(|s| s.to_string()).collect(),
+        };
+        let ids = Port { name: "input_ids".into(), kind: Ok(Kind::Int64), ..port(&[-1, -1], &["batch", "tokens"]) };
+        let state = port(&[1, -1, 512], &["", "batch", ""]);
+        let sizes = probe_sizes(&[ids.clone(), state.clone()]);
+        assert_eq!(probe(&ids, None, &sizes).unwrap().size(), [2, 32]);
+        assert_eq!(probe(&state, None, &sizes).unwrap().size(), [1, 2, 512], "the batch is the ids' batch");
+        let huge = port(&[1, -1, 1 << 40], &["", "batch", ""]);
+        let err = probe(&huge, None, &sizes).unwrap_err();
+        assert!(err.contains("input `state`") && err.contains("1099511627776"), "{err}");
+    }
 }

@@ -109,7 +109,8 @@ pub fn torchscript_file(spec: &ModelSpec, version: u64) -> Result<PathBuf, Train
     }
     let present: Vec<&str> = spec.formats(version).iter().map(|f| f.file_name()).collect();
     Err(TrainError::Model(format!(
-        "model `{}` version {version} has no model.pt (it holds {}): fine-tuning trains the TorchScript module, so          export one beside it",
+        "model `{}` version {version} has no model.pt (it holds {}): fine-tuning trains the TorchScript module, so \
+         export one beside it",
         spec.name,
         if present.is_empty() { "no model file".to_string() } else { present.join(", ") }
     )))

@@ -120,7 +120,7 @@ pub fn check_external_data(model: &ModelProto, version_dir: &Path) -> Result<(),
 pub struct Weights {
     pub data_type: i32,
     pub dims: Vec<i64>,
-    pub bytes: Vec<u8>,
+    pub bytes: Bytes,
 }
 
 /// What `with_weights` did.
@@ -168,7 +168,7 @@ pub fn with_weights(mut model: ModelProto, weights: &HashMap<String, Weights>) -
             name: Some(name),
             data_type: Some(new.data_type),
             dims: new.dims.clone(),
-            raw_data: Some(Bytes::from(new.bytes.clone())),
+            raw_data: Some(new.bytes.clone()),
             doc_string: initializer.doc_string.take(),
             metadata_props: std::mem::take(&mut initializer.metadata_props),
             ..TensorProto::default()
@@ -308,7 +308,7 @@ mod tests {
         let model = ModelProto { graph: Some(graph), ..ModelProto::default() };
         let weights = HashMap::from([(
             "head.weight".to_string(),
-            Weights { data_type: 1, dims: vec![3, 2], bytes: vec![1; 24] },
+            Weights { data_type: 1, dims: vec![3, 2], bytes: Bytes::from(vec![1; 24]) },
         )]);
         let rewritten = with_weights(model.clone(), &weights).unwrap();
         assert_eq!((rewritten.replaced, rewritten.resized.clone()), (1, vec!["head.weight".to_string()]));
@@ -328,10 +328,15 @@ mod tests {
             ]
         );
 
-        let unknown = HashMap::from([("nope".to_string(), Weights { data_type: 1, dims: vec![2], bytes: vec![0; 8] })]);
+        let unknown = HashMap::from([(
+            "nope".to_string(),
+            Weights { data_type: 1, dims: vec![2], bytes: Bytes::from(vec![0; 8]) },
+        )]);
         assert!(with_weights(model.clone(), &unknown).unwrap_err().contains("no initializer `nope`"));
-        let wrong_rank =
-            HashMap::from([("other".to_string(), Weights { data_type: 1, dims: vec![1, 2], bytes: vec![0; 8] })]);
+        let wrong_rank = HashMap::from([(
+            "other".to_string(),
+            Weights { data_type: 1, dims: vec![1, 2], bytes: Bytes::from(vec![0; 8]) },
+        )]);
         assert!(with_weights(model, &wrong_rank).unwrap_err().contains("shape"));
     }
 }

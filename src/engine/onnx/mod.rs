@@ -69,6 +69,8 @@ impl Port {
 
 pub struct OnnxModel {
     session: Session,
+    /// Where inputs live (the CPU), described once for every run.
+    memory: CpuMemory,
     inputs: Vec<Port>,
     outputs: Vec<Port>,
     input_names: Vec<CString>,
@@ -86,13 +88,7 @@ impl OnnxModel {
     /// fused, layouts chosen for this CPU); without, the basic ones (constants and batch norms folded, redundant
     /// nodes removed). The error names the file and what is wrong with it.
     pub fn load(path: &Path, device: Device, threads: usize, optimize: bool) -> Result<OnnxModel, String> {
-        if device != Device::Cpu {
-            return Err(format!(
-                "{} is an ONNX model and this build of ONNX Runtime (PyPI's onnxruntime) runs on the CPU only; set \
-                 device = \"cpu\" in model.toml, or serve another format on the GPU (format = \"torchscript\")",
-                path.display()
-            ));
-        }
+        runs_on(device).map_err(|e| format!("{}: {e}", path.display()))?;
         let version_dir = path.parent().unwrap_or(Path::new("."));
         let model = graph::read(path)?;
         graph::check_external_data(&model, version_dir).map_err(|e| format!("{}: {e}", path.display()))?;
@@ -117,7 +113,7 @@ impl OnnxModel {
                 .collect()
         };
         let (input_names, output_names) = (names(&inputs)?, names(&outputs)?);
-        Ok(OnnxModel { session, inputs, outputs, input_names, output_names })
+        Ok(OnnxModel { session, memory: CpuMemory::new()?, inputs, outputs, input_names, output_names })
     }
 
     pub fn inputs(&self) -> &[Port] {
@@ -142,7 +138,7 @@ impl OnnxModel {
             }
             owned.push(tensor.f_to_device(Device::Cpu).and_then(|t| t.f_contiguous()).map_err(|e| e.to_string())?);
         }
-        let values = owned.iter().map(InputValue::new).collect::<Result<Vec<_>, _>>()?;
+        let values = owned.iter().map(|t| InputValue::new(t, &self.memory)).collect::<Result<Vec<_>, _>>()?;
         let value_ptrs: Vec<*const OrtValue> = values.iter().map(|v| v.0.as_ptr() as *const OrtValue).collect();
         let input_names: Vec<*const std::ffi::c_char> = self.input_names.iter().map(|n| n.as_ptr()).collect();
         let output_names: Vec<*const std::ffi::c_char> = self.output_names.iter().map(|n| n.as_ptr()).collect();
@@ -165,6 +161,18 @@ impl OnnxModel {
         checked(status.0)?;
         drop(values);
         outputs.into_iter().zip(&self.outputs).map(|(value, port)| value.into_tensor(&port.name)).collect()
+    }
+}
+
+/// Whether this build's ONNX Runtime can run a model on `device`: the CPU only (PyPI's onnxruntime wheel has no
+/// CUDA execution provider).
+pub fn runs_on(device: Device) -> Result<(), String> {
+    if device == Device::Cpu {
+        Ok(())
+    } else {
+        Err("this build of ONNX Runtime (PyPI's onnxruntime) runs on the CPU only; set device = \"cpu\" in \
+             model.toml, or serve another format on the GPU (format = \"torchscript\")"
+            .into())
     }
 }
 
@@ -208,6 +216,12 @@ fn passed_onnx(onnx: OnnxType) -> Option<(Kind, OnnxType, i32)> {
     PASSED.into_iter().find(|(_, o, _)| *o == onnx)
 }
 
+/// ONNX's element type number (`TensorProto.DataType`, which ONNX Runtime's element types follow) of a libtorch
+/// kind ember passes.
+pub fn element_type(kind: Kind) -> Option<i32> {
+    passed_kind(kind).map(|(_, onnx, _)| onnx as i32)
+}
+
 /// The libtorch kind of an ONNX element type ember can pass, or why not.
 fn kind_of(ty: TensorElementType) -> Result<Kind, String> {
     passed_onnx(ty.into())
@@ -227,21 +241,20 @@ fn checked(status: *mut OrtStatus) -> Result<(), String> {
     Err(message)
 }
 
-/// An input value: ONNX Runtime's view of a contiguous CPU tensor's memory, which must outlive it.
-struct InputValue(NonNull<OrtValue>);
+/// ONNX Runtime's description of CPU memory of its default allocator, which every input value names.
+struct CpuMemory(NonNull<ort::sys::OrtMemoryInfo>);
 
-impl InputValue {
-    fn new(tensor: &Tensor) -> Result<InputValue, String> {
-        let (_, onnx, _) =
-            passed_kind(tensor.kind()).ok_or_else(|| format!("ember cannot pass {:?} tensors", tensor.kind()))?;
-        let shape = tensor.size();
-        let bytes = tensor.numel() * tensor.kind().elt_size_in_bytes();
-        let api = ort::api();
+// SAFETY: an immutable description, only read after it is made.
+unsafe impl Send for CpuMemory {}
+unsafe impl Sync for CpuMemory {}
+
+impl CpuMemory {
+    fn new() -> Result<CpuMemory, String> {
         let mut info = ptr::null_mut();
-        // SAFETY: CPU memory info of the default allocator, released below.
+        // SAFETY: creates a new memory info, owned by the CpuMemory and released on drop.
         checked(
             unsafe {
-                (api.CreateCpuMemoryInfo)(
+                (ort::api().CreateCpuMemoryInfo)(
                     ort::sys::OrtAllocatorType::OrtArenaAllocator,
                     ort::sys::OrtMemType::OrtMemTypeDefault,
                     &mut info,
@@ -249,15 +262,43 @@ impl InputValue {
             }
             .0,
         )?;
+        NonNull::new(info).map(CpuMemory).ok_or_else(|| "ONNX Runtime made no memory info".to_string())
+    }
+}
+
+impl Drop for CpuMemory {
+    fn drop(&mut self) {
+        // SAFETY: made by CreateCpuMemoryInfo, released once.
+        unsafe { (ort::api().ReleaseMemoryInfo)(self.0.as_ptr()) }
+    }
+}
+
+/// An input value: ONNX Runtime's view of a contiguous CPU tensor's memory, which must outlive it.
+struct InputValue(NonNull<OrtValue>);
+
+impl InputValue {
+    fn new(tensor: &Tensor, memory: &CpuMemory) -> Result<InputValue, String> {
+        let (_, onnx, _) =
+            passed_kind(tensor.kind()).ok_or_else(|| format!("ember cannot pass {:?} tensors", tensor.kind()))?;
+        let shape = tensor.size();
+        let bytes = tensor.numel() * tensor.kind().elt_size_in_bytes();
+        let api = ort::api();
         let mut value = ptr::null_mut();
         // A tensor of no elements may have no data pointer; ONNX Runtime reads nothing from it then.
         let data = if bytes == 0 { ptr::NonNull::<u8>::dangling().as_ptr().cast() } else { tensor.data_ptr() };
         // SAFETY: `data` points at `bytes` bytes of the contiguous tensor, which the caller keeps alive and
         // unchanged while the value exists; ONNX Runtime does not own or free it.
         let status = unsafe {
-            (api.CreateTensorWithDataAsOrtValue)(info, data, bytes, shape.as_ptr(), shape.len(), onnx, &mut value)
+            (api.CreateTensorWithDataAsOrtValue)(
+                memory.0.as_ptr(),
+                data,
+                bytes,
+                shape.as_ptr(),
+                shape.len(),
+                onnx,
+                &mut value,
+            )
         };
-        unsafe { (api.ReleaseMemoryInfo)(info) };
         checked(status.0)?;
         NonNull::new(value).map(InputValue).ok_or_else(|| "ONNX Runtime made no input value".to_string())
     }

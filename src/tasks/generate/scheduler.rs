@@ -19,8 +19,8 @@ use super::{FinishReason, GenerationRequest, Sampler, TextDecoder, VOCABULARY};
 use crate::config::GenerationConfig;
 use crate::engine::batcher::{BatchPolicy, Batcher, Next};
 use crate::engine::{
-    catch_panic, forward_batched, load_reporting, retired, torch_error_summary, EngineError, InferenceModule,
-    WorkerSpec,
+    catch_panic, forward_batched, load_reporting, retired, signature_check, torch_error_summary, EngineError,
+    InferenceModule, WorkerSpec,
 };
 use crate::metrics::{GenerationMetrics, ModelMetrics};
 
@@ -350,7 +350,7 @@ fn prefill_pass(
     }
     let ids = Tensor::from_slice(&ids).view([batch as i64, pass.tokens as i64]).to_device(device);
     let state = if pass.fresh {
-        fresh_state(model, batch, device)
+        fresh_state(model, batch, device)?
     } else {
         let states: Vec<&Tensor> = pass.members.iter().filter_map(|&m| prefilling[m].state.as_ref()).collect();
         Tensor::f_cat(&states, 1).map_err(|e| torch_error_summary(&e.to_string()))?
@@ -431,16 +431,18 @@ fn step(shared: &Shared, model: &InferenceModule, active: &mut [Sequence]) -> Re
 }
 
 /// The state that starts `batch` new sequences: zeros in the shape the model declares for its state (an ONNX
-/// graph fixes it, `[layers, batch, hidden]`), or the empty tensor from which a TorchScript model's forward makes
-/// its own zeros.
-fn fresh_state(model: &InferenceModule, batch: usize, device: Device) -> Tensor {
-    match model.declared_input_shape(1) {
+/// graph fixes it, `[layers, batch, hidden]`, and a size the graph declares is bounded before it is allocated),
+/// or the empty tensor from which a TorchScript model's forward makes its own zeros.
+fn fresh_state(model: &InferenceModule, batch: usize, device: Device) -> Result<Tensor, String> {
+    let shape = match model.declared_input_shape(1) {
         Some(mut shape) if shape.len() >= 2 && shape.iter().enumerate().all(|(i, &d)| i == 1 || d > 0) => {
             shape[1] = batch as i64;
-            Tensor::zeros(shape.as_slice(), (Kind::Float, device))
+            signature_check::allocatable("the graph's state input", &shape)?;
+            shape
         }
-        _ => Tensor::zeros([0], (Kind::Float, device)),
-    }
+        _ => vec![0],
+    };
+    Tensor::f_zeros(shape.as_slice(), (Kind::Float, device)).map_err(|e| torch_error_summary(&e.to_string()))
 }
 
 /// Checks the model's outputs against the interface: logits `[batch, T, 256]` and a state batched on dimension 1.
@@ -498,7 +500,7 @@ fn load_and_warm_up(shared: &Shared) -> Result<InferenceModule, String> {
     let started = Instant::now();
     let model = spec.load_module()?;
     // A prefill and a step at every batch size, which also proves the model keeps the interface.
-    let fresh = fresh_state(&model, 1, spec.device);
+    let fresh = fresh_state(&model, 1, spec.device).map_err(|e| format!("{}: {e}", spec.path.display()))?;
     let prompt = Tensor::from_slice(b"Warm up.".map(i64::from).as_slice()).view([1, -1]).to_device(spec.device);
     for _ in 0..spec.batching.warmup_runs.max(1) {
         let (_, state) = run_model(&model, &prompt, &fresh, 1).map_err(|e| format!("warm-up prefill: {e}"))?;
