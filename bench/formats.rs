@@ -9,7 +9,7 @@
 //! The optional ONNX file is measured beside model.onnx (bench/formats.sh passes a constant-folded export, to
 //! show that ONNX Runtime folds the batch norms of the unfolded one as well at load).
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use ember::config::ImagePreprocessing;
@@ -19,76 +19,12 @@ use ember::formats::ModelFormat;
 use ember::tasks::image::{self, DecodeSize, ImageLimits};
 use tch::{Device, Kind, Tensor};
 
+#[path = "forward.rs"]
+mod forward;
 #[path = "stats.rs"]
 mod stats;
 
-/// A model in one format, ready to run on one thread.
-struct Loaded {
-    label: String,
-    module: InferenceModule,
-}
-
-fn load(dir: &Path, format: ModelFormat, optimize: bool) -> anyhow::Result<Loaded> {
-    let path = dir.join(format.file_name());
-    let module = match format {
-        ModelFormat::TorchScript => InferenceModule::load(&path, Device::Cpu, optimize),
-        ModelFormat::Onnx => OnnxModel::load(&path, Device::Cpu, 1, true).map(|m| InferenceModule::from_onnx(m, true)),
-        ModelFormat::Aoti => InferenceModule::aoti(&path, Device::Cpu, 1),
-    }
-    .map_err(anyhow::Error::msg)?;
-    Ok(Loaded { label: format.name().to_string(), module })
-}
-
-/// Forward passes per second of `inputs` over `seconds` (at least 3 passes).
-fn rate(module: &InferenceModule, inputs: &[Tensor], seconds: f64) -> anyhow::Result<f64> {
-    let refs: Vec<&Tensor> = inputs.iter().collect();
-    module.forward(&refs).map_err(anyhow::Error::msg)?; // the shape's first use is not measured
-    let (started, mut passes) = (Instant::now(), 0u32);
-    while started.elapsed().as_secs_f64() < seconds || passes < 3 {
-        module.forward(&refs).map_err(anyhow::Error::msg)?;
-        passes += 1;
-    }
-    Ok(f64::from(passes) / started.elapsed().as_secs_f64())
-}
-
-/// Prints a table of `rows x units per second` for each case, formats interleaved in each round.
-fn compare(
-    title: &str,
-    unit: &str,
-    models: &[Loaded],
-    cases: &[(String, Vec<Tensor>, f64)],
-    rounds: usize,
-    seconds: f64,
-) -> anyhow::Result<()> {
-    let mut samples = vec![vec![Vec::new(); models.len()]; cases.len()];
-    for round in 0..rounds {
-        for (case, (_, inputs, _)) in cases.iter().enumerate() {
-            // Alternate the order between rounds, so that no format always runs right after another.
-            let order: Vec<usize> =
-                if round % 2 == 0 { (0..models.len()).collect() } else { (0..models.len()).rev().collect() };
-            for index in order {
-                samples[case][index].push(rate(&models[index].module, inputs, seconds)?);
-            }
-        }
-    }
-    println!("\n{title} ({unit}/s, 1 thread, median of {rounds} rounds)\n");
-    let header: Vec<&str> = models.iter().map(|m| m.label.as_str()).collect();
-    println!("| case | {} | {} / {} |", header.join(" | "), header.get(1).unwrap_or(&""), header[0]);
-    println!("|---|{}---|", "---|".repeat(models.len()));
-    for ((name, _, units), per_model) in cases.iter().zip(&mut samples) {
-        let medians: Vec<f64> = per_model.iter_mut().map(|s| stats::median(s) * units).collect();
-        let cells: Vec<String> = medians.iter().map(|m| format!("{m:.1}")).collect();
-        let ratio = medians.get(1).map_or(0.0, |second| second / medians[0]);
-        println!("| {name} | {} | {ratio:.2}x |", cells.join(" | "));
-    }
-    Ok(())
-}
-
-fn batch_of(batch: i64, shape: &[i64]) -> Tensor {
-    let mut dims = vec![batch];
-    dims.extend_from_slice(shape);
-    Tensor::rand(dims.as_slice(), (Kind::Float, Device::Cpu))
-}
+use forward::{batch_of, compare, load, Loaded};
 
 fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().collect();
@@ -112,7 +48,7 @@ fn main() -> anyhow::Result<()> {
     }
     let cases: Vec<(String, Vec<Tensor>, f64)> =
         [1, 4, 8].into_iter().map(|b| (format!("batch {b}"), vec![batch_of(b, &[3, 224, 224])], b as f64)).collect();
-    compare("mobilenet_v2, images", "images", &formats, &cases, rounds, seconds)?;
+    compare("mobilenet_v2, images", "images", &formats, &cases, rounds, seconds, &[(1, 0)])?;
     request_split(&formats[..3])?;
     drop(formats);
 
@@ -126,7 +62,7 @@ fn main() -> anyhow::Result<()> {
             (format!("batch {batch}, {tokens} tokens"), vec![ids, mask], batch as f64)
         })
         .collect();
-    compare("sentiment, texts", "texts", &text_models, &text_cases, rounds, seconds)?;
+    compare("sentiment, texts", "texts", &text_models, &text_cases, rounds, seconds, &[(1, 0)])?;
     drop(text_models);
 
     let shakespeare = models.join("shakespeare/1");
@@ -140,7 +76,7 @@ fn main() -> anyhow::Result<()> {
             (format!("{what}, batch {batch}, {tokens} token(s)"), vec![ids, state], (batch * tokens) as f64)
         })
         .collect();
-    compare("shakespeare, tokens", "tokens", &generation, &generation_cases, rounds, seconds)?;
+    compare("shakespeare, tokens", "tokens", &generation, &generation_cases, rounds, seconds, &[(1, 0)])?;
     drop(generation);
 
     let style = models.join("style_starry_night/1");
@@ -150,7 +86,7 @@ fn main() -> anyhow::Result<()> {
         ("256 x 192".to_string(), vec![batch_of(1, &[3, 192, 256])], 1.0),
         ("512 x 384".to_string(), vec![batch_of(1, &[3, 384, 512])], 1.0),
     ];
-    compare("style_starry_night, images", "images", &styles, &style_cases, rounds, seconds)
+    compare("style_starry_night, images", "images", &styles, &style_cases, rounds, seconds, &[(1, 0)])
 }
 
 /// Where one classification request's time goes, per format, at batch 1 on one thread: decode, resize, crop and

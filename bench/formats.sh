@@ -19,7 +19,7 @@ source bench/lib.sh
 require bench-formats target/release/examples/formats "$image" models/mobilenet_v2/1/model.pt2
 need_hey
 
-echo "## Run of $(date -u +%Y-%m-%dT%H:%MZ) on $(nproc) cores ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)), ${seconds}s per HTTP case"
+run_heading
 
 folded="$workdir/mobilenet_v2_folded.onnx"
 .venv/bin/python - "$folded" <<'EOF' > /dev/null 2>&1

@@ -21,7 +21,7 @@ need_hey() { command -v hey >/dev/null || { apt-get update -qq && apt-get instal
 # add_model REPO NAME SOURCE [SED]: default model SOURCE into REPO as NAME (its labels and tokenizer copied, its
 # version 1 linked), model.toml edited by sed expression SED.
 add_model() {
-  local repo=$1 name=$2 source=$3
+  local repo=$1 name=$2 source=$3 file
   mkdir -p "$repo/$name"
   for file in labels.txt tokenizer.json; do
     [ -f "models/$source/$file" ] && cp "models/$source/$file" "$repo/$name/"
@@ -35,6 +35,11 @@ make_repo() {
   local repo="$workdir/repo-$3"
   add_model "$repo" "$1" "$1" "$2"
   echo "$repo"
+}
+
+# The heading of a run's results: when, on what CPU, and $seconds per HTTP case.
+run_heading() {
+  echo "## Run of $(date -u +%Y-%m-%dT%H:%MZ) on $(nproc) cores ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)), ${seconds}s per HTTP case"
 }
 
 start_server() {
@@ -60,13 +65,21 @@ hey_row() {
   local extra=()
   [ -n "${5:-}" ] && extra=(-H "$5")
   hey -z "${seconds}s" -c "$concurrency" -m POST -T "$content_type" -D "$body" "${extra[@]}" "$url" > "$out"
-  local rps p50 p99 ok total
+  local rps p50 p99
   rps=$(awk '/Requests\/sec:/ {printf "%.1f", $2}' "$out")
   p50=$(awk '/ 50% in / {printf "%.1f", $3 * 1000}' "$out")
   # hey prints no 99th percentile below 100 answers; the nearest-rank p99 of fewer than 100 is the slowest one.
   p99=$(awk '/ 99% in / {printf "%.1f", $3 * 1000}' "$out")
   [ -n "$p99" ] || p99=$(awk '/Slowest:/ {printf "%.1f", $2 * 1000}' "$out")
-  ok=$(awk '/\[200\]/ {print $2}' "$out")
-  total=$(awk '/\[[0-9]+\]/ {n += $2} END {print n + 0}' "$out")
-  echo "| $concurrency | $rps | $p50 | $p99 | $((total - ${ok:-0})) |"
+  # Answers other than 200 (hey's status code distribution) plus requests that got no answer (its error
+  # distribution: "[count] message").
+  local failed
+  failed=$(awk '/^Status code distribution:/ { section = "status"; next }
+                /^Error distribution:/ { section = "errors"; next }
+                $1 ~ /^\[[0-9]+\]$/ { n = substr($1, 2, length($1) - 2)
+                                        if (section == "status" && n != 200) failed += $2
+                                        if (section == "errors") failed += n }
+                END { print failed + 0 }' "$out")
+  [ "$failed" = 0 ] || { echo "$url at concurrency $concurrency:"; sed -n '/^Status code distribution:/,$p' "$out"; } >&2
+  echo "| $concurrency | $rps | $p50 | $p99 | $failed |"
 }

@@ -229,6 +229,9 @@ pub struct ModelToml {
     /// Turn off for a model whose ops it mishandles.
     #[serde(default = "default_true")]
     pub optimize: bool,
+    /// The fp32 model this one's int8 weights were quantized from. Fine-tuning refuses a quantized model and
+    /// names this one instead: ember trains float weights only.
+    pub quantized_from: Option<String>,
     #[serde(default)]
     pub batching: BatchingConfig,
     /// Image preprocessing, for image tasks.
@@ -440,6 +443,9 @@ impl ModelToml {
             }
         }
         validate_declared(self.task, &self.inputs, &self.outputs, b.max_batch_size)?;
+        if self.quantized_from.as_ref().is_some_and(|fp32| fp32.trim().is_empty()) {
+            return Err("quantized_from must name the fp32 model the weights were quantized from".into());
+        }
         if self.version == Some(0) {
             return Err("version must be a positive integer, got 0".into());
         }

@@ -54,6 +54,16 @@ def build_model() -> torch.nn.Module:
     return model.eval()
 
 
+def preprocessing() -> transforms.Compose:
+    """torchvision's ImageNet evaluation transform, the one model.toml's [image] table describes."""
+    return transforms.Compose([
+        transforms.Resize(256),
+        transforms.CenterCrop(224),
+        transforms.ToTensor(),
+        transforms.Normalize(MEAN, STD),
+    ])
+
+
 def check_format(name: str, run, scripted, photos: dict) -> dict:
     """`run(batch) -> logits` must give every photo TorchScript's top-1 and its scores within
     MAX_SCORE_DIFFERENCE; returns what it measured, or exits naming the photo."""
@@ -97,12 +107,7 @@ def main(root: Path) -> None:
         sys.exit(f"{labels_file} differs from torchvision's ImageNet class list")
 
     model = build_model()
-    preprocess = transforms.Compose([
-        transforms.Resize(256),
-        transforms.CenterCrop(224),
-        transforms.ToTensor(),
-        transforms.Normalize(MEAN, STD),
-    ])
+    preprocess = preprocessing()
 
     images_dir = root / "tests" / "data" / "images"
     images_dir.mkdir(parents=True, exist_ok=True)

@@ -100,9 +100,16 @@ fn open(repo: &Path, name: &str, version: Option<u64>) -> Result<(ModelSpec, u64
     Ok((spec, version))
 }
 
-/// The TorchScript file of `version`, which training runs (its gradients are libtorch's): a version served only
-/// as ONNX or as an AOTInductor package cannot be trained, and says so.
+/// The TorchScript file of `version`, which training runs (its gradients are libtorch's): a quantized model, or a
+/// version served only as ONNX or as an AOTInductor package, cannot be trained, and says so.
 pub fn torchscript_file(spec: &ModelSpec, version: u64) -> Result<PathBuf, TrainError> {
+    if let Some(fp32) = &spec.config.quantized_from {
+        return Err(TrainError::Model(format!(
+            "model `{}` is quantized to int8 and ember does not train quantized weights: fine-tune `{fp32}`, the \
+             fp32 model it was quantized from (and quantize the result, as models/export/mobilenet_v2_int8.py does)",
+            spec.name
+        )));
+    }
     let path = spec.model_file(version, ModelFormat::TorchScript);
     if path.is_file() {
         return Ok(path);
