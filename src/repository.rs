@@ -9,8 +9,9 @@ use crate::formats::ModelFormat;
 
 #[derive(Debug, thiserror::Error)]
 pub enum RepoError {
-    #[error("cannot read the model repository {path}: {source}")]
-    Io { path: PathBuf, source: std::io::Error },
+    /// The OS error is part of the message and not a `source`: a chain printed whole (`{:#}`) would say it twice.
+    #[error("cannot read the model repository {path}: {error}")]
+    Io { path: PathBuf, error: std::io::Error },
     #[error("{path}: {message}")]
     Invalid { path: PathBuf, message: String },
 }
@@ -140,7 +141,7 @@ impl Repository {
     /// Reads every `<root>/*/model.toml`. Folders without one (such as `export/`) are not models.
     /// Any invalid model fails the whole scan: serving half a repository by accident is worse than not starting.
     pub fn scan(root: &Path) -> Result<Repository, RepoError> {
-        let io_error = |source| RepoError::Io { path: root.to_path_buf(), source };
+        let io_error = |error| RepoError::Io { path: root.to_path_buf(), error };
         let mut models = Vec::new();
         for entry in std::fs::read_dir(root).map_err(io_error)? {
             let dir = entry.map_err(io_error)?.path();
@@ -196,7 +197,7 @@ pub fn read_model(dir: &Path) -> Result<ModelSpec, RepoError> {
 /// Version folders are positive integers holding a model file of any format; anything else (a `.partial`
 /// folder being written, a README) is not a version.
 fn list_versions(dir: &Path) -> Result<Vec<u64>, RepoError> {
-    let entries = std::fs::read_dir(dir).map_err(|source| RepoError::Io { path: dir.to_path_buf(), source })?;
+    let entries = std::fs::read_dir(dir).map_err(|error| RepoError::Io { path: dir.to_path_buf(), error })?;
     let mut versions: Vec<u64> = entries
         .filter_map(|entry| entry.ok())
         .filter_map(|entry| entry.file_name().to_str()?.parse::<u64>().ok().filter(|v| *v > 0))

@@ -170,6 +170,19 @@ fn invalid_model_toml_stops_the_server_naming_file_and_key() {
     assert!(stderr.contains("mobilenet_v2/model.toml") && stderr.contains("max_dealy_ms"), "{stderr}");
 }
 
+/// A repository that is not there stops the server with one line that names it and the OS error, once.
+#[test]
+fn a_missing_model_repository_stops_the_server_saying_so_once() {
+    let output = ember()
+        .args(["serve", "--port", "0", "--grpc-port", "0", "--model-repo", "/nonexistent-ember-repo"])
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("cannot read the model repository /nonexistent-ember-repo"), "{stderr}");
+    assert_eq!(stderr.matches("No such file or directory").count(), 1, "{stderr}");
+}
+
 /// SIGTERM (what Kubernetes sends) lets every request already received finish with its answer.
 #[tokio::test(flavor = "multi_thread")]
 async fn sigterm_answers_every_in_flight_request_then_exits_cleanly() {

@@ -44,8 +44,9 @@ pub enum TrainError {
     Diverged(String),
     #[error("the run was cancelled")]
     Cancelled,
-    #[error("{context}: {source}")]
-    Io { context: String, source: std::io::Error },
+    /// The OS error is part of the message and not a `source`, as in `RepoError::Io`.
+    #[error("{context}: {error}")]
+    Io { context: String, error: std::io::Error },
     #[error("libtorch: {}", crate::engine::torch_error_summary(&.0.to_string()))]
     Torch(#[from] tch::TchError),
 }
@@ -357,7 +358,7 @@ fn new_model_files(
     crate::repository::check_model_name(name).map_err(TrainError::Settings)?;
     let read = |path: PathBuf| {
         std::fs::read(&path)
-            .map_err(|source| TrainError::Io { context: format!("cannot read {}", path.display()), source })
+            .map_err(|error| TrainError::Io { context: format!("cannot read {}", path.display()), error })
     };
     let text = String::from_utf8(read(spec.dir.join("model.toml"))?).unwrap_or_default();
     let mut table: toml::Table = toml::from_str(&text).map_err(|e| TrainError::Model(e.to_string()))?;

@@ -26,7 +26,7 @@ enum Target {
 }
 
 fn io(context: String) -> impl FnOnce(std::io::Error) -> TrainError {
-    move |source| TrainError::Io { context, source }
+    move |error| TrainError::Io { context, error }
 }
 
 impl Staging {

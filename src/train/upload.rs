@@ -39,7 +39,7 @@ impl Unpacked {
 /// Writes `bytes` into `into`, unpacking archives; anything else is saved as one file named `file_name` (its last
 /// component only), which the caller chooses for the task.
 pub fn unpack(bytes: &[u8], file_name: &str, into: &Path, limits: UnpackLimits) -> Result<Unpacked, TrainError> {
-    let io = |context: String| move |source| TrainError::Io { context, source };
+    let io = |context: String| move |error| TrainError::Io { context, error };
     if bytes.starts_with(b"PK\x03\x04") {
         unzip(bytes, into, limits)?;
     } else if bytes.starts_with(&[0x1f, 0x8b]) {
@@ -115,7 +115,7 @@ impl Budget {
 
     /// Copies `reader` to `path`, stopping at the byte limit.
     fn copy(&mut self, reader: &mut dyn Read, path: &Path) -> Result<(), TrainError> {
-        let io = |source| TrainError::Io { context: format!("cannot write {}", path.display()), source };
+        let io = |error| TrainError::Io { context: format!("cannot write {}", path.display()), error };
         if let Some(parent) = path.parent() {
             std::fs::create_dir_all(parent).map_err(io)?;
         }
@@ -152,7 +152,7 @@ fn unzip(bytes: &[u8], into: &Path, limits: UnpackLimits) -> Result<(), TrainErr
         }
         if entry.is_dir() {
             std::fs::create_dir_all(&path)
-                .map_err(|source| TrainError::Io { context: format!("cannot create {}", path.display()), source })?;
+                .map_err(|error| TrainError::Io { context: format!("cannot create {}", path.display()), error })?;
         } else {
             budget.copy(&mut entry, &path)?;
         }
@@ -172,7 +172,7 @@ fn untar(reader: impl Read, into: &Path, limits: UnpackLimits) -> Result<(), Tra
         match entry.header().entry_type() {
             tar::EntryType::Regular | tar::EntryType::Continuous => budget.copy(&mut entry, &path)?,
             tar::EntryType::Directory => std::fs::create_dir_all(&path)
-                .map_err(|source| TrainError::Io { context: format!("cannot create {}", path.display()), source })?,
+                .map_err(|error| TrainError::Io { context: format!("cannot create {}", path.display()), error })?,
             // pax and GNU long-name headers are metadata the tar crate applies to the next entry.
             tar::EntryType::XGlobalHeader | tar::EntryType::XHeader | tar::EntryType::GNULongName => {}
             other => {
