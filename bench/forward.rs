@@ -3,7 +3,7 @@
 //! that a noisy machine affects them alike.
 //! A benchmark includes it as `#[path = "forward.rs"] mod forward;`, beside `#[path = "stats.rs"] mod stats;`.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use ember::engine::onnx::OnnxModel;
@@ -20,15 +20,34 @@ pub struct Loaded {
     pub module: InferenceModule,
 }
 
-pub fn load(dir: &Path, format: ModelFormat, optimize: bool) -> anyhow::Result<Loaded> {
-    let path = dir.join(format.file_name());
+/// What a raw-forward benchmark's command line says: `[rounds] [seconds-per-case] [extra-file]`.
+pub struct Args {
+    pub rounds: usize,
+    pub seconds: f64,
+    pub extra: Option<PathBuf>,
+}
+
+/// Reads the command line and sets libtorch up as every raw-forward benchmark runs: no autograd, one thread,
+/// seeded. The guard must live as long as the benchmark.
+pub fn setup() -> anyhow::Result<(Args, tch::NoGradGuard)> {
+    let args: Vec<String> = std::env::args().collect();
+    let rounds: usize = args.get(1).map_or(Ok(5), |s| s.parse())?;
+    let seconds: f64 = args.get(2).map_or(Ok(1.0), |s| s.parse())?;
+    let guard = tch::no_grad_guard();
+    tch::set_num_threads(1);
+    tch::manual_seed(0);
+    Ok((Args { rounds, seconds, extra: args.get(3).map(PathBuf::from) }, guard))
+}
+
+/// The model file `path` of `format`, labelled `label` in the tables.
+pub fn load_file(label: &str, path: &Path, format: ModelFormat, optimize: bool) -> anyhow::Result<Loaded> {
     let module = match format {
-        ModelFormat::TorchScript => InferenceModule::load(&path, Device::Cpu, optimize),
-        ModelFormat::Onnx => OnnxModel::load(&path, Device::Cpu, 1, true).map(|m| InferenceModule::from_onnx(m, true)),
-        ModelFormat::Aoti => InferenceModule::aoti(&path, Device::Cpu, 1),
+        ModelFormat::TorchScript => InferenceModule::load(path, Device::Cpu, optimize),
+        ModelFormat::Onnx => OnnxModel::load(path, Device::Cpu, 1, true).map(|m| InferenceModule::from_onnx(m, true)),
+        ModelFormat::Aoti => InferenceModule::aoti(path, Device::Cpu, 1),
     }
     .map_err(anyhow::Error::msg)?;
-    Ok(Loaded { label: format.name().to_string(), module })
+    Ok(Loaded { label: label.to_string(), module })
 }
 
 /// Forward passes per second of `inputs` over `seconds` (at least 3 passes).

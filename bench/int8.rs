@@ -7,41 +7,27 @@
 
 use std::path::PathBuf;
 
-use ember::engine::InferenceModule;
 use ember::formats::ModelFormat;
-use tch::Device;
 
 #[path = "forward.rs"]
 mod forward;
 #[path = "stats.rs"]
 mod stats;
 
-use forward::{batch_of, compare, load, Loaded};
-
-fn labelled(mut loaded: Loaded, label: &str) -> Loaded {
-    loaded.label = label.to_string();
-    loaded
-}
+use forward::{batch_of, compare, load_file};
 
 fn main() -> anyhow::Result<()> {
-    let args: Vec<String> = std::env::args().collect();
-    let rounds: usize = args.get(1).map_or(Ok(5), |s| s.parse())?;
-    let seconds: f64 = args.get(2).map_or(Ok(1.0), |s| s.parse())?;
-    let torchscript_int8 = args.get(3).map(PathBuf::from);
-    let _no_grad = tch::no_grad_guard();
-    tch::set_num_threads(1);
-    tch::manual_seed(0);
+    let (forward::Args { rounds, seconds, extra: torchscript_int8 }, _no_grad) = forward::setup()?;
     let models = PathBuf::from("models");
     let mut loaded = vec![
-        labelled(load(&models.join("mobilenet_v2/1"), ModelFormat::Onnx, true)?, "onnx fp32"),
-        labelled(load(&models.join("mobilenet_v2_int8/1"), ModelFormat::Onnx, true)?, "onnx int8"),
+        load_file("onnx fp32", &models.join("mobilenet_v2/1/model.onnx"), ModelFormat::Onnx, true)?,
+        load_file("onnx int8", &models.join("mobilenet_v2_int8/1/model.onnx"), ModelFormat::Onnx, true)?,
     ];
     let mut ratios = vec![(1, 0)];
     if let Some(path) = &torchscript_int8 {
-        loaded
-            .push(labelled(load(&models.join("mobilenet_v2/1"), ModelFormat::TorchScript, true)?, "torchscript fp32"));
-        let module = InferenceModule::load(path, Device::Cpu, true).map_err(anyhow::Error::msg)?;
-        loaded.push(Loaded { label: "torchscript x86 int8".into(), module });
+        let fp32 = models.join("mobilenet_v2/1/model.pt");
+        loaded.push(load_file("torchscript fp32", &fp32, ModelFormat::TorchScript, true)?);
+        loaded.push(load_file("torchscript x86 int8", path, ModelFormat::TorchScript, true)?);
         ratios.extend([(3, 2), (1, 3)]);
     }
     println!("## mobilenet_v2 fp32 and int8, one thread, {rounds} rounds of {seconds}s per case");

@@ -42,7 +42,7 @@ def main(out: Path) -> None:
 
     held_out = sets["held-out"]
     served = preprocessing()
-    images = torch.stack([served(Image.open(path).convert("RGB")) for _, path in held_out])
+    images = torch.stack([served(Image.open(photo.path).convert("RGB")) for photo in held_out])
     root = Path(__file__).resolve().parents[1]
     fp32 = int8.probabilities(formats.onnx_session(root / "models" / "mobilenet_v2" / "1" / "model.onnx"), images)
     with torch.no_grad():

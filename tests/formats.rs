@@ -398,15 +398,7 @@ async fn a_version_without_model_pt_cannot_be_fine_tuned_and_says_why() {
     let token = "an-admin-token-for-formats";
     let server = TestServer::start_ready(repo.path(), &["--admin-token", token]).await;
     assert_eq!(get(&server, "/v1/models/onnx_only").await["format"], "onnx");
-    let form =
-        reqwest::multipart::Form::new().part("data", reqwest::multipart::Part::bytes(vec![0u8; 16]).file_name("d.zip"));
-    let response = client()
-        .post(server.url("/admin/models/onnx_only/fine-tune"))
-        .bearer_auth(token)
-        .multipart(form)
-        .send()
-        .await
-        .unwrap();
+    let response = common::submit_fine_tune(&server, token, "onnx_only", vec![0u8; 16], "d.zip").await;
     let (status, kind, message) = common::error_of(response).await;
     assert_eq!((status, kind.as_str()), (422, "validation"), "{message}");
     assert!(message.contains("model `onnx_only` version 1 has no model.pt (it holds model.onnx)"), "{message}");

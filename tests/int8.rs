@@ -149,15 +149,7 @@ const TOKEN: &str = "int8-admin-token";
 async fn fine_tuning_int8_is_refused_naming_the_fp32_model() {
     let repo = int8_and_fp32();
     let server = TestServer::start_ready(repo.path(), &["--admin-token", TOKEN, "--watch-interval-ms", "0"]).await;
-    let form = reqwest::multipart::Form::new()
-        .part("data", reqwest::multipart::Part::bytes(vec![0u8; 64]).file_name("pets.tar.gz"));
-    let response = client()
-        .post(server.url("/admin/models/mobilenet_v2_int8/fine-tune"))
-        .bearer_auth(TOKEN)
-        .multipart(form)
-        .send()
-        .await
-        .unwrap();
+    let response = common::submit_fine_tune(&server, TOKEN, "mobilenet_v2_int8", vec![0u8; 64], "pets.tar.gz").await;
     let (status, _, message) = error_of(response).await;
     assert_eq!(status, 422, "{message}");
     assert!(message.contains("quantized") && message.contains("fine-tune `mobilenet_v2`"), "{message}");

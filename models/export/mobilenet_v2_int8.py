@@ -74,8 +74,8 @@ def calibration_images(photos) -> torch.Tensor:
     ])
     torch.manual_seed(0)
     images = []
-    for _, path in photos:
-        rgb = Image.open(path).convert("RGB")
+    for photo in photos:
+        rgb = Image.open(photo.path).convert("RGB")
         images.append(served(rgb))
         images.extend(augment(rgb) for _ in range(AUGMENTED_CROPS))
     return torch.stack(images)
@@ -94,7 +94,6 @@ def quantize(fp32: Path, out: Path, calibration: torch.Tensor) -> float:
             activation_type=quantization.QuantType.QUInt8, weight_type=quantization.QuantType.QInt8,
             calibrate_method=quantization.CalibrationMethod.Percentile,
             extra_options={"CalibPercentile": PERCENTILE})
-    onnx.checker.check_model(str(out))
     return time.time() - started
 
 
@@ -125,11 +124,11 @@ def gate(fp32: torch.Tensor, int8: torch.Tensor, photos, labels) -> dict:
                                      "passed": confident_agreement >= CONFIDENT_AGREEMENT},
     }
     per_photo = [{
-        "photo": label, "sha256": photo_sets.sha256(path),
+        "photo": photo.label, "sha256": photo.sha256,
         "fp32_top1": labels[int(fp32_top1[i])], "fp32_margin": round(float(margin[i]), 4),
         "int8_top1": labels[int(int8_top1[i])], "top1_equal": bool(agree[i]), "in_fp32_top5": bool(in_top5[i]),
         "top5_overlap": overlap[i], "kl": round(float(kl[i]), 5),
-    } for i, (label, path) in enumerate(photos)]
+    } for i, photo in enumerate(photos)]
     return {
         "passed": all(part["passed"] for part in parts.values()),
         "parts": parts,
@@ -163,18 +162,19 @@ def main(root: Path) -> None:
     sets = photo_sets.load()
     held_out, calibration = sets["held-out"], sets["calibration"]
     served = preprocessing()
-    images = torch.stack([served(Image.open(path).convert("RGB")) for _, path in held_out])
+    images = torch.stack([served(Image.open(photo.path).convert("RGB")) for photo in held_out])
     fp32 = probabilities(formats.onnx_session(fp32_path), images)
 
     def write(staging: Path) -> dict:
         model = staging / "model.onnx"
         seconds = quantize(fp32_path, model, calibration_images(calibration))
+        graph = onnx.load(str(model))
+        onnx.checker.check_model(graph)
         int8 = probabilities(formats.onnx_session(model), images)
         result = gate(fp32, int8, held_out, labels)
         print(f"mobilenet_v2_int8 gate: {describe(result)}")
         if not result["passed"]:
             sys.exit("mobilenet_v2_int8 fails the gate: refusing to write it")
-        graph = onnx.load(str(model))
         return {
             "model": "mobilenet_v2_int8",
             "task": "image-classification",
@@ -185,7 +185,7 @@ def main(root: Path) -> None:
                 "activations": "uint8, per tensor",
                 "calibration": f"percentile {PERCENTILE}",
                 "calibration_images": len(calibration) * (1 + AUGMENTED_CROPS),
-                "calibration_photos": [label for label, _ in calibration],
+                "calibration_photos": [photo.label for photo in calibration],
                 "onnxruntime": onnxruntime.__version__,
                 "seconds": round(seconds, 1),
                 "quantized_nodes": sum(node.op_type == "QuantizeLinear" for node in graph.graph.node),

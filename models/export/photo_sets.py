@@ -8,7 +8,7 @@ importing them: matplotlib is installed without its dependencies).
 import hashlib
 import importlib.util
 from pathlib import Path
-from typing import Dict, List, Tuple
+from typing import Dict, List, NamedTuple
 
 from common import SOURCES
 
@@ -32,10 +32,16 @@ def source_root(source: str) -> Path:
     raise SystemExit(f"{MANIFEST}: unknown source {source!r} (deb:, npm: or pip:)")
 
 
-def load() -> Dict[str, List[Tuple[str, Path]]]:
-    """set name -> [(the photo's name "source/path", its file)], in the manifest's order. Exits if a file is
-    missing or if the same photo (by content) is in two sets."""
-    sets: Dict[str, List[Tuple[str, Path]]] = {}
+class Photo(NamedTuple):
+    label: str  # "source/path", as the manifest names it
+    path: Path
+    sha256: str
+
+
+def load() -> Dict[str, List[Photo]]:
+    """set name -> its photos, in the manifest's order. Exits if a file is missing or if the same photo (by
+    content) is in two sets."""
+    sets: Dict[str, List[Photo]] = {}
     for number, line in enumerate(MANIFEST.read_text().splitlines(), 1):
         if not line.strip() or line.startswith("#"):
             continue
@@ -46,13 +52,12 @@ def load() -> Dict[str, List[Tuple[str, Path]]]:
         path = source_root(source) / member
         if not path.is_file():
             raise SystemExit(f"{path} is missing: run `make setup` (models/export/fetch_media.sh fetches it)")
-        sets.setdefault(name, []).append((f"{source}/{member}", path))
+        sets.setdefault(name, []).append(Photo(f"{source}/{member}", path, sha256(path)))
     owner: Dict[str, str] = {}
     for name, photos in sets.items():
-        for label, path in photos:
-            digest = sha256(path)
-            if owner.setdefault(digest, name) != name:
-                raise SystemExit(f"{label} is in both the {owner[digest]} and the {name} set")
+        for photo in photos:
+            if owner.setdefault(photo.sha256, name) != name:
+                raise SystemExit(f"{photo.label} is in both the {owner[photo.sha256]} and the {name} set")
     return sets
 
 

@@ -222,6 +222,26 @@ pub fn client() -> reqwest::Client {
 }
 
 /// Status, `error_type` and message of an error response.
+/// POST /admin/models/{model}/fine-tune with `archive` as the `data` part (named `file_name`) and the admin
+/// `token`, no settings.
+pub async fn submit_fine_tune(
+    server: &TestServer,
+    token: &str,
+    model: &str,
+    archive: Vec<u8>,
+    file_name: &str,
+) -> reqwest::Response {
+    let form = reqwest::multipart::Form::new()
+        .part("data", reqwest::multipart::Part::bytes(archive).file_name(file_name.to_string()));
+    client()
+        .post(server.url(&format!("/admin/models/{model}/fine-tune")))
+        .bearer_auth(token)
+        .multipart(form)
+        .send()
+        .await
+        .unwrap()
+}
+
 pub async fn error_of(response: reqwest::Response) -> (u16, String, String) {
     let status = response.status().as_u16();
     let body: serde_json::Value = response.json().await.expect("error bodies are JSON");
