@@ -12,8 +12,8 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use ember::config::ImagePreprocessing;
 use ember::formats::ModelFormat;
+use ember::model_toml::ImagePreprocessing;
 use ember::tasks::image::{self, DecodeSize, ImageLimits};
 use tch::{Device, Kind, Tensor};
 
@@ -136,5 +136,5 @@ fn upscaled_jpeg(jpeg: &[u8], longer: u32) -> anyhow::Result<Vec<u8>> {
     let shorter = (u64::from(longer) * u64::from(height.min(width)) / u64::from(width.max(height))) as u32;
     let (w, h) = if width >= height { (longer, shorter) } else { (shorter, longer) };
     let large = ::image::imageops::resize(&rgb, w, h, ::image::imageops::FilterType::Triangle);
-    image::encode(&large, ember::tasks::style::OutputFormat::Jpeg).map_err(|e| anyhow::anyhow!("{e}"))
+    image::encode(&large, ember::tasks::image::OutputFormat::Jpeg).map_err(|e| anyhow::anyhow!("{e}"))
 }

@@ -15,8 +15,8 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use ember::config::{ImagePreprocessing, ModelToml};
 use ember::engine::InferenceModule;
+use ember::model_toml::{ImagePreprocessing, ModelToml};
 use ember::tasks::image;
 use tch::{Device, Kind, Tensor};
 

@@ -12,8 +12,8 @@
 use std::path::Path;
 use std::time::Instant;
 
-use ember::config::TextPreprocessing;
 use ember::engine::InferenceModule;
+use ember::model_toml::TextPreprocessing;
 use ember::tasks::generate::{Sampler, SamplingParams, VOCABULARY};
 use ember::tasks::sentiment::TextClassifier;
 use tch::{Device, Kind, Tensor};

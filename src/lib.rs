@@ -2,24 +2,24 @@
 //!
 //! The binary (`src/main.rs`) is a thin CLI over this library; integration tests drive the same `Server`.
 
-pub mod config;
 pub mod cpus;
 pub mod engine;
 pub mod fd_limit;
+pub mod flags;
 pub mod formats;
-#[cfg(test)]
-mod fuzz;
 pub mod grpc;
 pub mod http;
 pub mod info;
 pub mod jobs;
 pub mod malloc_arenas;
 pub mod metrics;
+pub mod model_toml;
 pub mod reference;
 pub mod registry;
 pub mod repository;
 pub mod rng;
 pub mod server;
+pub mod service;
 pub mod shutdown;
 pub mod signature;
 pub mod tasks;

@@ -2,7 +2,7 @@
 
 use clap::{CommandFactory, Parser, Subcommand};
 
-use ember::config::{RepoArgs, ServeConfig};
+use ember::flags::{RepoArgs, ServeConfig};
 use ember::server::Server;
 use ember::shutdown::shutdown_signal;
 

@@ -14,10 +14,10 @@ use std::time::Instant;
 
 use tch::Device;
 
-use crate::config::{DeviceChoice, TaskKind};
 use crate::engine::{device, format_usable, retired, EngineError, StandIn, WorkerSpec};
 use crate::formats::ModelFormat;
 use crate::metrics::Metrics;
+use crate::model_toml::{DeviceChoice, TaskKind};
 use crate::repository::{self, ModelSpec, Repository};
 use crate::signature::Signature;
 use crate::tasks::Backend;

@@ -4,8 +4,8 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
-use crate::config::{ModelToml, TaskKind};
 use crate::formats::ModelFormat;
+use crate::model_toml::{ModelToml, TaskKind};
 
 #[derive(Debug, thiserror::Error)]
 pub enum RepoError {
@@ -106,7 +106,7 @@ pub const VERSION_TOML: &str = "version.toml";
 #[serde(deny_unknown_fields)]
 pub struct VersionToml {
     /// Image preprocessing this version was trained with.
-    pub image: Option<crate::config::ImagePreprocessing>,
+    pub image: Option<crate::model_toml::ImagePreprocessing>,
     /// Saved but not published: never served unless pinned (`version = N` in model.toml).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub held: bool,

@@ -18,12 +18,14 @@ use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 
-use crate::config::{DeviceChoice, ServeConfig};
 use crate::engine::{cuda, device};
-use crate::http::{router, AppState};
+use crate::flags::ServeConfig;
+use crate::http::router;
 use crate::metrics::Metrics;
+use crate::model_toml::DeviceChoice;
 use crate::registry::Registry;
 use crate::repository::Repository;
+use crate::service::AppState;
 
 /// How connections are accepted and timed.
 struct Connections {

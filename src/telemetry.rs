@@ -25,8 +25,6 @@ use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{EnvFilter, Layer};
 
-use crate::config::LogFormat;
-
 /// Spans waiting to be exported, at most; beyond it they are dropped and counted.
 const QUEUE_SPANS: usize = 4096;
 /// Spans per export request, at most.
@@ -83,6 +81,13 @@ impl Telemetry {
             }
         }
     }
+}
+
+/// How log lines are written (`--log-format`): text for people, JSON for log collectors.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
 }
 
 /// Logging only, for the commands that serve nothing (train, eval).

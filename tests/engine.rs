@@ -5,11 +5,11 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use ember::config::BatchingConfig;
 use ember::cpus::Sizing;
 use ember::engine::{BatchTask, EngineError, InferenceModule, WorkerPool, WorkerSpec};
 use ember::formats::ModelFormat;
 use ember::metrics::Metrics;
+use ember::model_toml::BatchingConfig;
 use tch::{CModule, Device, Kind, Tensor};
 use tokio::task::JoinHandle;
 

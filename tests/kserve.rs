@@ -8,7 +8,7 @@ use std::time::Duration;
 use common::{
     client, error_of, free_port, image_infer_request, models_dir, photo, run_python_check, TempRepo, TestServer,
 };
-use ember::config::ImagePreprocessing;
+use ember::model_toml::ImagePreprocessing;
 use ember::tasks::image;
 use serde_json::{json, Value};
 

@@ -3,7 +3,7 @@
 mod common;
 
 use common::{error_of, root, TempRepo, TestServer};
-use ember::config::TextPreprocessing;
+use ember::model_toml::TextPreprocessing;
 use ember::tasks::sentiment::TextClassifier;
 use serde_json::{json, Value};
 

@@ -14,7 +14,7 @@ use std::os::unix::ffi::OsStrExt;
 use std::path::PathBuf;
 use std::sync::OnceLock;
 
-use crate::config::DeviceChoice;
+use crate::model_toml::DeviceChoice;
 
 static TORCH_CUDA: OnceLock<Result<PathBuf, String>> = OnceLock::new();
 

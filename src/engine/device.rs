@@ -3,7 +3,7 @@
 use tch::Device;
 
 use super::cuda;
-use crate::config::DeviceChoice;
+use crate::model_toml::DeviceChoice;
 
 /// The model's own choice wins unless it is `auto`, in which case the server's `--device` decides.
 pub fn resolve(model: DeviceChoice, server: DeviceChoice) -> Result<Device, String> {

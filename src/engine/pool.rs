@@ -16,10 +16,10 @@ use super::batcher::{BatchPolicy, Batcher, Next};
 use super::fault::{catch_panic, torch_error_summary};
 use super::module::{InferenceModule, StandIn};
 use super::EngineError;
-use crate::config::BatchingConfig;
 use crate::cpus::Sizing;
 use crate::formats::ModelFormat;
 use crate::metrics::ModelMetrics;
+use crate::model_toml::BatchingConfig;
 use crate::signature::TensorSpec;
 
 /// What a task does on a worker thread. One implementation per task in `tasks/`.

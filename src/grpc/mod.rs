@@ -1,10 +1,10 @@
 //! The Open Inference Protocol over gRPC: KServe v2's `inference.GRPCInferenceService` (proto/kserve_v2.proto)
 //! on its own port (`--grpc-port`, default 8081), beside the HTTP server and sharing its state.
 //!
-//! This is a second front end over the HTTP layer's `AppState`: the RPCs call the same functions as the /v2
-//! routes (model lookup, tensor checks, the model's queue, the repository extension, the admin token), so a
-//! gRPC client meets the same limits, batches, deadlines and messages; only the framing and the status codes
-//! differ (`status`). RPCs that are not in the proto (Triton's statistics, config, ...) answer UNIMPLEMENTED.
+//! This is a front end beside the HTTP one, over the same service layer (`crate::service`): the RPCs call the
+//! same functions as the /v2 routes (model lookup, tensor checks, the model's queue, the repository extension,
+//! the admin token), so a gRPC client meets the same limits, batches, deadlines and messages; only the framing
+//! and the status codes differ (`status`). RPCs that are not in the proto (Triton's statistics, config, ...) answer UNIMPLEMENTED.
 
 mod connections;
 mod service;
@@ -18,7 +18,7 @@ use tokio::net::TcpListener;
 use tonic::codec::CompressionEncoding;
 use tonic::transport::Server;
 
-use crate::http::AppState;
+use crate::service::AppState;
 
 /// The messages and the service trait generated from proto/kserve_v2.proto by build.rs.
 #[allow(clippy::all, clippy::pedantic)]

@@ -1,12 +1,11 @@
-//! The RPCs of `inference.GRPCInferenceService` over the HTTP layer's state: the same registry, queues, batches,
-//! limits, deadlines, admin token and metrics as the REST and /v2 routes, and the same messages.
+//! The RPCs of `inference.GRPCInferenceService`, each a thin adapter over the service layer: the same registry,
+//! queues, batches, limits, deadlines, admin token and metrics as the REST and /v2 routes, and the same messages.
 
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use axum::extract::{Path, State};
 use futures_util::FutureExt;
 use opentelemetry::propagation::Extractor;
 use tonic::metadata::{KeyRef, MetadataMap, MetadataValue};
@@ -20,13 +19,13 @@ use super::proto::*;
 use super::status::to_status;
 use super::tensors;
 use crate::engine::panic_message;
-use crate::http::admin;
-use crate::http::error::ApiError;
-use crate::http::ops::readiness;
-use crate::http::trace::continue_trace;
-use crate::http::v2::{self, metadata_of, optional_version, served, Metadata, EXTENSIONS};
-use crate::http::{decoding, encoding, AppState};
 use crate::rng::{fresh_seed, Rng};
+use crate::service::inference::{self, Metadata, ServerMetadata, SERVER_METADATA};
+use crate::service::models::optional_version;
+use crate::service::offload::{decoding, encoding};
+use crate::service::repository::{self, readiness, IndexEntry};
+use crate::service::trace::continue_trace;
+use crate::service::{ApiError, AppState};
 use crate::signature::TensorSpec;
 
 pub struct Inference {
@@ -69,11 +68,10 @@ impl Inference {
             ))),
         };
         let label = model.filter(|name| self.state.registry.get(name).is_some()).unwrap_or("");
-        // The status HTTP would answer the same outcome with, so that dashboards and alerts (5xx, 429) read gRPC
-        // calls as they read HTTP requests; the route tells them apart.
+        // Counted under the outcome's status number, as HTTP requests are (`ErrorKind::status_code`).
         let status = match &result {
             Ok(_) => "200".to_string(),
-            Err(error) => error.status().as_str().to_string(),
+            Err(error) => error.kind.status_code().to_string(),
         };
         let result = result.map_err(|e| to_status(e, &request_id));
         self.state.metrics.observe_request(label, &route, &status, started.elapsed());
@@ -98,7 +96,7 @@ impl Inference {
     /// The admin token from the `authorization` metadata, as the admin API checks it.
     fn authorize(&self, metadata: &MetadataMap) -> Result<(), ApiError> {
         let authorization = metadata.get("authorization").and_then(|v| v.to_str().ok());
-        admin::authorize(&self.state, authorization)
+        self.state.authorize_admin(authorization)
     }
 }
 
@@ -180,7 +178,7 @@ impl GrpcInferenceService for Inference {
         let (metadata, _, message) = request.into_parts();
         self.call("ModelReady", Some(&message.name), &metadata, async {
             let version = optional_version(&message.version)?;
-            Ok(ModelReadyResponse { ready: served(&self.state, &message.name, version).is_ok() })
+            Ok(ModelReadyResponse { ready: self.state.served(&message.name, version).is_ok() })
         })
         .await
     }
@@ -190,10 +188,11 @@ impl GrpcInferenceService for Inference {
         request: Request<ServerMetadataRequest>,
     ) -> Result<Response<ServerMetadataResponse>, Status> {
         self.call("ServerMetadata", None, request.metadata(), async {
+            let ServerMetadata { name, version, extensions } = SERVER_METADATA;
             Ok(ServerMetadataResponse {
-                name: "ember".to_string(),
-                version: env!("CARGO_PKG_VERSION").to_string(),
-                extensions: EXTENSIONS.iter().map(|e| e.to_string()).collect(),
+                name: name.to_string(),
+                version: version.to_string(),
+                extensions: extensions.iter().map(|e| e.to_string()).collect(),
             })
         })
         .await
@@ -206,7 +205,8 @@ impl GrpcInferenceService for Inference {
         let (metadata, _, message) = request.into_parts();
         self.call("ModelMetadata", Some(&message.name), &metadata, async {
             let version = optional_version(&message.version)?;
-            let Metadata { versions, signature, platform, .. } = metadata_of(&self.state, &message.name, version)?;
+            let Metadata { versions, signature, platform, .. } =
+                inference::metadata(&self.state, &message.name, version)?;
             Ok(ModelMetadataResponse {
                 name: message.name.clone(),
                 versions: versions.iter().map(u64::to_string).collect(),
@@ -227,13 +227,13 @@ impl GrpcInferenceService for Inference {
         let name = message.model_name.clone();
         self.call("ModelInfer", Some(&name), &metadata, async {
             let version = optional_version(&message.model_version)?;
-            let loaded = served(&self.state, &name, version)?;
+            let loaded = self.state.served(&name, version)?;
             let message = Arc::new(message);
             let (for_decoding, request) = (Arc::clone(&loaded), Arc::clone(&message));
             let decoded =
                 decoding("decoding the infer request", move || tensors::decode(&request, &for_decoding.signature))
                     .await?;
-            let outputs = v2::run(&name, &loaded, decoded.inputs, timeout).await?;
+            let outputs = inference::run(&name, &loaded, decoded.inputs, timeout).await?;
             let (for_encoding, wanted) = (Arc::clone(&loaded), decoded.outputs);
             let max_bytes = self.state.limits.max_response_bytes;
             let encoded = encoding("encoding the infer answer", move || {
@@ -260,13 +260,13 @@ impl GrpcInferenceService for Inference {
         let (metadata, _, message) = request.into_parts();
         self.call("RepositoryIndex", None, &metadata, async {
             self.authorize(&metadata)?;
-            let models = v2::repository::index_of(&self.state, message.ready)
+            let models = repository::index(&self.state, message.ready)
                 .into_iter()
-                .map(|entry| ModelIndex {
-                    name: entry.name,
-                    version: entry.version,
-                    state: entry.state.to_string(),
-                    reason: entry.reason,
+                .map(|IndexEntry { name, version, state, reason }| ModelIndex {
+                    name,
+                    version,
+                    state: state.to_string(),
+                    reason,
                 })
                 .collect();
             Ok(RepositoryIndexResponse { models })
@@ -290,7 +290,7 @@ impl GrpcInferenceService for Inference {
                      with a load"
                 )));
             }
-            let _answer = admin::load(State(self.state.clone()), Path(name.clone())).await?;
+            repository::load(&self.state, &name, false).await?;
             Ok(RepositoryModelLoadResponse {})
         })
         .await
@@ -306,7 +306,7 @@ impl GrpcInferenceService for Inference {
         let name = message.model_name.clone();
         self.call("RepositoryModelUnload", Some(&name), &metadata, async {
             self.authorize(&metadata)?;
-            let _answer = admin::unload(State(self.state.clone()), Path(name.clone())).await?;
+            repository::unload(&self.state, &name).await?;
             Ok(RepositoryModelUnloadResponse {})
         })
         .await

@@ -1,8 +1,10 @@
-//! ember's errors as gRPC statuses: one table from `ErrorKind` to a code, the messages HTTP clients read.
+//! The service layer's errors as gRPC statuses: one table from `ErrorKind` to a code, the messages HTTP clients
+//! read.
 
 use tonic::{Code, Status};
 
-use crate::http::error::{internal_message, ApiError, ErrorKind};
+use crate::service::error::internal_message;
+use crate::service::{ApiError, ErrorKind};
 
 /// The code a gRPC client gets for each kind of error (HTTP's status in the comment).
 pub fn code_of(kind: ErrorKind) -> Code {

@@ -1,5 +1,5 @@
-//! `ModelInferRequest` to checked input tensors and output tensors to `ModelInferResponse`: the gRPC side of what
-//! `http::v2::codec` does for JSON and binary bodies, with the same checks and messages.
+//! `ModelInferRequest` to checked input tensors and output tensors to `ModelInferResponse`: the protobuf framing
+//! of the service layer's tensor checks (`service::tensors`), which the JSON and binary bodies of /v2 use too.
 //!
 //! Inputs come as `raw_input_contents` (one entry per input, in order: what tritonclient sends) or as typed
 //! `contents` (the list that matches the datatype). Outputs go back raw (`raw_output_contents`, what the
@@ -12,11 +12,11 @@ use super::proto::infer_parameter::ParameterChoice;
 use super::proto::model_infer_request::InferInputTensor;
 use super::proto::model_infer_response::InferOutputTensor;
 use super::proto::{InferParameter, InferTensorContents, ModelInferRequest};
-use crate::http::error::ApiError;
-use crate::http::v2::codec::{
-    check_answer_size, checked_elements, checked_input, classification_unsupported, input_index, output_index,
-    output_tensor, raw_bytes, raw_tensor, WantedOutput,
+use crate::service::tensors::{
+    check_answer_size, checked_elements, checked_input, classification_unsupported, input_index, output_error,
+    output_index, output_tensor, raw_bytes, raw_tensor, WantedOutput,
 };
+use crate::service::ApiError;
 use crate::signature::{DataType, Signature};
 
 /// A request's inputs in signature order, and the outputs it wants.
@@ -188,23 +188,25 @@ pub fn encode(
 
 /// An output's elements in the typed list of its datatype (FP16 in `fp32_contents`, the nearest list).
 fn typed_contents(tensor: &Tensor, datatype: DataType) -> Result<InferTensorContents, ApiError> {
-    let internal = |e: tch::TchError| ApiError::internal(format!("reading the model's outputs: {e}"));
-    let flat = tensor.f_reshape([-1]).map_err(internal)?;
+    let flat = tensor.f_reshape([-1]).map_err(output_error)?;
     let mut contents = InferTensorContents::default();
     match datatype {
-        DataType::Bool => contents.bool_contents = Vec::try_from(&flat).map_err(internal)?,
+        DataType::Bool => contents.bool_contents = Vec::try_from(&flat).map_err(output_error)?,
         DataType::Uint8 => {
-            let values: Vec<i64> = Vec::try_from(&flat.f_to_kind(Kind::Int64).map_err(internal)?).map_err(internal)?;
+            let values: Vec<i64> =
+                Vec::try_from(&flat.f_to_kind(Kind::Int64).map_err(output_error)?).map_err(output_error)?;
             contents.uint_contents = values.into_iter().map(|v| v as u32).collect();
         }
         DataType::Int8 | DataType::Int16 | DataType::Int32 => {
-            contents.int_contents = Vec::try_from(&flat.f_to_kind(Kind::Int).map_err(internal)?).map_err(internal)?
+            contents.int_contents =
+                Vec::try_from(&flat.f_to_kind(Kind::Int).map_err(output_error)?).map_err(output_error)?
         }
-        DataType::Int64 => contents.int64_contents = Vec::try_from(&flat).map_err(internal)?,
+        DataType::Int64 => contents.int64_contents = Vec::try_from(&flat).map_err(output_error)?,
         DataType::Fp16 | DataType::Fp32 => {
-            contents.fp32_contents = Vec::try_from(&flat.f_to_kind(Kind::Float).map_err(internal)?).map_err(internal)?
+            contents.fp32_contents =
+                Vec::try_from(&flat.f_to_kind(Kind::Float).map_err(output_error)?).map_err(output_error)?
         }
-        DataType::Fp64 => contents.fp64_contents = Vec::try_from(&flat).map_err(internal)?,
+        DataType::Fp64 => contents.fp64_contents = Vec::try_from(&flat).map_err(output_error)?,
     }
     Ok(contents)
 }

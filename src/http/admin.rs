@@ -1,5 +1,5 @@
-//! The admin API (only with `--admin-token` / `EMBER_ADMIN_TOKEN`): load, unload and reload models, and fine-tuning
-//! jobs. Every route needs `Authorization: Bearer <token>`, compared in constant time.
+//! The admin API's routes (only with `--admin-token` / `EMBER_ADMIN_TOKEN`): load, unload and reload models, and
+//! fine-tuning jobs. Every route needs `Authorization: Bearer <token>` (`service::admin` checks it).
 
 use axum::extract::{Path, Request, State};
 use axum::http::{header, HeaderMap, StatusCode};
@@ -9,25 +9,16 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde_json::json;
 
-use super::body::{positive_integer, read_multipart_images, BodyLimit};
-use super::{off_runtime, AppState};
-use crate::config::TaskKind;
-use crate::http::error::{ApiError, ErrorKind};
-use crate::jobs::{JobData, Jobs};
+use super::body::read_multipart_images;
+use crate::jobs::JobData;
+use crate::model_toml::TaskKind;
 use crate::registry::Reloaded;
+use crate::service::models::positive_integer;
+use crate::service::offload::off_runtime;
+use crate::service::{repository, ApiError, AppState, ErrorKind};
 use crate::train::publish::UPLOAD_PREFIX;
-use crate::train::upload::{self, UnpackLimits};
+use crate::train::upload;
 use crate::train::{self, DataSource, TrainSettings};
-
-/// What the admin routes need beyond the rest of the server.
-#[derive(Clone)]
-pub struct Admin {
-    pub token: String,
-    pub jobs: Jobs,
-    /// `--max-upload-bytes` and `--upload-read-timeout-ms`.
-    pub upload: BodyLimit,
-    pub unpack: UnpackLimits,
-}
 
 pub fn routes(state: AppState) -> Router<AppState> {
     Router::new()
@@ -40,13 +31,6 @@ pub fn routes(state: AppState) -> Router<AppState> {
         .route_layer(middleware::from_fn_with_state(state, require_token))
 }
 
-fn admin(state: &AppState) -> Result<&Admin, ApiError> {
-    state
-        .admin
-        .as_ref()
-        .ok_or_else(|| ApiError::not_found("the admin API is off: start ember with --admin-token or EMBER_ADMIN_TOKEN"))
-}
-
 pub(super) async fn require_token(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -54,7 +38,7 @@ pub(super) async fn require_token(
     next: Next,
 ) -> Response {
     let authorization = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok());
-    match authorize(&state, authorization) {
+    match state.authorize_admin(authorization) {
         Ok(()) => next.run(request).await,
         Err(e) if e.kind == ErrorKind::Unauthorized => {
             let mut response = e.into_response();
@@ -65,35 +49,9 @@ pub(super) async fn require_token(
     }
 }
 
-/// Whether an `Authorization` value (HTTP's header, gRPC's metadata) carries the admin token: a 404 while the
-/// admin API is off, a 401 without the token or with another one.
-pub(crate) fn authorize(state: &AppState, authorization: Option<&str>) -> Result<(), ApiError> {
-    let admin = admin(state)?;
-    match authorization.and_then(bearer_token) {
-        Some(token) if constant_time_eq(token.as_bytes(), admin.token.as_bytes()) => Ok(()),
-        Some(_) => Err(ApiError::unauthorized("the bearer token is wrong")),
-        None => Err(ApiError::unauthorized("send the admin token as `Authorization: Bearer <token>`")),
-    }
-}
-
-/// The token of `Bearer <token>`; the scheme is case-insensitive (RFC 7235).
-fn bearer_token(authorization: &str) -> Option<&str> {
-    let (scheme, token) = authorization.split_once(' ')?;
-    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
-}
-
-/// Equal-length inputs take the same time whatever they hold; the length of the token is not secret.
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
-}
-
 /// Loads (or swaps to) what the repository names for `name`, and says what is served now.
 async fn change(state: AppState, name: String, force: bool) -> Result<Json<serde_json::Value>, ApiError> {
-    let registry = std::sync::Arc::clone(&state.registry);
-    let model = name.clone();
-    let reloaded =
-        off_runtime("loading the model", move || registry.reload(&model, force).map_err(ApiError::from)).await?;
-    Ok(Json(match reloaded {
+    Ok(Json(match repository::load(&state, &name, force).await? {
         Reloaded::Swapped { version, previous } => {
             json!({"model": name, "version": version, "previous_version": previous, "changed": true})
         }
@@ -101,7 +59,7 @@ async fn change(state: AppState, name: String, force: bool) -> Result<Json<serde
     }))
 }
 
-pub(crate) async fn load(
+pub(super) async fn load(
     State(state): State<AppState>,
     Path(name): Path<String>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
@@ -112,14 +70,11 @@ async fn reload(State(state): State<AppState>, Path(name): Path<String>) -> Resu
     change(state, name, true).await
 }
 
-pub(crate) async fn unload(
+pub(super) async fn unload(
     State(state): State<AppState>,
     Path(name): Path<String>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    // Waits for a load or swap of the same model to finish (seconds): off the async workers.
-    let registry = std::sync::Arc::clone(&state.registry);
-    let model = name.clone();
-    off_runtime("unloading the model", move || registry.unload(&model).map_err(ApiError::from)).await?;
+    repository::unload(&state, &name).await?;
     Ok(Json(json!({"model": name, "state": "unloaded"})))
 }
 
@@ -131,7 +86,7 @@ async fn fine_tune(
     Path(name): Path<String>,
     request: Request,
 ) -> Result<Response, ApiError> {
-    let admin = admin(&state)?.clone();
+    let admin = state.admin()?.clone();
     let entry = state.model(&name)?;
     let task = entry.spec().config.task;
     let single_file = match task {
@@ -204,33 +159,13 @@ async fn fine_tune(
 }
 
 async fn list_jobs(State(state): State<AppState>) -> Result<Json<serde_json::Value>, ApiError> {
-    Ok(Json(json!({"jobs": admin(&state)?.jobs.list()})))
+    Ok(Json(json!({"jobs": state.admin()?.jobs.list()})))
 }
 
 async fn job(State(state): State<AppState>, Path(id): Path<String>) -> Result<Response, ApiError> {
-    Ok(Json(admin(&state)?.jobs.get(positive_integer("job id", &id)?)?).into_response())
+    Ok(Json(state.admin()?.jobs.get(positive_integer("job id", &id)?)?).into_response())
 }
 
 async fn cancel_job(State(state): State<AppState>, Path(id): Path<String>) -> Result<Response, ApiError> {
-    Ok(Json(admin(&state)?.jobs.cancel(positive_integer("job id", &id)?)?).into_response())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::constant_time_eq;
-
-    #[test]
-    fn the_bearer_scheme_is_case_insensitive() {
-        assert_eq!(super::bearer_token("Bearer abc"), Some("abc"));
-        assert_eq!(super::bearer_token("bearer abc"), Some("abc"));
-        assert_eq!(super::bearer_token("Basic abc"), None);
-        assert_eq!(super::bearer_token("Bearer"), None);
-    }
-
-    #[test]
-    fn tokens_compare_by_content_and_length() {
-        assert!(constant_time_eq(b"secret", b"secret"));
-        assert!(!constant_time_eq(b"secret", b"secreT"));
-        assert!(!constant_time_eq(b"secret", b"secret2"));
-    }
+    Ok(Json(state.admin()?.jobs.cancel(positive_integer("job id", &id)?)?).into_response())
 }

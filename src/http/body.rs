@@ -3,8 +3,6 @@
 //! axum's own extractors answer rejections in plain text; ember reads bodies itself so every failure is an
 //! `ApiError` that names the field and the limit.
 
-use std::time::Duration;
-
 use axum::body::Body;
 use axum::extract::Request;
 use axum::http::{header, HeaderMap};
@@ -14,41 +12,12 @@ use http_body_util::{BodyExt, LengthLimitError, Limited};
 use serde::de::DeserializeOwned;
 use serde_json::{Map, Value};
 
-use crate::http::error::ApiError;
+use crate::service::{ApiError, BodyLimit};
 
 const IMAGE_FIELD: &str = "image";
 const ACCEPTED_IMAGE_BODIES: &str =
     "send the image as raw bytes with Content-Type image/*, as multipart/form-data with a file field `image`, \
      or as application/json with a base64 string field `image`";
-
-/// How much of a body a route reads, and how long the client may take to send it.
-#[derive(Debug, Clone, Copy)]
-pub struct BodyLimit {
-    pub max_bytes: usize,
-    /// The whole body must arrive within this time: a client that stalls (or drips a byte at a time) is cut off
-    /// with a 408 instead of holding a connection and a task forever.
-    pub read_timeout: Duration,
-    /// The flags that set the two, for the errors.
-    pub flags: BodyFlags,
-}
-
-/// Which flags set a `BodyLimit`.
-#[derive(Debug, Clone, Copy)]
-pub enum BodyFlags {
-    /// `--max-body-bytes` and `--body-read-timeout-ms`.
-    Request,
-    /// `--max-upload-bytes` and `--upload-read-timeout-ms`.
-    Upload,
-}
-
-impl BodyFlags {
-    fn names(self) -> (&'static str, &'static str) {
-        match self {
-            BodyFlags::Request => ("--max-body-bytes", "--body-read-timeout-ms"),
-            BodyFlags::Upload => ("--max-upload-bytes", "--upload-read-timeout-ms"),
-        }
-    }
-}
 
 /// JSON bodies above this size are parsed on the blocking pool: parsing takes about a millisecond per 100 KB.
 const PARSE_OFF_RUNTIME_BYTES: usize = 64 * 1024;
@@ -134,7 +103,7 @@ async fn parse_sized<T: Send + 'static>(
     if body.len() <= PARSE_OFF_RUNTIME_BYTES {
         return parse(body);
     }
-    super::decoding("parsing the request body", move || parse(body)).await
+    crate::service::offload::decoding("parsing the request body", move || parse(body)).await
 }
 
 /// Parses a JSON object body straight into `P`. Syntax errors are 400; a body that is valid JSON but not an
@@ -180,16 +149,6 @@ fn content_type(headers: &HeaderMap, accepted: &str) -> Result<mime::Mime, ApiEr
         .ok_or_else(|| ApiError::unsupported_media_type(format!("Content-Type `{value:?}` cannot be parsed")))
 }
 
-/// A path segment that must be a positive integer (a version, a job id); anything else is a 400 naming it.
-/// (axum's own `Path<u64>` would answer in plain text.)
-pub fn positive_integer(what: &str, segment: &str) -> Result<u64, ApiError> {
-    segment
-        .parse::<u64>()
-        .ok()
-        .filter(|n| *n > 0)
-        .ok_or_else(|| ApiError::bad_request(format!("{what} `{segment}` is not a positive integer")))
-}
-
 /// Reads at most `limit.max_bytes` bytes within `limit.read_timeout`; a larger body (announced or actual) is a
 /// 413, a slower one a 408.
 pub async fn read_limited(body: Body, headers: &HeaderMap, limit: BodyLimit) -> Result<Bytes, ApiError> {
@@ -215,7 +174,7 @@ pub async fn read_limited(body: Body, headers: &HeaderMap, limit: BodyLimit) -> 
 }
 
 /// Query parameters as JSON values: numbers and booleans are recognised, everything else stays a string.
-pub(crate) fn query_params(query: Option<&str>) -> Result<Map<String, Value>, ApiError> {
+pub fn query_params(query: Option<&str>) -> Result<Map<String, Value>, ApiError> {
     let pairs: Vec<(String, String)> = serde_urlencoded::from_str(query.unwrap_or(""))
         .map_err(|e| ApiError::bad_request(format!("cannot parse the query string: {e}")))?;
     Ok(pairs.into_iter().map(|(name, value)| (name, text_value(value))).collect())
@@ -227,7 +186,7 @@ fn text_value(text: String) -> Value {
 
 /// Reads a multipart body: the parts named in `files` as bytes, in that order (each one required; `accepted`
 /// says what the route takes when one is missing), and every other part as a text parameter.
-pub(crate) async fn read_multipart<const N: usize>(
+pub async fn read_multipart<const N: usize>(
     body: Bytes,
     content_type: &mime::Mime,
     files: [&str; N],
@@ -291,7 +250,7 @@ struct JsonImage {
     params: Map<String, Value>,
 }
 
-pub(crate) fn read_json_image(body: &[u8]) -> Result<(Bytes, Map<String, Value>), ApiError> {
+pub fn read_json_image(body: &[u8]) -> Result<(Bytes, Map<String, Value>), ApiError> {
     let JsonImage { image, params } = parse_json(body)?;
     let encoded = match image {
         Some(Value::String(text)) => text,
@@ -323,8 +282,11 @@ fn json_kind(value: &Value) -> &'static str {
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use super::*;
-    use crate::http::error::ErrorKind;
+    use crate::service::BodyFlags;
+    use crate::service::ErrorKind;
 
     #[derive(serde::Deserialize, Debug)]
     #[serde(deny_unknown_fields)]

@@ -5,10 +5,11 @@ use axum::Json;
 use serde::{Deserialize, Serialize};
 
 use super::body::ImageUpload;
-use super::error::ApiError;
 use super::extract::{Serving, TaskRoute};
-use super::{decode_off_runtime, wrong_backend, AppState};
-use crate::config::TaskKind;
+use super::wrong_backend;
+use crate::model_toml::TaskKind;
+use crate::service::offload::decode_images;
+use crate::service::{ApiError, AppState};
 use crate::tasks::classify::Prediction;
 use crate::tasks::Backend;
 
@@ -48,7 +49,7 @@ pub async fn classify(
     // Decoding and resizing take milliseconds of CPU: keep them off the async workers.
     let probe = state.probe_image(&upload.image)?;
     let preparer = classifier.clone();
-    let input = decode_off_runtime(&state, &[probe], move || preparer.prepare(&upload.image, probe)).await?;
+    let input = decode_images(&state, &[probe], move || preparer.prepare(&upload.image, probe)).await?;
 
     let probabilities = pool.infer(input, state.limits.request_timeout).await?;
     Ok(Json(ClassifyResponse {

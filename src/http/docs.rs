@@ -9,8 +9,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
 
-use super::error::ApiError;
-use super::AppState;
+use crate::service::{ApiError, AppState};
 
 macro_rules! swagger_ui {
     ($file:literal) => {

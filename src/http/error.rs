@@ -1,8 +1,8 @@
-//! The one error type of the HTTP layer, and the one table that turns it into a status, an `error_type` and
-//! headers.
+//! How the HTTP front end answers the service layer's `ApiError`: the one table that turns its kind into a status
+//! and an `error_type`, and its headers.
 //!
 //! Handlers name a kind for what they check themselves (`ApiError::validation(...)`); what the layers below say
-//! (`TaskError`, `EngineError`, `JobError`) is converted here, so no other module chooses a status. Every error a
+//! is converted to a kind by `service::error`, so no other module of http/ chooses a status. Every error a
 //! client sees is `{"error": "<what and why>", "error_type": "<kind>"}`; the message names the field, the limit
 //! and the value wherever there is one. A 500 is the exception: the client gets a short message and the
 //! request's id, and the details go to the log once, from `report_internal_errors`.
@@ -14,61 +14,27 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde::Serialize;
 
-use crate::engine::EngineError;
-use crate::jobs::JobError;
-use crate::tasks::TaskError;
+use crate::service::error::{internal_message, ApiError, ErrorKind, INTERNAL_MESSAGE};
 
-/// What went wrong, as far as a client is concerned.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ErrorKind {
-    /// A well-formed request whose values are out of range or of the wrong type.
-    Validation,
-    /// A malformed request: unparseable JSON, a corrupt image, a missing multipart field.
-    BadRequest,
-    UnsupportedMediaType,
-    PayloadTooLarge,
-    NotFound,
-    MethodNotAllowed,
-    Unauthorized,
-    /// A queue is full; the client should retry after `ApiError::retry_after_secs`.
-    Overloaded,
-    /// The model exists but cannot answer now (loading, failed to load, shutting down).
-    Unavailable,
-    /// The client took too long to send its request; the connection is closed after the answer.
-    RequestTimeout,
-    /// The model took too long to answer.
-    Timeout,
-    /// ember failed: a bug, or the model failed on a request that passed every check.
-    Internal,
-}
-
-impl ErrorKind {
-    /// The table: each kind's status and the `error_type` clients see.
-    pub fn status_and_type(self) -> (StatusCode, &'static str) {
-        match self {
-            ErrorKind::Validation => (StatusCode::UNPROCESSABLE_ENTITY, "validation"),
-            ErrorKind::BadRequest => (StatusCode::BAD_REQUEST, "bad_request"),
-            ErrorKind::UnsupportedMediaType => (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type"),
-            ErrorKind::PayloadTooLarge => (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large"),
-            ErrorKind::NotFound => (StatusCode::NOT_FOUND, "not_found"),
-            ErrorKind::MethodNotAllowed => (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"),
-            ErrorKind::Unauthorized => (StatusCode::UNAUTHORIZED, "unauthorized"),
-            ErrorKind::Overloaded => (StatusCode::TOO_MANY_REQUESTS, "overloaded"),
-            ErrorKind::Unavailable => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
-            ErrorKind::RequestTimeout => (StatusCode::REQUEST_TIMEOUT, "request_timeout"),
-            ErrorKind::Timeout => (StatusCode::GATEWAY_TIMEOUT, "timeout"),
-            ErrorKind::Internal => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
-        }
-    }
-}
-
-#[derive(Debug, Clone, thiserror::Error)]
-#[error("{message}")]
-pub struct ApiError {
-    pub kind: ErrorKind,
-    pub message: String,
-    /// What Retry-After says (kind `Overloaded`).
-    pub retry_after_secs: Option<u64>,
+/// The table: each kind's status and the `error_type` clients see. The status is the outcome's number, which the
+/// service layer keeps because the request metrics of every front end count by it.
+pub fn status_and_type(kind: ErrorKind) -> (StatusCode, &'static str) {
+    let error_type = match kind {
+        ErrorKind::Validation => "validation",
+        ErrorKind::BadRequest => "bad_request",
+        ErrorKind::UnsupportedMediaType => "unsupported_media_type",
+        ErrorKind::PayloadTooLarge => "payload_too_large",
+        ErrorKind::NotFound => "not_found",
+        ErrorKind::MethodNotAllowed => "method_not_allowed",
+        ErrorKind::Unauthorized => "unauthorized",
+        ErrorKind::Overloaded => "overloaded",
+        ErrorKind::Unavailable => "unavailable",
+        ErrorKind::RequestTimeout => "request_timeout",
+        ErrorKind::Timeout => "timeout",
+        ErrorKind::Internal => "internal",
+    };
+    let status = StatusCode::from_u16(kind.status_code()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    (status, error_type)
 }
 
 /// The JSON every error answers with (also the data of a stream's `error` event).
@@ -91,7 +57,7 @@ pub enum ErrorShape {
 
 impl ErrorShape {
     fn render(self, kind: ErrorKind, message: String) -> serde_json::Value {
-        let error_type = kind.status_and_type().1;
+        let error_type = status_and_type(kind).1;
         match self {
             ErrorShape::Ember => serde_json::json!({"error": message, "error_type": error_type}),
             ErrorShape::OpenAi => serde_json::json!({"error": {
@@ -118,49 +84,14 @@ struct InternalDetail {
     shape: ErrorShape,
 }
 
-/// What a client reads instead of a 500's details.
-const INTERNAL_MESSAGE: &str = "internal error: ember failed this request; the server log has the details";
-
-macro_rules! constructors {
-    ($($name:ident => $kind:ident),* $(,)?) => {
-        $(
-            pub fn $name(message: impl Into<String>) -> ApiError {
-                ApiError { kind: ErrorKind::$kind, message: message.into(), retry_after_secs: None }
-            }
-        )*
-    };
-}
-
+/// How the HTTP front end answers a service error.
 impl ApiError {
-    constructors! {
-        validation => Validation,
-        bad_request => BadRequest,
-        unsupported_media_type => UnsupportedMediaType,
-        payload_too_large => PayloadTooLarge,
-        not_found => NotFound,
-        method_not_allowed => MethodNotAllowed,
-        unauthorized => Unauthorized,
-        unavailable => Unavailable,
-        request_timeout => RequestTimeout,
-        timeout => Timeout,
-        internal => Internal,
-    }
-
-    pub fn overloaded(message: impl Into<String>, retry_after_secs: u64) -> ApiError {
-        ApiError { kind: ErrorKind::Overloaded, message: message.into(), retry_after_secs: Some(retry_after_secs) }
-    }
-
     pub fn status(&self) -> StatusCode {
-        self.kind.status_and_type().0
+        status_and_type(self.kind).0
     }
 
     pub fn error_type(&self) -> &'static str {
-        self.kind.status_and_type().1
-    }
-
-    /// The same error with its message rewritten, e.g. prefixed with the field it concerns.
-    pub fn map_message(self, rewrite: impl FnOnce(String) -> String) -> ApiError {
-        ApiError { message: rewrite(self.message), ..self }
+        status_and_type(self.kind).1
     }
 
     /// What the client reads: the message, except a 500's (see the module's doc).
@@ -218,11 +149,6 @@ impl ApiError {
     }
 }
 
-/// What a client reads instead of an internal error's details: where in the log they are.
-pub fn internal_message(request_id: &str) -> String {
-    format!("{INTERNAL_MESSAGE} under request id {request_id}")
-}
-
 /// Middleware: logs each 500's details once, with the request's id, and answers the client that id instead.
 /// `request_id` names the header `SetRequestIdLayer` put on the request (outside this middleware).
 pub async fn report_internal_errors(request_id: HeaderName, request: Request, next: Next) -> Response {
@@ -235,42 +161,6 @@ pub async fn report_internal_errors(request_id: HeaderName, request: Request, ne
     let body = shape.render(ErrorKind::Internal, internal_message(&id));
     // A fresh response: the handler's may already be compressed.
     (StatusCode::INTERNAL_SERVER_ERROR, Json(body)).into_response()
-}
-
-impl From<TaskError> for ApiError {
-    fn from(err: TaskError) -> Self {
-        match err {
-            TaskError::Invalid(message) => ApiError::validation(message),
-            TaskError::Unreadable(message) => ApiError::bad_request(message),
-            TaskError::TooLarge(message) => ApiError::payload_too_large(message),
-            TaskError::Failed(message) => ApiError::internal(message),
-        }
-    }
-}
-
-impl From<EngineError> for ApiError {
-    fn from(err: EngineError) -> Self {
-        let message = err.to_string();
-        match err {
-            EngineError::QueueFull { retry_after_secs, .. } => ApiError::overloaded(message, retry_after_secs),
-            EngineError::LargerThanQueue { .. } => ApiError::payload_too_large(message),
-            EngineError::DeadlineExceeded { .. } => ApiError::timeout(message),
-            EngineError::Stopped { .. } | EngineError::Load { .. } => ApiError::unavailable(message),
-            EngineError::Inference { .. } | EngineError::WorkerLost { .. } => ApiError::internal(message),
-            EngineError::NotFound { .. } => ApiError::not_found(message),
-            EngineError::Rejected { .. } => ApiError::bad_request(message),
-        }
-    }
-}
-
-impl From<JobError> for ApiError {
-    fn from(err: JobError) -> Self {
-        let message = err.to_string();
-        match err {
-            JobError::QueueFull { .. } => ApiError::overloaded(message, JobError::RETRY_AFTER_SECS),
-            JobError::NotFound { .. } => ApiError::not_found(message),
-        }
-    }
 }
 
 #[cfg(test)]
@@ -315,6 +205,9 @@ mod tests {
 
     #[test]
     fn lower_layers_errors_map_to_their_statuses() {
+        use crate::engine::EngineError;
+        use crate::jobs::JobError;
+        use crate::tasks::TaskError;
         let status = |e: ApiError| e.status().as_u16();
         assert_eq!(status(TaskError::Invalid("x".into()).into()), 422);
         assert_eq!(status(TaskError::Unreadable("x".into()).into()), 400);

@@ -13,10 +13,9 @@ use axum::http::request::Parts;
 use serde::de::DeserializeOwned;
 
 use super::body::{read_image_upload, read_json_body, ImageUpload};
-use super::error::ApiError;
-use super::AppState;
-use crate::config::TaskKind;
+use crate::model_toml::TaskKind;
 use crate::registry::Loaded;
+use crate::service::{ApiError, AppState};
 
 /// The model a request concerns, for the `model` label of the request metrics. `record_request` puts an empty
 /// one on every request and reads it back from the answer's side; extractors fill it in.

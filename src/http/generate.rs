@@ -15,13 +15,13 @@ use futures_util::stream::{self, Stream, StreamExt};
 use serde::Serialize;
 use tokio::sync::mpsc::UnboundedReceiver;
 
-use super::error::ApiError;
 use super::extract::{JsonBody, JsonShape, Serving, TaskRoute};
-use super::{wrong_backend, AppState};
-use crate::config::TaskKind;
+use super::wrong_backend;
 use crate::engine::EngineError;
+use crate::model_toml::TaskKind;
 use crate::registry::Loaded;
 use crate::rng::fresh_seed;
+use crate::service::{ApiError, AppState};
 use crate::tasks::generate::{FinishReason, GenerateRequest, GenerationEvent};
 use crate::tasks::Backend;
 

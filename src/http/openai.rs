@@ -18,11 +18,12 @@ use axum::{Json, Router};
 use futures_util::stream::{self, StreamExt};
 use serde::{Deserialize, Serialize};
 
-use super::error::{ApiError, ErrorShape};
+use super::error::ErrorShape;
 use super::extract::{JsonBody, JsonShape, MetricsLabel};
 use super::generate::{Finished, Origin, Sequence};
-use super::{AppState, REQUEST_ID};
-use crate::config::TaskKind;
+use super::REQUEST_ID;
+use crate::model_toml::TaskKind;
+use crate::service::{ApiError, AppState};
 use crate::tasks::generate::{FinishReason, GenerateRequest, GenerationEvent};
 
 pub fn routes() -> Router<AppState> {

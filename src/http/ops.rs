@@ -7,9 +7,8 @@ use axum::routing::get;
 use axum::{Json, Router};
 use serde_json::json;
 
-use super::AppState;
-use crate::http::error::ApiError;
-use crate::registry::ModelState;
+use crate::service::repository::readiness;
+use crate::service::{ApiError, AppState};
 
 /// The committed spec, served as is so that it cannot drift from what is in the repository.
 pub const OPENAPI_YAML: &str = include_str!("../../openapi.yaml");
@@ -30,22 +29,6 @@ async fn live() -> Json<serde_json::Value> {
 async fn ready(State(state): State<AppState>) -> Result<Json<serde_json::Value>, ApiError> {
     readiness(&state)?;
     Ok(Json(json!({"status": "ready"})))
-}
-
-/// Every model that should serve is loaded and warm; else a 503 naming each one that is not, and why.
-pub(crate) fn readiness(state: &AppState) -> Result<(), ApiError> {
-    let waiting = state.registry.not_ready();
-    if waiting.is_empty() {
-        return Ok(());
-    }
-    let reasons: Vec<String> = waiting
-        .iter()
-        .map(|(name, model_state)| match model_state {
-            ModelState::Failed(message) => format!("`{name}` failed: {message}"),
-            other => format!("`{name}` is {}", other.name()),
-        })
-        .collect();
-    Err(ApiError::unavailable(format!("not ready: {}", reasons.join("; "))))
 }
 
 async fn metrics(State(state): State<AppState>) -> Response {

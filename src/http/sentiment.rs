@@ -6,11 +6,12 @@ use axum::extract::State;
 use axum::Json;
 use serde::{Deserialize, Serialize};
 
-use super::error::ApiError;
 use super::extract::{JsonBody, JsonShape, Serving, TaskRoute};
-use super::{decoding, wrong_backend, AppState};
-use crate::config::TaskKind;
+use super::wrong_backend;
 use crate::engine::EngineError;
+use crate::model_toml::TaskKind;
+use crate::service::offload::decoding;
+use crate::service::{ApiError, AppState};
 use crate::tasks::sentiment::{Classification, TokenizedText};
 use crate::tasks::Backend;
 use crate::tasks::TaskError;

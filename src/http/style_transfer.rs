@@ -11,10 +11,11 @@ use axum::response::Response;
 use bytes::Bytes;
 
 use super::body::{parse_params, read_multipart_images};
-use super::error::ApiError;
 use super::extract::{Serving, TaskRoute};
-use super::{decode_off_runtime, encoding, image_response, wrong_backend, AppState};
-use crate::config::TaskKind;
+use super::{image_response, wrong_backend};
+use crate::model_toml::TaskKind;
+use crate::service::offload::{decode_images, encoding};
+use crate::service::{ApiError, AppState};
 use crate::tasks::image;
 use crate::tasks::style_transfer::{OptimizationJob, OptimizationParams};
 use crate::tasks::Backend;
@@ -52,7 +53,7 @@ pub async fn style_transfer(
         image::probe(&content_bytes, state.limits.image).map_err(in_field(CONTENT))?,
         image::probe(&style_bytes, state.limits.image).map_err(in_field(STYLE))?,
     ];
-    let (content, style) = decode_off_runtime(&state, &probes, move || {
+    let (content, style) = decode_images(&state, &probes, move || {
         let prepare = |bytes: Bytes, probe, field| {
             let decoded = image::decode_probed(&bytes, probe).map_err(in_field(field))?;
             Ok::<_, TaskError>(image::to_unit_tensor(&image::fit_within(decoded, settings.size)?))

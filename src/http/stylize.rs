@@ -9,12 +9,14 @@ use bytes::Bytes;
 use serde::Deserialize;
 
 use super::body::ImageUpload;
-use super::error::ApiError;
 use super::extract::{MetricsLabel, Serving, TaskRoute};
-use super::{decode_off_runtime, encoding, image_response, wrong_backend, AppState};
-use crate::config::TaskKind;
+use super::{image_response, wrong_backend};
+use crate::model_toml::TaskKind;
 use crate::registry::Loaded;
-use crate::tasks::style::{OutputFormat, StylizeParams, Stylizer};
+use crate::service::offload::{decode_images, encoding};
+use crate::service::{ApiError, AppState};
+use crate::tasks::image::OutputFormat;
+use crate::tasks::style::{StylizeParams, Stylizer};
 use crate::tasks::Backend;
 
 pub struct Stylize;
@@ -100,8 +102,7 @@ async fn stylize(
 
     pool.check_room()?;
     let probe = state.probe_image(&image)?;
-    let original =
-        decode_off_runtime(state, &[probe], move || Stylizer::prepare(&image, probe, params.max_size)).await?;
+    let original = decode_images(state, &[probe], move || Stylizer::prepare(&image, probe, params.max_size)).await?;
     let styled = pool.infer(original.shallow_clone(), state.limits.request_timeout).await?;
     let encoded = encoding("image encoding", move || Stylizer::finish(&original, &styled, params)).await?;
     Ok(image_response(encoded, params.format, name, loaded.version))

@@ -7,14 +7,14 @@ use axum::extract::Request;
 use axum::http::{HeaderMap, HeaderValue};
 use axum::middleware::Next;
 use axum::response::Response;
-use opentelemetry::propagation::{Extractor, TextMapPropagator};
+use opentelemetry::propagation::Extractor;
 use opentelemetry::trace::TraceContextExt;
-use opentelemetry_sdk::propagation::TraceContextPropagator;
 use tracing::field::Empty;
 use tracing::Span;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 
 use super::REQUEST_ID;
+use crate::service::trace::continue_trace;
 use crate::telemetry::tracing_on;
 
 /// Paths that are polled, not used: their spans are never exported.
@@ -34,16 +34,7 @@ pub fn request_span(request: &Request) -> Span {
     span
 }
 
-/// Makes the client's trace (its `traceparent` header, or gRPC metadata) the parent of `span`, when tracing is on.
-pub fn continue_trace(span: &Span, carrier: &dyn Extractor) {
-    if tracing_on() {
-        let parent = TraceContextPropagator::new().extract(carrier);
-        if parent.span().span_context().is_valid() {
-            let _ = span.set_parent(parent);
-        }
-    }
-}
-
+/// HTTP headers as a carrier of the client's trace context.
 struct Headers<'a>(&'a HeaderMap);
 
 impl Extractor for Headers<'_> {

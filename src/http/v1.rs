@@ -8,13 +8,13 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::Serialize;
 
-use super::error::ApiError;
 use super::extract::ModelName;
 use super::openai::OpenAiModel;
-use super::{classify, generate, sentiment, style_transfer, stylize, AppState};
-use crate::config::{ModelToml, TaskKind};
+use super::{classify, generate, sentiment, style_transfer, stylize};
 use crate::engine::device;
+use crate::model_toml::{ModelToml, TaskKind};
 use crate::registry::{ModelEntry, ModelState};
+use crate::service::{ApiError, AppState};
 
 pub fn routes() -> Router<AppState> {
     Router::new()

@@ -6,8 +6,8 @@ use serde::Serialize;
 use tch::{Device, Tensor};
 
 use super::{check_label_count, image, softmax_rows};
-use crate::config::ImagePreprocessing;
 use crate::engine::{BatchTask, InferenceModule};
+use crate::model_toml::ImagePreprocessing;
 use crate::tasks::TaskError;
 
 pub const DEFAULT_TOP_K: i64 = 5;

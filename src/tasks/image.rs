@@ -7,8 +7,7 @@ use fast_image_resize as fir;
 use image::{DynamicImage, ImageFormat, ImageReader, Limits, RgbImage};
 use tch::{Device, Kind, Tensor};
 
-use super::style::OutputFormat;
-use crate::config::ImagePreprocessing;
+use crate::model_toml::ImagePreprocessing;
 use crate::tasks::TaskError;
 
 /// What an image may be before any memory is spent on its pixels (flags `--max-image-pixels` and
@@ -334,6 +333,25 @@ pub fn from_unit_tensor(tensor: &Tensor) -> Result<RgbImage, TaskError> {
         .contiguous();
     let raw = Vec::<u8>::try_from(bytes.view([-1])).map_err(|e| internal(&e))?;
     RgbImage::from_raw(width as u32, height as u32, raw).ok_or_else(|| internal(&"wrong buffer size"))
+}
+
+/// The encodings an image answer can take (`format` of a stylize or style-transfer request).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum OutputFormat {
+    #[default]
+    Png,
+    #[serde(alias = "jpg")]
+    Jpeg,
+}
+
+impl OutputFormat {
+    pub fn content_type(self) -> &'static str {
+        match self {
+            OutputFormat::Png => "image/png",
+            OutputFormat::Jpeg => "image/jpeg",
+        }
+    }
 }
 
 /// PNG (fast compression: the network's output has little to gain from more) or JPEG at quality 90.

@@ -14,9 +14,9 @@ use std::sync::Arc;
 use anyhow::{ensure, Context};
 use tch::{Device, Kind, Tensor};
 
-use crate::config::TaskKind;
 use crate::engine::{EngineError, WorkerPool, WorkerSpec};
 use crate::metrics::Metrics;
+use crate::model_toml::TaskKind;
 use crate::repository::ModelSpec;
 use crate::signature::Signature;
 pub use error::TaskError;

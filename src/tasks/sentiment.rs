@@ -12,8 +12,8 @@ use tch::{Device, Tensor};
 use tokenizers::Tokenizer;
 
 use super::{check_label_count, softmax_rows};
-use crate::config::TextPreprocessing;
 use crate::engine::{BatchTask, InferenceModule};
+use crate::model_toml::TextPreprocessing;
 use crate::tasks::TaskError;
 
 /// Warm-up input: a sentence-sized run of some token id (any id within every vocabulary).

@@ -1,37 +1,18 @@
 //! Fast style transfer: an image becomes a `[3, H, W]` tensor in 0..1 (scaled down to `max_size`), one forward
 //! pass of a style network restyles it, and the result is blended with the original and encoded.
 
-use serde::Deserialize;
 use tch::{Device, Kind, Tensor};
 
-use super::image as pixels;
+use super::image::{self as pixels, OutputFormat};
 use super::{integer_in_range, number_in_range};
-use crate::config::StylizeConfig;
 use crate::engine::{BatchTask, InferenceModule};
+use crate::model_toml::StylizeConfig;
 use crate::tasks::TaskError;
 
 /// The side of the square images the workers warm up with.
 const WARMUP_SIDE: i64 = 256;
 /// Smaller images are refused: the networks pad by up to 4 pixels and downsample by 4.
 pub const MIN_SIDE: u32 = 16;
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
-#[serde(rename_all = "lowercase")]
-pub enum OutputFormat {
-    #[default]
-    Png,
-    #[serde(alias = "jpg")]
-    Jpeg,
-}
-
-impl OutputFormat {
-    pub fn content_type(self) -> &'static str {
-        match self {
-            OutputFormat::Png => "image/png",
-            OutputFormat::Jpeg => "image/jpeg",
-        }
-    }
-}
 
 /// A stylize request's parameters, validated.
 #[derive(Debug, Clone, Copy)]

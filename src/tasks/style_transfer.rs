@@ -15,10 +15,10 @@ use serde::Deserialize;
 use tch::nn::OptimizerConfig;
 use tch::{nn, Device, Kind, Reduction, Tensor};
 
-use super::style::OutputFormat;
+use super::image::OutputFormat;
 use super::{integer_in_range, number_in_range};
-use crate::config::OptimizationConfig;
 use crate::engine::{BatchTask, InferenceModule};
+use crate::model_toml::OptimizationConfig;
 use crate::tasks::TaskError;
 
 /// The smallest working size: below it the deepest style maps are a pixel or two.

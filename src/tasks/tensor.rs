@@ -5,8 +5,8 @@
 use tch::{Device, Tensor};
 
 use super::generate::VOCABULARY;
-use crate::config::TaskKind;
 use crate::engine::{forward_batched, BatchTask, InferenceModule};
+use crate::model_toml::TaskKind;
 use crate::repository::ModelSpec;
 use crate::signature::{DataType, InputBounds, Limit, Signature, TensorSpec, ValueRange};
 

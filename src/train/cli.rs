@@ -6,8 +6,9 @@ use anyhow::Context;
 use clap::Args;
 
 use super::{evaluate, train, Cancel, ConsoleProgress, DataSource, TrainJob, TrainSettings};
-use crate::config::{DeviceChoice, RepoArgs};
 use crate::engine::device;
+use crate::flags::RepoArgs;
+use crate::model_toml::DeviceChoice;
 
 /// A model version of a repository.
 #[derive(Debug, Args)]

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use ::image::{DynamicImage, GrayImage};
 
 use super::TrainError;
-use crate::config::ImagePreprocessing;
+use crate::model_toml::ImagePreprocessing;
 use crate::rng::Rng;
 use crate::tasks::image;
 

@@ -18,8 +18,8 @@ use std::path::{Path, PathBuf};
 use serde_json::json;
 use tch::Device;
 
-use crate::config::{ImagePreprocessing, TaskKind};
 use crate::formats::ModelFormat;
+use crate::model_toml::{ImagePreprocessing, TaskKind};
 use crate::repository::{ModelSpec, Repository, VersionToml};
 use crate::tasks::sentiment::TextClassifier;
 use data::{Images, Labelled};

@@ -8,7 +8,7 @@ use super::driver::Objective;
 use super::model::TrainableModel;
 use super::progress::Evaluation;
 use super::TrainError;
-use crate::config::ImagePreprocessing;
+use crate::model_toml::ImagePreprocessing;
 use crate::tasks::sentiment::{pad_batch, TextClassifier, TokenizedText};
 
 /// Examples a classifier reads, as the model's input tensors for a batch.

@@ -15,7 +15,7 @@ use super::driver::Objective;
 use super::model::TrainableModel;
 use super::progress::Evaluation;
 use super::TrainError;
-use crate::config::ImagePreprocessing;
+use crate::model_toml::ImagePreprocessing;
 use crate::rng::Rng;
 use crate::tasks::image;
 use crate::tasks::style_transfer::{gram, relative_gram_distance, total_variation};

@@ -6,7 +6,7 @@ use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use ember::config::ServeConfig;
+use ember::flags::ServeConfig;
 use ember::server::Server;
 use serde::Deserialize;
 use tempfile::TempDir;

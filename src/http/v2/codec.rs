@@ -2,15 +2,20 @@
 //! binary tensor data extension the official clients use by default, where the body is a JSON header of
 //! `Inference-Header-Content-Length` bytes followed by each binary tensor's raw little-endian bytes, in order.
 //!
-//! Requests are checked against the model's signature before they reach the queue: a wrong name, datatype, shape
-//! or element count is a 400 that names the input.
+//! This is the framing; the checks are the service layer's (`service::tensors`, shared with gRPC): requests are
+//! checked against the model's signature before they reach the queue, and a wrong name, datatype, shape or element
+//! count is a 400 that names the input.
 
 use bytes::{BufMut, Bytes, BytesMut};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use tch::{Kind, Tensor};
 
-use crate::http::error::ApiError;
+use crate::service::tensors::{
+    check_answer_size, checked_elements, checked_input, classification_unsupported, input_index, output_error,
+    output_index, output_tensor, raw_bytes, raw_tensor, WantedOutput,
+};
+use crate::service::ApiError;
 use crate::signature::{DataType, Signature, TensorSpec};
 #[cfg(test)]
 use crate::signature::{InputBounds, Limit, ValueRange};
@@ -42,12 +47,6 @@ struct RequestOutput {
     name: String,
     #[serde(default)]
     parameters: Map<String, Value>,
-}
-
-/// An output the caller wants: its position in the signature, and whether its data comes back binary.
-pub struct WantedOutput {
-    pub index: usize,
-    pub binary: bool,
 }
 
 /// A request checked against the model's signature.
@@ -99,49 +98,6 @@ pub fn decode(body: &[u8], header_length: Option<usize>, signature: &Signature) 
     Ok(Decoded { id: request.id, inputs, outputs })
 }
 
-fn names(specs: &[TensorSpec]) -> String {
-    specs.iter().map(|s| s.name.as_str()).collect::<Vec<_>>().join(", ")
-}
-
-/// The position of the input called `name` in the signature, or a 400 that lists the inputs.
-pub(crate) fn input_index(signature: &Signature, name: &str) -> Result<usize, ApiError> {
-    signature
-        .inputs
-        .iter()
-        .position(|spec| spec.name == name)
-        .ok_or_else(|| bad(format!("the model has no input `{name}`; its inputs: {}", names(&signature.inputs))))
-}
-
-/// The position of the output called `name` in the signature, or a 400 that lists the outputs.
-pub(crate) fn output_index(signature: &Signature, name: &str) -> Result<usize, ApiError> {
-    signature
-        .outputs
-        .iter()
-        .position(|spec| spec.name == name)
-        .ok_or_else(|| bad(format!("the model has no output `{name}`; its outputs: {}", names(&signature.outputs))))
-}
-
-/// The 400 for an output that asks for Triton's classification extension.
-pub(crate) fn classification_unsupported(name: &str) -> ApiError {
-    bad(format!("output `{name}`: the classification extension is not supported; ask for the logits"))
-}
-
-/// Input `index` as `read` makes it from the request, within the model's bounds: the shape (the client's word,
-/// which sizes the work) is checked before any value is read, the values after. Errors name the input.
-pub(crate) fn checked_input(
-    signature: &Signature,
-    index: usize,
-    shape: &[i64],
-    read: impl FnOnce(&TensorSpec) -> Result<Tensor, String>,
-) -> Result<Tensor, ApiError> {
-    let (spec, bounds) = (&signature.inputs[index], &signature.bounds[index]);
-    let name = &spec.name;
-    bounds.check_shape(shape).map_err(|message| ApiError::payload_too_large(format!("input `{name}`: {message}")))?;
-    let tensor = read(spec).map_err(|message| bad(format!("input `{name}`: {message}")))?;
-    bounds.check_values(&tensor).map_err(|message| ApiError::validation(format!("input `{name}`: {message}")))?;
-    Ok(tensor)
-}
-
 /// A boolean parameter, absent = `None`; any other type is an error naming it.
 fn flag(parameters: &Map<String, Value>, name: &str) -> Result<Option<bool>, String> {
     match parameters.get(name) {
@@ -171,45 +127,6 @@ fn wanted_outputs(request: &InferRequest, signature: &Signature) -> Result<Vec<W
         wanted.push(WantedOutput { index, binary });
     }
     Ok(wanted)
-}
-
-/// The datatype and the number of elements of an input the model accepts with this datatype and shape.
-pub(crate) fn checked_elements(datatype: &str, shape: &[i64], spec: &TensorSpec) -> Result<(DataType, usize), String> {
-    let datatype = DataType::parse(datatype)?;
-    if datatype != spec.datatype {
-        return Err(format!("datatype {datatype} does not match the model's {}", spec.datatype));
-    }
-    if let Some(dim) = shape.iter().find(|&&d| d < 0) {
-        return Err(format!("shape {shape:?} has a negative dimension {dim}"));
-    }
-    if !spec.accepts(shape) {
-        return Err(format!("shape {shape:?} does not match the model's {:?} (-1: any size)", spec.shape));
-    }
-    let elements = shape
-        .iter()
-        .try_fold(1usize, |n, &d| n.checked_mul(d as usize))
-        .ok_or_else(|| format!("shape {shape:?} has too many elements"))?;
-    Ok((datatype, elements))
-}
-
-/// A tensor from little-endian, row-major bytes, which must be exactly what the shape needs.
-pub(crate) fn raw_tensor(bytes: &[u8], shape: &[i64], datatype: DataType, elements: usize) -> Result<Tensor, String> {
-    let expected = elements.saturating_mul(datatype.byte_size());
-    if bytes.len() != expected {
-        return Err(format!(
-            "holds {} bytes but shape {shape:?} of {datatype} needs {expected} ({elements} elements of {} bytes)",
-            bytes.len(),
-            datatype.byte_size()
-        ));
-    }
-    // A bool is one byte, 0 or 1; any other byte would be a bool libtorch's kernels are not defined for.
-    if datatype == DataType::Bool {
-        if let Some(position) = bytes.iter().position(|&b| b > 1) {
-            let byte = bytes[position];
-            return Err(format!("BOOL element {position} is byte {byte}; binary BOOL data is 0 or 1"));
-        }
-    }
-    Tensor::f_from_data_size(bytes, shape, datatype.kind()).map_err(|e| e.to_string())
 }
 
 /// One input of an HTTP request as a tensor of the model's datatype and the request's shape, from its JSON data
@@ -323,30 +240,6 @@ pub struct Encoded {
     pub header_length: Option<usize>,
 }
 
-/// The most characters one element takes in a JSON answer (`-1.2345678e-38,`; an i64 takes 21).
-const JSON_BYTES_PER_ELEMENT: usize = 21;
-
-/// Refuses an answer that would be larger than `max_bytes`, before any of it is written.
-pub(crate) fn check_answer_size(
-    signature: &Signature,
-    outputs: &[Tensor],
-    wanted: &[WantedOutput],
-    max_bytes: usize,
-) -> Result<(), ApiError> {
-    let bytes = wanted.iter().fold(0usize, |total, choice| {
-        let per_element =
-            if choice.binary { signature.outputs[choice.index].datatype.byte_size() } else { JSON_BYTES_PER_ELEMENT };
-        total.saturating_add(outputs[choice.index].numel().saturating_mul(per_element))
-    });
-    if bytes > max_bytes {
-        return Err(ApiError::payload_too_large(format!(
-            "the answer would take up to {bytes} bytes; the limit is {max_bytes} (--max-response-bytes): send fewer \
-             rows, ask for fewer outputs, or ask for binary data"
-        )));
-    }
-    Ok(())
-}
-
 /// Encodes the wanted outputs (each converted to the signature's datatype) as JSON, binary data appended for
 /// the outputs that asked for it; an answer over `max_bytes` is refused.
 pub fn encode(
@@ -369,7 +262,7 @@ pub fn encode(
             binary.extend_from_slice(&bytes);
             (Some(serde_json::json!({"binary_data_size": bytes.len()})), None)
         } else {
-            (None, Some(json_data(&tensor, spec.datatype).map_err(internal)?))
+            (None, Some(json_data(&tensor, spec.datatype).map_err(output_error)?))
         };
         entries.push(ResponseOutput { name: &spec.name, datatype: spec.datatype, shape, parameters, data });
     }
@@ -382,22 +275,6 @@ pub fn encode(
     body.put_slice(&json);
     body.put_slice(&binary);
     Ok(Encoded { body: body.freeze(), header_length: Some(json.len()) })
-}
-
-fn internal(e: tch::TchError) -> ApiError {
-    ApiError::internal(format!("reading the model's outputs: {e}"))
-}
-
-/// A model's output in its signature's datatype, contiguous, ready to be copied out.
-pub(crate) fn output_tensor(output: &Tensor, spec: &TensorSpec) -> Result<Tensor, ApiError> {
-    output.f_to_kind(spec.datatype.kind()).and_then(|t| t.f_contiguous()).map_err(internal)
-}
-
-/// An output tensor's elements as little-endian, row-major bytes (from `output_tensor`).
-pub(crate) fn raw_bytes(tensor: &Tensor, datatype: DataType) -> Result<Vec<u8>, ApiError> {
-    let mut bytes = vec![0; tensor.numel() * datatype.byte_size()];
-    tensor.f_copy_data_u8(&mut bytes, tensor.numel()).map_err(internal)?;
-    Ok(bytes)
 }
 
 /// A tensor's elements, typed so that FP32 and FP16 are written with f32's shortest digits (through a `Value`
@@ -425,7 +302,7 @@ fn json_data(tensor: &Tensor, datatype: DataType) -> Result<TensorData, tch::Tch
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::http::error::ErrorKind;
+    use crate::service::ErrorKind;
 
     fn who(id: Option<&str>) -> Answer<'_> {
         Answer { model: "m", version: 1, id }

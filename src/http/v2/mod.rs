@@ -1,11 +1,13 @@
-//! Open Inference Protocol (KServe v2): server metadata, liveness and readiness, model metadata and readiness,
-//! inference (JSON and the binary tensor data extension), and the model repository extension (admin token).
+//! The Open Inference Protocol (KServe v2) over HTTP: server metadata, liveness and readiness, model metadata and
+//! readiness, inference (JSON and the binary tensor data extension, framed by `codec`), and the model repository
+//! extension (admin token).
 //!
-//! Every model answers here with its model-level tensors (`tasks::tensor::signature`, the `signature` module's types); requests join the same
-//! per-model queue and batches as the REST routes.
+//! Every model answers here with its model-level tensors (`tasks::tensor::signature`); the routes are adapters
+//! over the service layer (`service::inference`, `service::tensors`, `service::repository`), which the gRPC
+//! service calls too, so requests join the same per-model queue and batches as the REST routes and gRPC calls.
 
-pub(crate) mod codec;
-pub(crate) mod repository;
+pub mod codec;
+mod repository;
 
 use std::sync::Arc;
 
@@ -17,16 +19,13 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde_json::{json, Value};
 
-use super::body::{positive_integer, read_limited};
-use super::ops::readiness;
-use super::{decoding, encoding, serving, AppState};
-use crate::http::error::ApiError;
-use crate::http::extract::ModelName;
-use crate::registry::{Loaded, ModelState};
-use crate::tasks::tensor;
-
-/// The protocol extensions ember implements (`GET /v2`).
-pub(crate) const EXTENSIONS: [&str; 2] = ["binary_tensor_data", "model_repository"];
+use super::body::read_limited;
+use super::extract::ModelName;
+use crate::service::inference::{self, Metadata, ServerMetadata, SERVER_METADATA};
+use crate::service::models::positive_integer;
+use crate::service::offload::{decoding, encoding};
+use crate::service::repository::readiness;
+use crate::service::{ApiError, AppState};
 
 pub fn routes(state: AppState) -> Router<AppState> {
     Router::new()
@@ -43,7 +42,8 @@ pub fn routes(state: AppState) -> Router<AppState> {
 }
 
 async fn server_metadata() -> Json<Value> {
-    Json(json!({"name": "ember", "version": env!("CARGO_PKG_VERSION"), "extensions": EXTENSIONS}))
+    let ServerMetadata { name, version, extensions } = SERVER_METADATA;
+    Json(json!({"name": name, "version": version, "extensions": extensions}))
 }
 
 async fn live() -> Json<Value> {
@@ -61,15 +61,6 @@ fn parse_version(version: &str) -> Result<u64, ApiError> {
     positive_integer("model version", version)
 }
 
-/// A version field of a gRPC message or similar: empty means "the one served", else a positive integer.
-pub(crate) fn optional_version(version: &str) -> Result<Option<u64>, ApiError> {
-    if version.is_empty() {
-        Ok(None)
-    } else {
-        parse_version(version).map(Some)
-    }
-}
-
 async fn model_metadata(State(state): State<AppState>, ModelName(name): ModelName) -> Result<Json<Value>, ApiError> {
     metadata(&state, &name, None)
 }
@@ -82,18 +73,9 @@ async fn model_version_metadata(
     metadata(&state, &name, Some(parse_version(&version)?))
 }
 
-/// What model metadata says, whichever protocol carries it.
-pub(crate) struct Metadata {
-    pub versions: Vec<u64>,
-    pub task: crate::config::TaskKind,
-    pub signature: crate::signature::Signature,
-    /// The format serving the version, in Triton's platform names (`onnxruntime_onnx`, ...).
-    pub platform: &'static str,
-}
-
 /// Name, versions, platform and the tensors of `version` (default: the one served, else the one that would be).
 fn metadata(state: &AppState, name: &str, version: Option<u64>) -> Result<Json<Value>, ApiError> {
-    let Metadata { versions, task, signature, platform } = metadata_of(state, name, version)?;
+    let Metadata { versions, task, signature, platform } = inference::metadata(state, name, version)?;
     Ok(Json(json!({
         "name": name,
         "versions": versions.iter().map(u64::to_string).collect::<Vec<_>>(),
@@ -104,34 +86,8 @@ fn metadata(state: &AppState, name: &str, version: Option<u64>) -> Result<Json<V
     })))
 }
 
-/// The versions, task and tensors of `version` of a model (default: the one served, else the one that would
-/// be); 404 for a model or version that does not exist.
-pub(crate) fn metadata_of(state: &AppState, name: &str, version: Option<u64>) -> Result<Metadata, ApiError> {
-    let spec = state.model(name)?.spec();
-    let version = match version.or_else(|| spec.served_version()) {
-        Some(version) if spec.versions.contains(&version) => version,
-        other => {
-            return Err(ApiError::not_found(format!(
-                "model `{name}` has no version {}; versions: {:?}",
-                other.map_or("to serve".to_string(), |v| v.to_string()),
-                spec.versions
-            )))
-        }
-    };
-    // The loaded version's signature is in memory; another version's is read from its folder (its labels and
-    // image size may differ from the model's: a fine-tune).
-    let (signature, format) = match served(state, name, Some(version)) {
-        Ok(loaded) => (loaded.signature.clone(), loaded.format),
-        Err(_) => (
-            tensor::signature(&spec.at_version(version).map_err(|e| ApiError::unavailable(e.to_string()))?),
-            spec.expected_format(version),
-        ),
-    };
-    Ok(Metadata { versions: spec.versions.clone(), task: spec.config.task, signature, platform: format.platform() })
-}
-
 async fn model_ready(State(state): State<AppState>, ModelName(name): ModelName) -> Result<Json<Value>, ApiError> {
-    let loaded = served(&state, &name, None)?;
+    let loaded = state.served(&name, None)?;
     Ok(Json(json!({"name": name, "version": loaded.version.to_string(), "ready": true})))
 }
 
@@ -140,27 +96,8 @@ async fn model_version_ready(
     ModelName(name): ModelName,
     Path((_, version)): Path<(String, String)>,
 ) -> Result<Json<Value>, ApiError> {
-    let loaded = served(&state, &name, Some(parse_version(&version)?))?;
+    let loaded = state.served(&name, Some(parse_version(&version)?))?;
     Ok(Json(json!({"name": name, "version": loaded.version.to_string(), "ready": true})))
-}
-
-/// The loaded version of `name` (which must be `version`, if given). 404 for a model or version that does not
-/// exist; 503 for one that is loading, failed, unloaded, or (a version on disk) not the one served.
-pub(crate) fn served(state: &AppState, name: &str, version: Option<u64>) -> Result<Arc<Loaded>, ApiError> {
-    let current = state.model(name)?.current();
-    if let Some(version) = version.filter(|v| !current.spec.versions.contains(v)) {
-        return Err(ApiError::not_found(format!(
-            "model `{name}` has no version {version}; versions: {:?}",
-            current.spec.versions
-        )));
-    }
-    match (&current.state, version) {
-        (ModelState::Ready(loaded), Some(version)) if loaded.version != version => Err(ApiError::unavailable(format!(
-            "model `{name}` serves version {}, not version {version}",
-            loaded.version
-        ))),
-        _ => serving(name, current.state),
-    }
 }
 
 async fn infer(
@@ -180,26 +117,8 @@ async fn infer_version(
     run_infer(&state, &name, Some(parse_version(&version)?), request).await
 }
 
-/// Runs checked inputs through the model's queue and batches within `timeout`; the outputs are the signature's.
-pub(crate) async fn run(
-    name: &str,
-    loaded: &Loaded,
-    inputs: Vec<tch::Tensor>,
-    timeout: std::time::Duration,
-) -> Result<Vec<tch::Tensor>, ApiError> {
-    let outputs = loaded.backend.infer_tensors(inputs, timeout).await?;
-    let expected = loaded.signature.outputs.len();
-    if outputs.len() != expected {
-        return Err(ApiError::internal(format!(
-            "model `{name}` returned {} tensors; its signature has {expected} outputs",
-            outputs.len()
-        )));
-    }
-    Ok(outputs)
-}
-
 async fn run_infer(state: &AppState, name: &str, version: Option<u64>, request: Request) -> Result<Response, ApiError> {
-    let loaded = served(state, name, version)?;
+    let loaded = state.served(name, version)?;
     let (parts, body): (_, Body) = request.into_parts();
     let header_length = match parts.headers.get(codec::HEADER_LENGTH) {
         None => None,
@@ -213,7 +132,7 @@ async fn run_infer(state: &AppState, name: &str, version: Option<u64>, request: 
     let decoded =
         decoding("decoding the infer request", move || codec::decode(&body, header_length, &for_decoding.signature))
             .await?;
-    let outputs = run(name, &loaded, decoded.inputs, state.limits.request_timeout).await?;
+    let outputs = inference::run(name, &loaded, decoded.inputs, state.limits.request_timeout).await?;
     let (model, version, id, wanted) = (name.to_string(), loaded.version, decoded.id, decoded.outputs);
     let for_encoding = Arc::clone(&loaded);
     let max_response_bytes = state.limits.max_response_bytes;

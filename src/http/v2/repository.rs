@@ -10,9 +10,8 @@ use serde_json::{json, Value};
 // load and unload are the admin API's own handlers: the extension is another address for them.
 use super::super::admin::{load, require_token, unload};
 use super::super::body::{parse_params, read_limited};
-use super::AppState;
-use crate::http::error::ApiError;
-use crate::registry::ModelState;
+use crate::service::repository::{self, IndexEntry};
+use crate::service::{ApiError, AppState};
 
 pub fn routes(state: AppState) -> Router<AppState> {
     Router::new()
@@ -45,42 +44,8 @@ async fn index(State(state): State<AppState>, request: Request) -> Result<Json<V
         }
     };
     let request: IndexRequest = parse_params(params).map_err(|e| ApiError::bad_request(e.to_string()))?;
-    let models = index_of(&state, request.ready).into_iter().map(
-        |entry| json!({"name": entry.name, "version": entry.version, "state": entry.state, "reason": entry.reason}),
-    );
+    let models = repository::index(&state, request.ready).into_iter().map(|IndexEntry { name, version, state, reason }| {
+        json!({"name": name, "version": version, "state": state, "reason": reason})
+    });
     Ok(Json(models.collect()))
-}
-
-/// One model of the repository index.
-pub(crate) struct IndexEntry {
-    pub name: String,
-    /// The version served (or that would be); empty if none.
-    pub version: String,
-    /// READY, LOADING or UNAVAILABLE.
-    pub state: &'static str,
-    /// Why it is unavailable.
-    pub reason: String,
-}
-
-/// Every model by name, or only the ready ones.
-pub(crate) fn index_of(state: &AppState, ready_only: bool) -> Vec<IndexEntry> {
-    let mut names = state.registry.names();
-    names.sort();
-    let mut models = Vec::with_capacity(names.len());
-    for name in names {
-        let Some(entry) = state.registry.get(&name) else { continue };
-        let current = entry.current();
-        let (status, version, reason) = match &current.state {
-            ModelState::Ready(loaded) => ("READY", Some(loaded.version), String::new()),
-            ModelState::Loading => ("LOADING", current.spec.served_version(), String::new()),
-            ModelState::Failed(message) => ("UNAVAILABLE", current.spec.served_version(), message.clone()),
-            ModelState::Unloaded => ("UNAVAILABLE", current.spec.served_version(), "unloaded".to_string()),
-        };
-        if ready_only && status != "READY" {
-            continue;
-        }
-        let version = version.map(|v| v.to_string()).unwrap_or_default();
-        models.push(IndexEntry { name, version, state: status, reason });
-    }
-    models
 }

@@ -11,7 +11,7 @@ pub use scheduler::{GenerationEngine, GenerationEvent};
 
 use serde::{Deserialize, Serialize};
 
-use crate::config::GenerationConfig;
+use crate::model_toml::GenerationConfig;
 use crate::rng::Rng;
 use crate::tasks::TaskError;
 

@@ -16,13 +16,13 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::admission::{self, PrefillPass, PromptProgress};
 use super::{FinishReason, GenerationRequest, Sampler, TextDecoder, VOCABULARY};
-use crate::config::GenerationConfig;
 use crate::engine::batcher::{BatchPolicy, Batcher, Next};
 use crate::engine::{
     catch_panic, forward_batched, load_reporting, retired, signature_check, torch_error_summary, EngineError,
     InferenceModule, WorkerSpec,
 };
 use crate::metrics::{GenerationMetrics, ModelMetrics};
+use crate::model_toml::GenerationConfig;
 
 /// What a sequence's caller receives, in order: tokens, then `Done` or `Error`.
 #[derive(Debug)]

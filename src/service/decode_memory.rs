@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
-use crate::http::error::ApiError;
+use super::error::ApiError;
 
 /// Reservations are counted in MiB, so that a u32 of permits covers any budget.
 const UNIT_BYTES: u64 = 1 << 20;
@@ -55,7 +55,7 @@ impl DecodeMemory {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::http::error::ErrorKind;
+    use crate::service::error::ErrorKind;
 
     #[tokio::test]
     async fn decodes_beyond_the_budget_wait_and_a_huge_one_runs_alone() {

@@ -11,7 +11,7 @@
 //! campaign sets the case count, and another seed to explore new inputs:
 //!
 //! ```text
-//! EMBER_FUZZ_CASES=100000 EMBER_FUZZ_SEED=2 cargo test --release --lib fuzz
+//! EMBER_FUZZ_CASES=100000 EMBER_FUZZ_SEED=2 cargo test --release --test fuzz
 //! ```
 
 use std::sync::LazyLock;
@@ -21,7 +21,7 @@ use proptest::prelude::*;
 use proptest::sample::{select, Index};
 use proptest::test_runner::{RngAlgorithm, RngSeed};
 
-use crate::http::error::ApiError;
+use ember::service::ApiError;
 
 /// The seed of every run that does not set `EMBER_FUZZ_SEED`.
 const SEED: u64 = 0x454d_4245_525f_465a;
@@ -135,9 +135,9 @@ mod image {
     use ::image::{DynamicImage, ImageFormat, RgbImage};
 
     use super::*;
-    use crate::config::ImagePreprocessing;
-    use crate::tasks::image::{decode, decode_probed, probe, resize_and_crop, ImageLimits};
-    use crate::tasks::TaskError;
+    use ember::model_toml::ImagePreprocessing;
+    use ember::tasks::image::{decode, decode_probed, probe, resize_and_crop, ImageLimits};
+    use ember::tasks::TaskError;
 
     const LIMITS: ImageLimits = ImageLimits { max_pixels: 1_000_000, max_aspect: 32 };
 
@@ -386,8 +386,8 @@ mod codec {
     use serde_json::{json, Value};
 
     use super::*;
-    use crate::http::v2::codec::{decode, Decoded};
-    use crate::signature::{DataType, InputBounds, Limit, Signature, TensorSpec, ValueRange};
+    use ember::http::v2::codec::{decode, Decoded};
+    use ember::signature::{DataType, InputBounds, Limit, Signature, TensorSpec, ValueRange};
 
     const INPUT_NAMES: [&str; 3] = ["x", "y", "z"];
 
@@ -820,7 +820,7 @@ mod body {
     use serde_json::{json, Map, Value};
 
     use super::*;
-    use crate::http::body::{parse_json, query_params, read_json_image, read_multipart};
+    use ember::http::body::{parse_json, query_params, read_json_image, read_multipart};
 
     /// A typed body, as routes parse theirs.
     #[derive(Debug, PartialEq, serde::Deserialize)]
@@ -1034,8 +1034,8 @@ mod tokenizer {
     use std::path::Path;
 
     use super::*;
-    use crate::config::TextPreprocessing;
-    use crate::tasks::sentiment::{LongTexts, TextClassifier};
+    use ember::model_toml::TextPreprocessing;
+    use ember::tasks::sentiment::{LongTexts, TextClassifier};
 
     /// The tokenizer at the smallest `text.max_tokens` model.toml allows and at larger ones, truncating and
     /// cutting windows (the smallest stride, one that overlaps, one that just touches).
@@ -1100,7 +1100,7 @@ mod archive {
     use std::path::Path;
 
     use super::*;
-    use crate::train::upload::{unpack, UnpackLimits, Unpacked};
+    use ember::train::upload::{unpack, UnpackLimits, Unpacked};
 
     #[derive(Debug, Clone, Copy)]
     enum Kind {

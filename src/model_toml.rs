@@ -1,167 +1,15 @@
-//! Configuration: the server's settings (from the CLI / `EMBER_*` variables) and the `model.toml` schema.
+//! The `model.toml` schema: what a model folder says about its model (its task, batching, preprocessing, device,
+//! format, declared tensors). Read by `repository`; the server's own flags are `flags`'.
 
 use std::collections::HashMap;
 use std::fmt;
-use std::path::PathBuf;
 use std::str::FromStr;
-use std::time::Duration;
 
-use clap::{Args, Parser, ValueEnum};
 use serde::Deserialize;
 
 use crate::cpus::{self, Sizing, Threads};
 use crate::formats::{FormatChoice, ModelFormat};
 use crate::signature::TensorSpec;
-
-/// Settings of `ember serve`. Every flag is also an `EMBER_*` environment variable.
-#[derive(Debug, Clone, Args)]
-pub struct ServeConfig {
-    /// Address to listen on (the container image sets 0.0.0.0).
-    #[arg(long, env = "EMBER_HOST", default_value = "127.0.0.1")]
-    pub host: String,
-    /// Port to listen on; 0 picks a free port (the chosen one is logged).
-    #[arg(long, env = "EMBER_PORT", default_value_t = 8080)]
-    pub port: u16,
-    /// Port of the Open Inference Protocol over gRPC (KServe v2's GRPCInferenceService), on the same address;
-    /// 0 turns it off.
-    #[arg(long, env = "EMBER_GRPC_PORT", default_value_t = 8081)]
-    pub grpc_port: u16,
-    /// Export traces over OTLP/HTTP to this collector (e.g. http://localhost:4318; /v1/traces is added to a URL
-    /// without a path): a span per request with its decode, queue wait, batch forward and encode. Off when unset.
-    #[arg(long, env = "EMBER_OTLP_ENDPOINT")]
-    pub otlp_endpoint: Option<String>,
-    #[command(flatten)]
-    pub repo: RepoArgs,
-    /// Device for models whose model.toml says `device = "auto"`: auto (CUDA when present), cpu, cuda, cuda:N.
-    #[arg(long, env = "EMBER_DEVICE", default_value = "auto")]
-    pub device: DeviceChoice,
-    /// Largest request body accepted, in bytes (413 beyond it).
-    #[arg(long, env = "EMBER_MAX_BODY_BYTES", default_value_t = 16 * 1024 * 1024)]
-    pub max_body_bytes: usize,
-    /// Largest decoded image accepted, in pixels (width x height), against decompression bombs.
-    #[arg(long, env = "EMBER_MAX_IMAGE_PIXELS", default_value_t = 40_000_000)]
-    pub max_image_pixels: u64,
-    /// Largest ratio of an image's longer side to its shorter one (resizing scales the shorter side up to the
-    /// model's size, so a 1 x 1,000,000 image would become gigabytes).
-    #[arg(long, env = "EMBER_MAX_IMAGE_ASPECT", default_value_t = 32, value_parser = clap::value_parser!(u32).range(1..))]
-    pub max_image_aspect: u32,
-    /// Memory that image decodes in flight may take together, in bytes (each is counted at 8 bytes per pixel
-    /// plus 64 MiB of decoder space); requests beyond it wait their turn, up to their deadline.
-    #[arg(long, env = "EMBER_MAX_DECODE_BYTES", default_value_t = 1024 * 1024 * 1024)]
-    pub max_decode_bytes: u64,
-    /// Largest Open Inference Protocol answer, in bytes (JSON counted at 21 bytes per element).
-    #[arg(long, env = "EMBER_MAX_RESPONSE_BYTES", default_value_t = 64 * 1024 * 1024)]
-    pub max_response_bytes: usize,
-    /// Time a client may take to send a request's headers (and an idle keep-alive connection may stay open),
-    /// in milliseconds; then the connection is closed.
-    #[arg(long, env = "EMBER_HEADER_READ_TIMEOUT_MS", default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(1..))]
-    pub header_read_timeout_ms: u64,
-    /// Time a client may take to send a request's whole body, in milliseconds (408 beyond it).
-    #[arg(long, env = "EMBER_BODY_READ_TIMEOUT_MS", default_value_t = 30_000, value_parser = clap::value_parser!(u64).range(1..))]
-    pub body_read_timeout_ms: u64,
-    /// Time a client may take to send a whole fine-tuning upload, in milliseconds (408 beyond it).
-    #[arg(long, env = "EMBER_UPLOAD_READ_TIMEOUT_MS", default_value_t = 900_000, value_parser = clap::value_parser!(u64).range(1..))]
-    pub upload_read_timeout_ms: u64,
-    /// Connections served at once; further clients wait in the listen backlog until one closes. Lowered to
-    /// what the open-file limit allows, which ember raises to its hard limit at start.
-    #[arg(long, env = "EMBER_MAX_CONNECTIONS", default_value_t = 4096, value_parser = clap::value_parser!(u32).range(1..))]
-    pub max_connections: u32,
-    /// Time a request may spend queued and running before it is answered 504, in milliseconds.
-    #[arg(long, env = "EMBER_REQUEST_TIMEOUT_MS", default_value_t = 30_000)]
-    pub request_timeout_ms: u64,
-    /// How often the model repository is checked for new versions, pins and models, in milliseconds; 0 = never
-    /// (POST /admin/models/{name}/reload still swaps).
-    #[arg(long, env = "EMBER_WATCH_INTERVAL_MS", default_value_t = 2_000)]
-    pub watch_interval_ms: u64,
-    /// Bearer token of the admin API (/admin/...); unset, the admin API is off. Never logged.
-    #[arg(long, env = "EMBER_ADMIN_TOKEN", hide_env_values = true)]
-    pub admin_token: Option<AdminToken>,
-    /// Largest fine-tuning upload (POST /admin/models/{name}/fine-tune), in bytes.
-    #[arg(long, env = "EMBER_MAX_UPLOAD_BYTES", default_value_t = 512 * 1024 * 1024)]
-    pub max_upload_bytes: usize,
-    /// Most bytes a fine-tuning archive may unpack to (against decompression bombs).
-    #[arg(long, env = "EMBER_MAX_FINE_TUNE_BYTES", default_value_t = 2 * 1024 * 1024 * 1024)]
-    pub max_fine_tune_bytes: u64,
-    /// Fine-tuning jobs that may wait behind the running one (429 beyond).
-    #[arg(long, env = "EMBER_FINE_TUNE_QUEUE", default_value_t = 4)]
-    pub fine_tune_queue: usize,
-    /// Log format: text for people, json for log collectors.
-    #[arg(long, env = "EMBER_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
-    pub log_format: LogFormat,
-}
-
-/// The admin token: a string whose Debug never shows it, so that it cannot reach a log.
-#[derive(Clone)]
-pub struct AdminToken(pub String);
-
-impl fmt::Debug for AdminToken {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("AdminToken(<hidden>)")
-    }
-}
-
-impl FromStr for AdminToken {
-    type Err = String;
-    /// Leading and trailing whitespace is not part of the token: a token read from a file (a Kubernetes secret,
-    /// `$(cat token)`) often ends in a newline that the clients' header would not carry.
-    fn from_str(s: &str) -> Result<Self, String> {
-        let token = s.trim();
-        if token.len() < 8 {
-            return Err("the admin token must be at least 8 characters long (whitespace around it is ignored)".into());
-        }
-        if token.chars().any(|c| c.is_whitespace() || c.is_control()) {
-            return Err("the admin token must not contain whitespace or control characters".into());
-        }
-        Ok(AdminToken(token.to_string()))
-    }
-}
-
-/// Where the model repository is; shared by every subcommand.
-#[derive(Debug, Clone, Args)]
-pub struct RepoArgs {
-    /// Model repository: one folder per model (see DESIGN.md).
-    #[arg(long = "model-repo", env = "EMBER_MODEL_REPO", default_value = "./models")]
-    pub model_repo: PathBuf,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum LogFormat {
-    Text,
-    Json,
-}
-
-impl ServeConfig {
-    /// Builds a config as the CLI would from these flags (defaults for the rest); used by tests and tools.
-    pub fn from_flags<I, S>(flags: I) -> Result<Self, clap::Error>
-    where
-        I: IntoIterator<Item = S>,
-        S: Into<std::ffi::OsString> + Clone,
-    {
-        #[derive(Parser)]
-        struct Wrapper {
-            #[command(flatten)]
-            config: ServeConfig,
-        }
-        let args = std::iter::once(std::ffi::OsString::from("ember")).chain(flags.into_iter().map(Into::into));
-        Ok(Wrapper::try_parse_from(args)?.config)
-    }
-
-    pub fn request_timeout(&self) -> Duration {
-        Duration::from_millis(self.request_timeout_ms)
-    }
-
-    pub fn header_read_timeout(&self) -> Duration {
-        Duration::from_millis(self.header_read_timeout_ms)
-    }
-
-    pub fn body_read_timeout(&self) -> Duration {
-        Duration::from_millis(self.body_read_timeout_ms)
-    }
-
-    pub fn upload_read_timeout(&self) -> Duration {
-        Duration::from_millis(self.upload_read_timeout_ms)
-    }
-}
 
 /// Which device a model runs on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -626,23 +474,6 @@ pub fn validate_declared(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn the_admin_token_is_trimmed_and_must_be_one_word() {
-        assert_eq!("s3cret-token\n".parse::<AdminToken>().unwrap().0, "s3cret-token");
-        assert_eq!("  s3cret-token \r\n".parse::<AdminToken>().unwrap().0, "s3cret-token");
-        assert!("short\n".parse::<AdminToken>().is_err());
-        assert!("s3cret token".parse::<AdminToken>().is_err());
-    }
-
-    #[test]
-    fn limits_and_timeouts_are_flags_that_refuse_zero() {
-        let config = ServeConfig::from_flags(["--max-image-aspect", "8", "--header-read-timeout-ms", "500"]).unwrap();
-        assert_eq!((config.max_image_aspect, config.header_read_timeout()), (8, Duration::from_millis(500)));
-        for flag in ["--max-image-aspect", "--header-read-timeout-ms", "--body-read-timeout-ms", "--max-connections"] {
-            assert!(ServeConfig::from_flags([flag, "0"]).is_err(), "{flag} 0");
-        }
-    }
 
     #[test]
     fn declared_tensors_are_checked() {
