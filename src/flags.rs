@@ -64,6 +64,10 @@ pub struct ServeConfig {
     /// what the open-file limit allows, which ember raises to its hard limit at start.
     #[arg(long, env = "EMBER_MAX_CONNECTIONS", default_value_t = 4096, value_parser = clap::value_parser!(u32).range(1..))]
     pub max_connections: u32,
+    /// Model loads that run at once (at start-up, swaps, admin loads); more wait their turn. Each load's cost
+    /// (`resident_bytes` in GET /v1/models/{name}) is the process's memory growth across it: exact with 1.
+    #[arg(long, env = "EMBER_MAX_CONCURRENT_LOADS", default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_concurrent_loads: u32,
     /// Time a request may spend queued and running before it is answered 504, in milliseconds.
     #[arg(long, env = "EMBER_REQUEST_TIMEOUT_MS", default_value_t = 30_000)]
     pub request_timeout_ms: u64,
@@ -171,7 +175,9 @@ mod tests {
     fn limits_and_timeouts_are_flags_that_refuse_zero() {
         let config = ServeConfig::from_flags(["--max-image-aspect", "8", "--header-read-timeout-ms", "500"]).unwrap();
         assert_eq!((config.max_image_aspect, config.header_read_timeout()), (8, Duration::from_millis(500)));
-        for flag in ["--max-image-aspect", "--header-read-timeout-ms", "--body-read-timeout-ms", "--max-connections"] {
+        let positive =
+            ["--max-image-aspect", "--header-read-timeout-ms", "--body-read-timeout-ms", "--max-connections"];
+        for flag in positive.into_iter().chain(["--max-concurrent-loads"]) {
             assert!(ServeConfig::from_flags([flag, "0"]).is_err(), "{flag} 0");
         }
     }

@@ -13,7 +13,7 @@ use serde::Serialize;
 
 use crate::engine::panic_message;
 use crate::metrics::Metrics;
-use crate::registry::Registry;
+use crate::registry::{LoadReason, Registry};
 use crate::train::{self, Cancel, DataSource, Progress, Snapshot, TrainError, TrainJob, TrainSettings, Trained};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -370,7 +370,7 @@ fn run_one(shared: &Shared, job: &Job) -> Result<Trained, TrainError> {
     let trained = (shared.trainer)(&train_job, job, &job.cancel)?;
     if publish {
         // The watcher may have swapped already; this makes it happen now when it is off.
-        if let Err(e) = shared.registry.reload(&model, false) {
+        if let Err(e) = shared.registry.reload(&model, false, LoadReason::Swap) {
             tracing::error!(job = id, model = %model, error = %e, "the new version was saved but could not be served");
         }
     }

@@ -24,6 +24,8 @@ pub struct Metrics {
     active_sequences: IntGaugeVec,
     pub fine_tune_jobs: IntGaugeVec,
     pub model_load_failures: IntCounterVec,
+    pub model_loads: IntCounterVec,
+    pub model_resident_bytes: IntGaugeVec,
     pub open_connections: IntGauge,
     pub decode_reserved_bytes: IntGauge,
     trace_spans_exported: IntCounter,
@@ -123,6 +125,18 @@ impl Metrics {
             model_load_failures: counter(
                 "ember_model_load_failures_total",
                 "Loads of a model version that failed (the model keeps serving its previous version, if any).",
+                &["model"],
+            ),
+            model_loads: counter(
+                "ember_model_loads_total",
+                "Model versions loaded and warmed up, by why: start (at start-up), swap (the repository changed: a new \
+                 version, a pin, a new folder, a published fine-tune), admin (an operator's load or reload).",
+                &["model", "reason"],
+            ),
+            model_resident_bytes: gauge(
+                "ember_model_resident_bytes",
+                "What the version a model serves costs: the process's resident memory grew by this much from before \
+                 its load to after its warm-up, in bytes (exact with --max-concurrent-loads 1).",
                 &["model"],
             ),
             open_connections: single_gauge(

@@ -7,14 +7,13 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock, TryLockError, Weak};
-use std::time::Duration;
-use std::time::Instant;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use tch::Device;
 
-use crate::engine::{device, format_usable, retired, EngineError, StandIn, WorkerSpec};
+use crate::engine::{device, format_usable, onnx, retired, EngineError, LoadGate, StandIn, WorkerSpec};
 use crate::formats::ModelFormat;
 use crate::metrics::Metrics;
 use crate::model_toml::{DeviceChoice, TaskKind};
@@ -31,6 +30,45 @@ pub struct Loaded {
     pub backend: Backend,
     /// The version's model-level tensors, for the Open Inference Protocol.
     pub signature: Signature,
+    /// What the version costs: the process's resident memory grew by this much from before its load to after
+    /// its warm-up (exact when loads run one at a time, `--max-concurrent-loads 1`).
+    pub resident_bytes: u64,
+    /// When a request last took this version, in Unix milliseconds; 0 until one does.
+    last_used: AtomicU64,
+}
+
+impl Loaded {
+    /// Records that a request is using this version now.
+    pub fn touch(&self) {
+        let now = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
+        self.last_used.store(now, Ordering::Relaxed);
+    }
+
+    /// When a request last used this version, in Unix milliseconds, if one has.
+    pub fn last_used_ms(&self) -> Option<u64> {
+        Some(self.last_used.load(Ordering::Relaxed)).filter(|&ms| ms > 0)
+    }
+}
+
+/// Why a model version was loaded, the `reason` of `ember_model_loads_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LoadReason {
+    /// At start-up (the version a model folder names, or the older one it falls back to).
+    Start,
+    /// The repository changed: a new version, a pin, a new model folder, a fine-tune published.
+    Swap,
+    /// An operator asked: the admin API's load or reload, the Open Inference Protocol's repository load.
+    Admin,
+}
+
+impl LoadReason {
+    pub fn name(self) -> &'static str {
+        match self {
+            LoadReason::Start => "start",
+            LoadReason::Swap => "swap",
+            LoadReason::Admin => "admin",
+        }
+    }
 }
 
 #[derive(Clone)]
@@ -134,6 +172,8 @@ pub struct Registry {
     stopping: AtomicBool,
     /// Modules that stand in for every model's TorchScript (HTTP-contract tests only; see `with_stand_ins`).
     stand_ins: Option<Box<StandInMaker>>,
+    /// Bounds the loads running at once and measures what each costs (`--max-concurrent-loads`).
+    loads: LoadGate,
 }
 
 /// Makes the stand-in module of a model (`Registry::with_stand_ins`).
@@ -155,7 +195,15 @@ impl Registry {
             metrics,
             stopping: AtomicBool::new(false),
             stand_ins: None,
+            loads: LoadGate::new(usize::MAX),
         }
+    }
+
+    /// At most `limit` model loads run at once (`--max-concurrent-loads`); without it, any number. Call before
+    /// `load_all`.
+    pub fn with_load_limit(mut self, limit: usize) -> Registry {
+        self.loads = LoadGate::new(limit);
+        self
     }
 
     /// Polls the repository every `interval` on a thread of its own, until the registry shuts down or is dropped.
@@ -187,7 +235,7 @@ impl Registry {
             let name = format!("ember-load-{}", entry.name);
             let thread_entry = Arc::clone(&entry);
             let spawned = std::thread::Builder::new().name(name).spawn(move || {
-                if registry.reload_entry(&thread_entry, true).is_err() {
+                if registry.reload_entry(&thread_entry, true, LoadReason::Start).is_err() {
                     registry.fall_back(&thread_entry);
                 }
                 thread_entry.starting.store(false, Ordering::SeqCst);
@@ -223,7 +271,7 @@ impl Registry {
                         "version {newest} failed to load ({reason}); serving version {version}, the newest that loads"
                     );
                     tracing::warn!(model = %entry.name, version, failed = newest, "{note}");
-                    self.install(entry, &entry.current(), spec, loaded, started);
+                    self.install(entry, &entry.current(), spec, loaded, started, LoadReason::Start);
                     entry.update(|current| {
                         current.last_error = Some(note);
                         current.failed_version = Some(newest);
@@ -241,15 +289,15 @@ impl Registry {
     /// Re-reads the model's folder and serves the version it names (pinned, else the highest), loading it beside
     /// the one serving and swapping when warm. Without `force`, a version already served or one that already
     /// failed is left alone. Blocks for the load: call it off the async runtime.
-    pub fn reload(&self, name: &str, force: bool) -> Result<Reloaded, EngineError> {
+    pub fn reload(&self, name: &str, force: bool, reason: LoadReason) -> Result<Reloaded, EngineError> {
         let entry = match self.get(name) {
             Some(entry) => entry,
             None => self.add_from_disk(name)?,
         };
-        self.reload_entry(&entry, force)
+        self.reload_entry(&entry, force, reason)
     }
 
-    fn reload_entry(&self, entry: &ModelEntry, force: bool) -> Result<Reloaded, EngineError> {
+    fn reload_entry(&self, entry: &ModelEntry, force: bool, reason: LoadReason) -> Result<Reloaded, EngineError> {
         let _changing = entry.changing.lock().unwrap_or_else(|e| e.into_inner());
         let load_error = |message: String| EngineError::Load { model: entry.name.clone(), message };
         let before = entry.current();
@@ -274,7 +322,7 @@ impl Registry {
         let started = Instant::now();
         match self.start_backend(&spec, version) {
             Ok(loaded) => {
-                self.install(entry, &before, spec, loaded, started);
+                self.install(entry, &before, spec, loaded, started, reason);
                 Ok(Reloaded::Swapped { version, previous: serving })
             }
             Err(e) => Err(self.keep_serving(entry, &before, Some(version), e)),
@@ -282,8 +330,17 @@ impl Registry {
     }
 
     /// Serves a loaded version in place of what `before` served.
-    fn install(&self, entry: &ModelEntry, before: &Current, spec: ModelSpec, loaded: Loaded, started: Instant) {
+    fn install(
+        &self,
+        entry: &ModelEntry,
+        before: &Current,
+        spec: ModelSpec,
+        loaded: Loaded,
+        started: Instant,
+        reason: LoadReason,
+    ) {
         let (version, device, format) = (loaded.version, device::name(loaded.device), loaded.format);
+        let resident_bytes = loaded.resident_bytes;
         let previous = match &before.state {
             ModelState::Ready(old) => {
                 self.forget_model_info(&entry.name, old);
@@ -292,7 +349,10 @@ impl Registry {
             _ => None,
         };
         self.metrics.model_info.with_label_values(&model_info_labels(&entry.name, &loaded)).set(1);
-        tracing::info!(model = %entry.name, version, ?previous, %device, %format, seconds = started.elapsed().as_secs_f64(), "model ready");
+        self.metrics.model_loads.with_label_values(&[&entry.name, reason.name()]).inc();
+        self.metrics.model_resident_bytes.with_label_values(&[&entry.name]).set(resident_bytes as i64);
+        tracing::info!(model = %entry.name, version, ?previous, %device, %format, resident_bytes,
+            reason = reason.name(), seconds = started.elapsed().as_secs_f64(), "model ready");
         entry.update(|current| {
             *current = Current {
                 spec: Arc::new(spec),
@@ -361,9 +421,17 @@ impl Registry {
             sizing: spec.config.sizing(),
             stand_in: self.stand_ins.as_ref().map(|stand_in| stand_in(&spec)),
         };
+        // ONNX Runtime's library is opened once per process, by the first ONNX model: not that model's cost.
+        let place = self.loads.enter(|| {
+            if format == ModelFormat::Onnx {
+                let _ = onnx::runtime::environment();
+            }
+        });
         let backend = Backend::start(&spec, worker, &self.metrics)?;
+        let resident_bytes = place.resident_growth();
+        drop(place);
         let signature = backend.signature(&spec);
-        Ok(Loaded { version, device, format, backend, signature })
+        Ok(Loaded { version, device, format, backend, signature, resident_bytes, last_used: AtomicU64::new(0) })
     }
 
     /// A model folder that appeared after startup (or was named to the admin API) joins the registry.
@@ -389,6 +457,7 @@ impl Registry {
         let _changing = entry.changing.lock().unwrap_or_else(|e| e.into_inner());
         if let ModelState::Ready(old) = entry.state() {
             self.forget_model_info(name, &old);
+            let _ = self.metrics.model_resident_bytes.remove_label_values(&[name]);
         }
         entry.update(|current| current.state = ModelState::Unloaded);
         tracing::info!(model = %name, "model unloaded");
@@ -407,14 +476,14 @@ impl Registry {
             if matches!(entry.state(), ModelState::Unloaded) || entry.changing.try_lock().is_err() {
                 continue;
             }
-            let _ = self.reload_entry(&entry, false);
+            let _ = self.reload_entry(&entry, false, LoadReason::Swap);
         }
         let Ok(dirs) = std::fs::read_dir(&self.root) else { return };
         for dir in dirs.filter_map(|d| d.ok().map(|d| d.path())) {
             let name = dir.file_name().and_then(|n| n.to_str()).unwrap_or_default().to_string();
             if !name.starts_with('.') && dir.join("model.toml").is_file() && self.get(&name).is_none() {
                 tracing::info!(model = %name, "new model folder found");
-                let _ = self.reload(&name, true);
+                let _ = self.reload(&name, true, LoadReason::Swap);
             }
         }
     }

@@ -60,7 +60,10 @@ impl Server {
             device::resolve(config.device, config.device).map_err(anyhow::Error::msg).context("--device")?;
         }
         let metrics = Arc::new(Metrics::new());
-        let registry = Arc::new(Registry::new(repository, config.device, Arc::clone(&metrics)));
+        let registry = Arc::new(
+            Registry::new(repository, config.device, Arc::clone(&metrics))
+                .with_load_limit(config.max_concurrent_loads as usize),
+        );
         let address = format!("{}:{}", config.host, config.port);
         let listener = TcpListener::bind(&address).await.with_context(|| format!("cannot listen on {address}"))?;
         let grpc_listener = match config.grpc_port {

@@ -1,11 +1,11 @@
 //! Serving behaviour under load and at the edges, each test on a server with its own settings:
-//! batching across callers, admission control, deadlines, readiness, body limits.
+//! batching across callers, admission control, deadlines, readiness, body limits, what a model costs.
 
 mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{error_of, TempRepo, TestServer};
+use common::{content_type_of, error_of, metric_at, photo, EmberProcess, TempRepo, TestServer};
 use serde_json::Value;
 
 /// 32 callers at once are all answered correctly, and the batcher actually combined requests.
@@ -162,4 +162,49 @@ async fn a_model_that_fails_to_load_is_reported() {
     assert_eq!(reqwest::get(server.url("/health/ready")).await.unwrap().status(), 200);
     let (status, kind, _) = error_of(server.post_image("/v1/classify", "chelsea.png").await).await;
     assert_eq!((status, kind.as_str()), (503, "unavailable"));
+}
+
+/// What a model costs is measured when it loads (the same figure in GET /v1/models/{name} and in
+/// ember_model_resident_bytes), when a request last used it is kept, and every load is counted with its reason.
+/// A process of its own: the figure is the process's memory growth, which the other tests' servers would blur.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_model_reports_what_it_costs_and_when_it_was_last_used() {
+    const TOKEN: &str = "cost-admin-token";
+    let repo = TempRepo::mobilenet(&[]);
+    repo.add("iris", &[]);
+    let server = EmberProcess::serve(repo.path(), &["--admin-token", TOKEN, "--watch-interval-ms", "0"]);
+    server.wait_ready().await;
+    let client = common::client();
+    let describe = |name: &'static str| {
+        let request = client.get(format!("{}/v1/models/{name}", server.base));
+        async move { request.send().await.unwrap().json::<Value>().await.unwrap() }
+    };
+    let metric = |series: &'static str| metric_at(&server.base, series);
+    let mobilenet = describe("mobilenet_v2").await;
+    let bytes = mobilenet["resident_bytes"].as_u64().unwrap_or_else(|| panic!("{mobilenet}"));
+    // Its weights are 14 MB; prepacked for the CPU and warmed at every batch size it measured 79-92 MiB alone.
+    assert!((20 << 20..1 << 30).contains(&bytes), "mobilenet_v2 costs {bytes} bytes: {mobilenet}");
+    let iris = describe("iris").await["resident_bytes"].as_u64().unwrap();
+    assert!(iris < bytes, "iris (a 3 KB graph) measured {iris} bytes, mobilenet_v2 {bytes}");
+    assert!(mobilenet["last_used"].is_null(), "{mobilenet}");
+    assert_eq!(metric("ember_model_resident_bytes{model=\"mobilenet_v2\"}").await, Some(bytes as f64));
+    assert_eq!(metric("ember_model_loads_total{model=\"mobilenet_v2\",reason=\"start\"}").await, Some(1.0));
+
+    let before = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
+    let classify = client
+        .post(format!("{}/v1/classify", server.base))
+        .header("content-type", content_type_of("chelsea.png"))
+        .body(photo("chelsea.png"));
+    assert_eq!(classify.send().await.unwrap().status(), 200);
+    let used = describe("mobilenet_v2").await["last_used"].as_u64().unwrap();
+    assert!((before..before + 60).contains(&used), "last used at {used}, the request was sent at {before}");
+    assert!(describe("iris").await["last_used"].is_null(), "iris was not asked");
+
+    let admin = |path: &str| client.post(format!("{}{path}", server.base)).bearer_auth(TOKEN).send();
+    assert_eq!(admin("/admin/models/mobilenet_v2/reload").await.unwrap().status(), 200);
+    assert_eq!(metric("ember_model_loads_total{model=\"mobilenet_v2\",reason=\"admin\"}").await, Some(1.0));
+    assert!(describe("mobilenet_v2").await["resident_bytes"].as_u64().is_some());
+    assert_eq!(admin("/admin/models/mobilenet_v2/unload").await.unwrap().status(), 200);
+    assert!(describe("mobilenet_v2").await["resident_bytes"].is_null());
+    assert_eq!(metric("ember_model_resident_bytes{model=\"mobilenet_v2\"}").await, None);
 }

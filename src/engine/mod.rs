@@ -10,6 +10,7 @@ pub mod cuda;
 pub mod device;
 pub mod fault;
 mod forward;
+pub mod load_gate;
 pub mod module;
 pub mod onnx;
 pub mod pool;
@@ -23,6 +24,7 @@ use onnx::OnnxModel;
 
 pub use fault::{catch_panic, panic_message, torch_error_summary};
 pub use forward::forward_batched;
+pub use load_gate::{resident_bytes, LoadGate};
 pub use module::{InferenceModule, StandIn, StandInForward};
 pub use pool::{BatchTask, WorkerPool, WorkerSpec};
 

@@ -54,6 +54,11 @@ struct ModelInfo {
     /// holds files of.
     format: Option<&'static str>,
     formats: Vec<&'static str>,
+    /// What the version serving costs in resident memory, measured across its load and warm-up (null until
+    /// loaded).
+    resident_bytes: Option<u64>,
+    /// When a request last used the version serving, in Unix seconds (null until one has).
+    last_used: Option<u64>,
     default: bool,
     batching: BatchingInfo,
 }
@@ -101,12 +106,13 @@ impl From<&ModelToml> for BatchingInfo {
 fn model_info(state: &AppState, entry: &ModelEntry) -> ModelInfo {
     let current = entry.current();
     let spec = &current.spec;
-    let (served_version, device, format) = match &current.state {
-        ModelState::Ready(loaded) => {
-            (Some(loaded.version), Some(device::name(loaded.device)), Some(loaded.format.name()))
-        }
-        _ => (None, None, None),
+    let loaded = match &current.state {
+        ModelState::Ready(loaded) => Some(loaded),
+        _ => None,
     };
+    let served_version = loaded.map(|loaded| loaded.version);
+    let device = loaded.map(|loaded| device::name(loaded.device));
+    let format = loaded.map(|loaded| loaded.format.name());
     let error = match &current.state {
         ModelState::Failed(message) => Some(message.clone()),
         _ => current.last_error.clone(),
@@ -126,6 +132,8 @@ fn model_info(state: &AppState, entry: &ModelEntry) -> ModelInfo {
         device,
         format,
         formats: version.map(|v| spec.formats(v).iter().map(|f| f.name()).collect()).unwrap_or_default(),
+        resident_bytes: loaded.map(|loaded| loaded.resident_bytes),
+        last_used: loaded.and_then(|loaded| loaded.last_used_ms()).map(|ms| ms / 1000),
         default: state.registry.default_for(spec.config.task) == Some(spec.name.as_str()),
         batching: BatchingInfo::from(&spec.config),
     }

@@ -62,8 +62,10 @@ pub fn metadata(state: &AppState, name: &str, version: Option<u64>) -> Result<Me
     Ok(Metadata { versions: spec.versions.clone(), task: spec.config.task, signature, platform: format.platform() })
 }
 
-/// Runs checked inputs through the model's queue and batches within `timeout`; the outputs are the signature's.
+/// Runs checked inputs through the model's queue and batches within `timeout` (the version counts as used); the
+/// outputs are the signature's.
 pub async fn run(name: &str, loaded: &Loaded, inputs: Vec<Tensor>, timeout: Duration) -> Result<Vec<Tensor>, ApiError> {
+    loaded.touch();
     let outputs = loaded.backend.infer_tensors(inputs, timeout).await?;
     let expected = loaded.signature.outputs.len();
     if outputs.len() != expected {

@@ -17,7 +17,7 @@ impl AppState {
         })
     }
 
-    /// The named model's loaded version, if the model exists, does `task` and is ready.
+    /// The named model's loaded version, if the model exists, does `task` and is ready; it counts as used now.
     pub fn ready_model(&self, name: &str, task: TaskKind) -> Result<Arc<Loaded>, ApiError> {
         let entry = self.model(name)?;
         let actual = entry.spec().config.task;
@@ -26,7 +26,9 @@ impl AppState {
                 "model `{name}` is a {actual} model; this route needs a {task} model"
             )));
         }
-        serving(name, entry.state())
+        let loaded = serving(name, entry.state())?;
+        loaded.touch();
+        Ok(loaded)
     }
 
     /// The model behind a task's short route.

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use super::error::ApiError;
 use super::offload::off_runtime;
 use super::AppState;
-use crate::registry::{ModelState, Reloaded};
+use crate::registry::{LoadReason, ModelState, Reloaded};
 
 /// Every model that should serve is loaded and warm; else a 503 naming each one that is not, and why.
 pub fn readiness(state: &AppState) -> Result<(), ApiError> {
@@ -63,7 +63,8 @@ pub fn index(state: &AppState, ready_only: bool) -> Vec<IndexEntry> {
 pub async fn load(state: &AppState, name: &str, force: bool) -> Result<Reloaded, ApiError> {
     // Reads and warms a model (seconds): off the async workers.
     let (registry, model) = (Arc::clone(&state.registry), name.to_string());
-    off_runtime("loading the model", move || registry.reload(&model, force).map_err(ApiError::from)).await
+    off_runtime("loading the model", move || registry.reload(&model, force, LoadReason::Admin).map_err(ApiError::from))
+        .await
 }
 
 /// Stops serving `name` until it is loaded again.

@@ -177,8 +177,7 @@ impl TestServer {
 
     /// The value of one sample of the Prometheus text, e.g. `ember_batch_size_count{model="mobilenet_v2"}`.
     pub async fn metric(&self, series: &str) -> Option<f64> {
-        let text = reqwest::get(self.url("/metrics")).await.unwrap().text().await.unwrap();
-        text.lines().find_map(|line| line.strip_prefix(series)?.strip_prefix(' ')?.trim().parse().ok())
+        metric_at(&self.base, series).await
     }
 
     /// Stops the server gracefully and waits for it.
@@ -322,6 +321,12 @@ impl Drop for EmberProcess {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// The value of one sample of the Prometheus text of the server at `base`.
+pub async fn metric_at(base: &str, series: &str) -> Option<f64> {
+    let text = reqwest::get(format!("{base}/metrics")).await.unwrap().text().await.unwrap();
+    text.lines().find_map(|line| line.strip_prefix(series)?.strip_prefix(' ')?.trim().parse().ok())
 }
 
 impl EmberProcess {
