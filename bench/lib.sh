@@ -42,8 +42,9 @@ run_heading() {
   echo "## Run of $(date -u +%Y-%m-%dT%H:%MZ) on $(nproc) cores ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)), ${seconds}s per HTTP case"
 }
 
+# start_server REPO [FLAG...]: serves REPO (with the flags) and waits until it is ready.
 start_server() {
-  "$ember" serve --port "$port" --grpc-port "${grpc_port:-0}" --model-repo "$1" > "$workdir/server.log" 2>&1 &
+  "$ember" serve --port "$port" --grpc-port "${grpc_port:-0}" --model-repo "$1" "${@:2}" > "$workdir/server.log" 2>&1 &
   server_pid=$!
   for _ in $(seq 1 600); do
     curl -sf "http://127.0.0.1:$port/health/ready" >/dev/null && return 0

@@ -19,26 +19,23 @@ pub struct WantedOutput {
     pub binary: bool,
 }
 
-fn names(specs: &[TensorSpec]) -> String {
-    specs.iter().map(|s| s.name.as_str()).collect::<Vec<_>>().join(", ")
+/// The position of the tensor called `name` among `specs` (a signature's inputs or outputs, `what` says which),
+/// or a 400 that lists them.
+fn position(specs: &[TensorSpec], what: &str, name: &str) -> Result<usize, ApiError> {
+    specs.iter().position(|spec| spec.name == name).ok_or_else(|| {
+        let names = specs.iter().map(|s| s.name.as_str()).collect::<Vec<_>>().join(", ");
+        bad(format!("the model has no {what} `{name}`; its {what}s: {names}"))
+    })
 }
 
 /// The position of the input called `name` in the signature, or a 400 that lists the inputs.
 pub fn input_index(signature: &Signature, name: &str) -> Result<usize, ApiError> {
-    signature
-        .inputs
-        .iter()
-        .position(|spec| spec.name == name)
-        .ok_or_else(|| bad(format!("the model has no input `{name}`; its inputs: {}", names(&signature.inputs))))
+    position(&signature.inputs, "input", name)
 }
 
 /// The position of the output called `name` in the signature, or a 400 that lists the outputs.
 pub fn output_index(signature: &Signature, name: &str) -> Result<usize, ApiError> {
-    signature
-        .outputs
-        .iter()
-        .position(|spec| spec.name == name)
-        .ok_or_else(|| bad(format!("the model has no output `{name}`; its outputs: {}", names(&signature.outputs))))
+    position(&signature.outputs, "output", name)
 }
 
 /// The 400 for an output that asks for Triton's classification extension.
