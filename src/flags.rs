@@ -68,6 +68,11 @@ pub struct ServeConfig {
     /// (`resident_bytes` in GET /v1/models/{name}) is the process's memory growth across it: exact with 1.
     #[arg(long, env = "EMBER_MAX_CONCURRENT_LOADS", default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
     pub max_concurrent_loads: u32,
+    /// Memory the loaded models may take together, in bytes with an optional unit (`1.5GiB`, `800MiB`, `2GB`).
+    /// Unset, every model loads at start and stays. Set, models whose model.toml says `[serving] load =
+    /// "on-demand"` load on their first request, and the least recently used idle ones are unloaded to make room.
+    #[arg(long, env = "EMBER_MODEL_MEMORY_BUDGET")]
+    pub model_memory_budget: Option<ByteSize>,
     /// Time a request may spend queued and running before it is answered 504, in milliseconds.
     #[arg(long, env = "EMBER_REQUEST_TIMEOUT_MS", default_value_t = 30_000)]
     pub request_timeout_ms: u64,
@@ -115,6 +120,38 @@ impl FromStr for AdminToken {
             return Err("the admin token must not contain whitespace or control characters".into());
         }
         Ok(AdminToken(token.to_string()))
+    }
+}
+
+/// A number of bytes as an operator writes it: `1073741824`, `1.5GiB`, `800MiB`, `2GB` (powers of 1024 for
+/// KiB, MiB, GiB, TiB; of 1000 for kB, MB, GB, TB).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ByteSize(pub u64);
+
+impl FromStr for ByteSize {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let text = s.trim();
+        let split = text.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(text.len());
+        let (number, unit) = (&text[..split], text[split..].trim());
+        let scale: u64 = match unit.to_ascii_lowercase().as_str() {
+            "" | "b" => 1,
+            "kib" | "k" => 1 << 10,
+            "mib" | "m" => 1 << 20,
+            "gib" | "g" => 1 << 30,
+            "tib" | "t" => 1 << 40,
+            "kb" => 1_000,
+            "mb" => 1_000_000,
+            "gb" => 1_000_000_000,
+            "tb" => 1_000_000_000_000,
+            _ => return Err(format!("unknown unit `{unit}` in `{text}`: use B, KiB, MiB, GiB, TiB, kB, MB, GB or TB")),
+        };
+        let value: f64 = number.parse().map_err(|_| format!("`{text}` is not a size such as 1.5GiB or 800MiB"))?;
+        let bytes = value * scale as f64;
+        if !(bytes >= 1.0 && bytes < u64::MAX as f64) {
+            return Err(format!("`{text}` is not a size between 1 byte and 16 EiB"));
+        }
+        Ok(ByteSize(bytes as u64))
     }
 }
 
@@ -180,5 +217,21 @@ mod tests {
         for flag in positive.into_iter().chain(["--max-concurrent-loads"]) {
             assert!(ServeConfig::from_flags([flag, "0"]).is_err(), "{flag} 0");
         }
+    }
+
+    #[test]
+    fn a_memory_budget_is_bytes_with_a_unit() {
+        let parsed = |text: &str| text.parse::<ByteSize>().map(|size| size.0);
+        assert_eq!(parsed("1.5GiB"), Ok(3 << 29));
+        assert_eq!(parsed("800 MiB"), Ok(800 << 20));
+        assert_eq!(parsed("2GB"), Ok(2_000_000_000));
+        assert_eq!(parsed("4096"), Ok(4096));
+        for wrong in ["", "0", "-1GiB", "1.5 parsecs", "GiB", "1e9", "99999999999TiB"] {
+            let error = parsed(wrong).unwrap_err();
+            assert!(error.contains('`'), "{wrong}: {error}");
+        }
+        let config = ServeConfig::from_flags(["--model-memory-budget", "1GiB"]).unwrap();
+        assert_eq!(config.model_memory_budget, Some(ByteSize(1 << 30)));
+        assert!(ServeConfig::from_flags(["--model-memory-budget", "lots"]).is_err());
     }
 }

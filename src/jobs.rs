@@ -367,7 +367,11 @@ fn run_one(shared: &Shared, job: &Job) -> Result<Trained, TrainError> {
         device: tch::Device::Cpu,
     };
     tracing::info!(job = id, model = %model, "fine-tuning job started");
-    let trained = (shared.trainer)(&train_job, job, &job.cancel)?;
+    // Under a memory budget the model stays loaded, and the job's copy is counted, while it trains.
+    let hold = shared.registry.hold_for_job(&model);
+    let trained = (shared.trainer)(&train_job, job, &job.cancel);
+    drop(hold);
+    let trained = trained?;
     if publish {
         // The watcher may have swapped already; this makes it happen now when it is off.
         if let Err(e) = shared.registry.reload(&model, false, LoadReason::Swap) {

@@ -26,6 +26,9 @@ pub struct Metrics {
     pub model_load_failures: IntCounterVec,
     pub model_loads: IntCounterVec,
     pub model_resident_bytes: IntGaugeVec,
+    pub model_evictions: IntCounterVec,
+    pub model_memory_budget_bytes: IntGauge,
+    pub model_load_wait: HistogramVec,
     pub open_connections: IntGauge,
     pub decode_reserved_bytes: IntGauge,
     trace_spans_exported: IntCounter,
@@ -130,7 +133,8 @@ impl Metrics {
             model_loads: counter(
                 "ember_model_loads_total",
                 "Model versions loaded and warmed up, by why: start (at start-up), swap (the repository changed: a new \
-                 version, a pin, a new folder, a published fine-tune), admin (an operator's load or reload).",
+                 version, a pin, a new folder, a published fine-tune), admin (an operator's load or reload), demand \
+                 (the first request of an on-demand model not in memory).",
                 &["model", "reason"],
             ),
             model_resident_bytes: gauge(
@@ -138,6 +142,21 @@ impl Metrics {
                 "What the version a model serves costs: the process's resident memory grew by this much from before \
                  its load to after its warm-up, in bytes (exact with --max-concurrent-loads 1).",
                 &["model"],
+            ),
+            model_evictions: counter(
+                "ember_model_evictions_total",
+                "On-demand models unloaded to make room under --model-memory-budget (idle and least recently used).",
+                &["model"],
+            ),
+            model_memory_budget_bytes: single_gauge(
+                "ember_model_memory_budget_bytes",
+                "--model-memory-budget in bytes: what the loaded models may take together (0 when unset: no budget).",
+            ),
+            model_load_wait: histogram(
+                "ember_model_load_wait_seconds",
+                "Time requests for an on-demand model not in memory waited for its load, in seconds, by model.",
+                &["model"],
+                latency_buckets(),
             ),
             open_connections: single_gauge(
                 "ember_open_connections",

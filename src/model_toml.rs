@@ -82,6 +82,9 @@ pub struct ModelToml {
     pub quantized_from: Option<String>,
     #[serde(default)]
     pub batching: BatchingConfig,
+    /// When the model loads (with `--model-memory-budget` only).
+    #[serde(default)]
+    pub serving: ServingConfig,
     /// Image preprocessing, for image tasks.
     pub image: Option<ImagePreprocessing>,
     /// Tokenisation, for text classification.
@@ -105,6 +108,34 @@ pub struct ModelToml {
 
 fn default_true() -> bool {
     true
+}
+
+/// `[serving]`: when a model is in memory.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServingConfig {
+    #[serde(default)]
+    pub load: LoadPolicy,
+}
+
+/// When a model loads, under `--model-memory-budget` (without one, every model loads at start).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum LoadPolicy {
+    /// At start-up; readiness waits for it, and it is never evicted.
+    #[default]
+    Start,
+    /// On its first request; unloaded again when the budget needs room and it is idle and least recently used.
+    OnDemand,
+}
+
+impl LoadPolicy {
+    pub fn name(self) -> &'static str {
+        match self {
+            LoadPolicy::Start => "start",
+            LoadPolicy::OnDemand => "on-demand",
+        }
+    }
 }
 
 /// How requests are queued, batched and executed.

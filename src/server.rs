@@ -60,10 +60,17 @@ impl Server {
             device::resolve(config.device, config.device).map_err(anyhow::Error::msg).context("--device")?;
         }
         let metrics = Arc::new(Metrics::new());
-        let registry = Arc::new(
-            Registry::new(repository, config.device, Arc::clone(&metrics))
-                .with_load_limit(config.max_concurrent_loads as usize),
-        );
+        let mut registry = Registry::new(repository, config.device, Arc::clone(&metrics))
+            .with_load_limit(config.max_concurrent_loads as usize);
+        if let Some(budget) = config.model_memory_budget {
+            registry = registry.with_memory_budget(budget.0);
+            tracing::info!(
+                bytes = budget.0,
+                "model memory budget {}: on-demand models load on their first request",
+                crate::registry::mib(budget.0)
+            );
+        }
+        let registry = Arc::new(registry);
         let address = format!("{}:{}", config.host, config.port);
         let listener = TcpListener::bind(&address).await.with_context(|| format!("cannot listen on {address}"))?;
         let grpc_listener = match config.grpc_port {
@@ -105,9 +112,18 @@ impl Server {
 
     /// Serves until `shutdown` completes, then answers every request already received, then lets the
     /// workers finish their queues.
+    /// Stops with an error, after the same drain, when the server cannot serve as configured (the models loaded
+    /// at start exceed `--model-memory-budget`).
     pub async fn serve(self, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
         let Server { listener, grpc_listener, state, connections } = self;
         let registry = Arc::clone(&state.registry);
+        let mut fatal = registry.fatal_errors();
+        let shutdown = async move {
+            tokio::select! {
+                () = shutdown => None,
+                Ok(error) = fatal.wait_for(Option::is_some) => error.clone(),
+            }
+        };
         // gRPC stops taking calls when HTTP stops taking connections, and finishes its calls in flight as HTTP does.
         let (stop_grpc, grpc_stopping) = tokio::sync::watch::channel(false);
         let grpc = grpc_listener.map(|listener| {
@@ -129,11 +145,12 @@ impl Server {
         let mut http = hyper::server::conn::http1::Builder::new();
         http.timer(TokioTimer::new()).header_read_timeout(connections.header_read_timeout);
         tokio::pin!(shutdown);
+        let fatal_error;
         loop {
             // A free slot first, then a connection: beyond the cap, clients wait in the listen backlog.
             let slot = tokio::select! {
                 slot = Arc::clone(&slots).acquire_owned() => slot.context("the connection slots closed")?,
-                () = &mut shutdown => break,
+                error = &mut shutdown => { fatal_error = error; break },
             };
             let (stream, peer) = tokio::select! {
                 accepted = listener.accept() => match accepted {
@@ -145,7 +162,7 @@ impl Server {
                         continue;
                     }
                 },
-                () = &mut shutdown => break,
+                error = &mut shutdown => { fatal_error = error; break },
             };
             let _ = stream.set_nodelay(true);
             let connection =
@@ -186,7 +203,10 @@ impl Server {
             registry.shutdown();
         })
         .await?;
-        Ok(())
+        match fatal_error {
+            Some(error) => Err(anyhow::anyhow!(error)),
+            None => Ok(()),
+        }
     }
 }
 

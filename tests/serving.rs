@@ -208,3 +208,76 @@ async fn a_model_reports_what_it_costs_and_when_it_was_last_used() {
     assert!(describe("mobilenet_v2").await["resident_bytes"].is_null());
     assert_eq!(metric("ember_model_resident_bytes{model=\"mobilenet_v2\"}").await, None);
 }
+
+/// Under --model-memory-budget an on-demand model loads on its first request (every request arriving meanwhile
+/// shares that load), the least recently used idle one is evicted to make room, and a load that fails backs off
+/// instead of being retried by every request.
+#[tokio::test(flavor = "multi_thread")]
+async fn on_demand_models_load_on_first_use_and_the_least_recently_used_is_evicted() {
+    let repo = TempRepo::of("iris", &[]);
+    for name in ["mob_a", "mob_b", "mob_c", "broken"] {
+        repo.add_as("mobilenet_v2", name, &[("format", "\"torchscript\"")]);
+        let toml = repo.path().join(name).join("model.toml");
+        let text = std::fs::read_to_string(&toml).unwrap() + "\n[serving]\nload = \"on-demand\"\n";
+        std::fs::write(toml, text).unwrap();
+    }
+    // broken's version folder is its own, holding a model file that is not one.
+    let broken = repo.path().join("broken/1");
+    std::fs::remove_file(&broken).unwrap();
+    std::fs::create_dir(&broken).unwrap();
+    std::fs::write(broken.join("model.pt"), b"not a model").unwrap();
+    // Each copy of mobilenet_v2 measures 79-103 MiB: two fit, three do not.
+    let server = EmberProcess::serve(repo.path(), &["--model-memory-budget", "230MiB", "--watch-interval-ms", "0"]);
+    server.wait_ready().await;
+    let client = common::client();
+    let metric = |series: String| {
+        let base = server.base.clone();
+        async move { metric_at(&base, &series).await }
+    };
+    let state = |name: &'static str| {
+        let request = client.get(format!("{}/v1/models/{name}", server.base));
+        async move {
+            let model = request.send().await.unwrap().json::<Value>().await.unwrap();
+            (model["state"].as_str().unwrap().to_string(), model["load"].as_str().unwrap().to_string())
+        }
+    };
+    assert_eq!(state("mob_a").await, ("unloaded".into(), "on-demand".into()), "ready without loading mob_a");
+    let ready = client.get(format!("{}/v2/models/mob_a/ready", server.base)).send().await.unwrap();
+    assert_eq!(ready.status(), 200, "an on-demand model is available");
+    let classify = |name: &str| {
+        client
+            .post(format!("{}/v1/models/{name}/classify", server.base))
+            .header("content-type", content_type_of("chelsea.png"))
+            .body(photo("chelsea.png"))
+            .send()
+    };
+    let together = futures_util::future::join_all((0..4).map(|_| classify("mob_a"))).await;
+    for answer in together {
+        let answer = answer.unwrap();
+        assert_eq!(answer.status(), 200);
+        let body: Value = answer.json().await.unwrap();
+        assert_eq!(body["predictions"][0]["label"], "Egyptian cat", "{body}");
+    }
+    let loads = |name: &str| metric(format!("ember_model_loads_total{{model=\"{name}\",reason=\"demand\"}}"));
+    assert_eq!(loads("mob_a").await, Some(1.0), "four requests shared one load");
+    assert_eq!(classify("mob_b").await.unwrap().status(), 200);
+    assert_eq!(classify("mob_a").await.unwrap().status(), 200, "mob_a used after mob_b: mob_b is the older");
+    assert_eq!(classify("mob_c").await.unwrap().status(), 200);
+    assert_eq!(state("mob_b").await.0, "unloaded", "the least recently used was evicted");
+    assert_eq!(state("mob_a").await.0, "ready");
+    assert_eq!(metric("ember_model_evictions_total{model=\"mob_b\"}".into()).await, Some(1.0));
+    assert_eq!(metric("ember_model_evictions_total{model=\"mob_a\"}".into()).await, None);
+    assert_eq!(metric("ember_model_memory_budget_bytes".into()).await, Some((230u64 << 20) as f64));
+
+    let first = classify("broken").await.unwrap();
+    assert_eq!(first.status(), 503);
+    let again = classify("broken").await.unwrap();
+    assert_eq!(again.status(), 503);
+    assert!(again.headers().contains_key("retry-after"), "{:?}", again.headers());
+    let body: Value = again.json().await.unwrap();
+    let message = body["error"].as_str().unwrap_or_else(|| panic!("{body}"));
+    assert!(message.contains("failed to load") && message.contains("next try"), "{message}");
+    assert_eq!(metric("ember_model_load_failures_total{model=\"broken\"}".into()).await, Some(1.0), "backed off");
+    let health = client.get(format!("{}/health/ready", server.base)).send().await.unwrap();
+    assert_eq!(health.status(), 200, "an on-demand model never takes the replica out of readiness");
+}

@@ -51,6 +51,15 @@ pub enum EngineError {
     Load { model: String, message: String },
     #[error("{message}")]
     NotFound { model: String, message: String },
+    /// Under `--model-memory-budget`, a load that does not fit even after unloading every idle on-demand model.
+    #[error("{message}")]
+    NoRoom { model: String, message: String, retry_after_secs: u64 },
+    /// An on-demand model whose last load failed, within its back-off: not retried by every request.
+    #[error("model `{model}` failed to load: {message}; the next try is in {retry_after_secs}s")]
+    LoadBackingOff { model: String, message: String, retry_after_secs: u64 },
+    /// A request waited its whole deadline for an on-demand model's load (which goes on).
+    #[error("model `{model}` is still loading on demand after {}ms (--request-timeout-ms); its load goes on: retry shortly", timeout.as_millis())]
+    LoadWaitExceeded { model: String, timeout: Duration },
 }
 
 impl EngineError {

@@ -178,7 +178,7 @@ impl GrpcInferenceService for Inference {
         let (metadata, _, message) = request.into_parts();
         self.call("ModelReady", Some(&message.name), &metadata, async {
             let version = optional_version(&message.version)?;
-            Ok(ModelReadyResponse { ready: self.state.served(&message.name, version).is_ok() })
+            Ok(ModelReadyResponse { ready: self.state.served_now(&message.name, version).is_ok() })
         })
         .await
     }
@@ -227,7 +227,7 @@ impl GrpcInferenceService for Inference {
         let name = message.model_name.clone();
         self.call("ModelInfer", Some(&name), &metadata, async {
             let version = optional_version(&message.model_version)?;
-            let loaded = self.state.served(&name, version)?;
+            let loaded = self.state.served(&name, version, timeout).await?;
             let message = Arc::new(message);
             let (for_decoding, request) = (Arc::clone(&loaded), Arc::clone(&message));
             let decoded =

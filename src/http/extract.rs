@@ -96,7 +96,7 @@ impl<T: TaskRoute> FromRequestParts<AppState> for Serving<T> {
                 name
             }
         };
-        let loaded = state.ready_model(&name, T::TASK)?;
+        let loaded = state.ready_model(&name, T::TASK).await?;
         Ok(Serving { name, loaded, task: PhantomData })
     }
 }

@@ -5,6 +5,7 @@
 //! model's scheduler, one deadline, collecting the whole answer or streaming its events.
 
 use std::convert::Infallible;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::extract::State;
@@ -122,12 +123,20 @@ pub struct Sequence {
     events: UnboundedReceiver<GenerationEvent>,
     origin: Origin,
     deadline: Deadline,
+    /// The version generating, held until the sequence's last event: a model with a stream open is busy, and
+    /// is not evicted under it (`--model-memory-budget`).
+    serving: Arc<Loaded>,
 }
 
 impl Sequence {
     /// Validates `body` against the model's limits and submits it, with one deadline for all of it: waiting to
     /// join, and the whole answer (or a stream's first token).
-    pub fn start(state: &AppState, name: String, loaded: &Loaded, body: GenerateRequest) -> Result<Sequence, ApiError> {
+    pub fn start(
+        state: &AppState,
+        name: String,
+        loaded: &Arc<Loaded>,
+        body: GenerateRequest,
+    ) -> Result<Sequence, ApiError> {
         let Backend::TextGeneration(engine) = &loaded.backend else {
             return Err(wrong_backend(&name, Generation::TASK));
         };
@@ -141,7 +150,7 @@ impl Sequence {
         let timeout = state.limits.request_timeout;
         let deadline = Deadline { at: Instant::now() + timeout, timeout };
         let events = engine.submit(request, deadline.at)?;
-        Ok(Sequence { events, origin, deadline })
+        Ok(Sequence { events, origin, deadline, serving: Arc::clone(loaded) })
     }
 
     pub fn origin(&self) -> &Origin {
@@ -150,7 +159,7 @@ impl Sequence {
 
     /// The whole text, within the deadline.
     pub async fn collect(self) -> Result<Finished, ApiError> {
-        let Sequence { mut events, origin, deadline } = self;
+        let Sequence { mut events, origin, deadline, .. } = self;
         let collect = async {
             let mut text = String::new();
             while let Some(event) = events.recv().await {
@@ -186,12 +195,13 @@ impl Sequence {
     /// stopped without one). A client that disconnects drops the stream and with it the receiver, which ends the
     /// sequence at its next step.
     pub fn events_from(self, first: GenerationEvent) -> impl Stream<Item = Option<GenerationEvent>> + Send {
-        // The receiver while the sequence runs; None after its last event. A closed channel reads as None.
-        let rest = stream::unfold(Some(self.events), |receiver| async move {
-            let mut receiver = receiver?;
+        // The receiver (and the version) while the sequence runs; None after its last event. A closed channel
+        // reads as None.
+        let rest = stream::unfold(Some((self.events, self.serving)), |running| async move {
+            let (mut receiver, serving) = running?;
             let event = receiver.recv().await;
             let running = matches!(event, Some(GenerationEvent::Token { .. }));
-            Some((event, running.then_some(receiver)))
+            Some((event, running.then_some((receiver, serving))))
         });
         stream::once(async move { Some(first) }).chain(rest)
     }

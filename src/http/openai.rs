@@ -250,7 +250,7 @@ async fn complete(
     let JsonBody(body) = body?;
     let Translated { model, request, echo, include_usage } = body.translate()?;
     label.set(&state, &model);
-    let loaded = state.ready_model(&model, TaskKind::TextGeneration)?;
+    let loaded = state.ready_model(&model, TaskKind::TextGeneration).await?;
     let stream = request.stream;
     let mut sequence = Sequence::start(&state, model, &loaded, request)?;
     // The request id ties the completion to ember's log lines.

@@ -65,7 +65,7 @@ pub async fn default(
         None => state.default_model(Stylize::TASK)?,
     };
     label.set(&state, &name);
-    let loaded = state.ready_model(&name, Stylize::TASK)?;
+    let loaded = state.ready_model(&name, Stylize::TASK).await?;
     stylize(&state, &name, &loaded, upload.image, params).await
 }
 

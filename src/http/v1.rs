@@ -12,7 +12,7 @@ use super::extract::ModelName;
 use super::openai::OpenAiModel;
 use super::{classify, generate, sentiment, style_transfer, stylize};
 use crate::engine::device;
-use crate::model_toml::{ModelToml, TaskKind};
+use crate::model_toml::{LoadPolicy, ModelToml, TaskKind};
 use crate::registry::{ModelEntry, ModelState};
 use crate::service::{ApiError, AppState};
 
@@ -46,6 +46,8 @@ struct ModelInfo {
     served_version: Option<u64>,
     /// loading | ready | failed | unloaded
     state: &'static str,
+    /// When the model loads: start, or on-demand (on its first request; only with --model-memory-budget).
+    load: &'static str,
     /// Why the model failed, or why a newer version could not replace the one serving.
     #[serde(skip_serializing_if = "Option::is_none")]
     error: Option<String>,
@@ -128,6 +130,7 @@ fn model_info(state: &AppState, entry: &ModelEntry) -> ModelInfo {
         versions: spec.versions.clone(),
         served_version,
         state: current.state.name(),
+        load: if state.registry.is_on_demand(entry) { LoadPolicy::OnDemand.name() } else { LoadPolicy::Start.name() },
         error,
         device,
         format,

@@ -60,7 +60,8 @@ impl ErrorKind {
 pub struct ApiError {
     pub kind: ErrorKind,
     pub message: String,
-    /// When the client may retry (kind `Overloaded`): HTTP's Retry-After.
+    /// When the client may retry (kind `Overloaded`, and `Unavailable` under the memory budget): HTTP's
+    /// Retry-After.
     pub retry_after_secs: Option<u64>,
 }
 
@@ -128,6 +129,10 @@ impl From<EngineError> for ApiError {
             EngineError::Stopped { .. } | EngineError::Load { .. } => ApiError::unavailable(message),
             EngineError::Inference { .. } | EngineError::WorkerLost { .. } => ApiError::internal(message),
             EngineError::NotFound { .. } => ApiError::not_found(message),
+            EngineError::NoRoom { retry_after_secs, .. } | EngineError::LoadBackingOff { retry_after_secs, .. } => {
+                ApiError { retry_after_secs: Some(retry_after_secs), ..ApiError::unavailable(message) }
+            }
+            EngineError::LoadWaitExceeded { .. } => ApiError::timeout(message),
             EngineError::Rejected { .. } => ApiError::bad_request(message),
         }
     }

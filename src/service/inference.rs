@@ -52,9 +52,9 @@ pub fn metadata(state: &AppState, name: &str, version: Option<u64>) -> Result<Me
     };
     // The loaded version's signature is in memory; another version's is read from its folder (its labels and
     // image size may differ from the model's: a fine-tune).
-    let (signature, format) = match state.served(name, Some(version)) {
-        Ok(loaded) => (loaded.signature.clone(), loaded.format),
-        Err(_) => (
+    let (signature, format) = match state.served_now(name, Some(version)) {
+        Ok(Some(loaded)) => (loaded.signature.clone(), loaded.format),
+        _ => (
             tensor::signature(&spec.at_version(version).map_err(|e| ApiError::unavailable(e.to_string()))?),
             spec.expected_format(version),
         ),

@@ -1,7 +1,9 @@
-//! Finding the model (and version) a request is for, and refusing with the message that says why it cannot
-//! answer: a 404 that lists the models there are, a 503 that says what to do.
+//! Finding the model (and version) a request is for, loading it first if it is an on-demand model not in
+//! memory, and refusing with the message that says why it cannot answer: a 404 that lists the models there
+//! are, a 503 that says what to do.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use super::error::ApiError;
 use super::AppState;
@@ -17,8 +19,9 @@ impl AppState {
         })
     }
 
-    /// The named model's loaded version, if the model exists, does `task` and is ready; it counts as used now.
-    pub fn ready_model(&self, name: &str, task: TaskKind) -> Result<Arc<Loaded>, ApiError> {
+    /// The named model's loaded version, if the model exists, does `task` and is ready (an on-demand model
+    /// loaded first, within `--request-timeout-ms`); it counts as used now.
+    pub async fn ready_model(&self, name: &str, task: TaskKind) -> Result<Arc<Loaded>, ApiError> {
         let entry = self.model(name)?;
         let actual = entry.spec().config.task;
         if actual != task {
@@ -26,9 +29,17 @@ impl AppState {
                 "model `{name}` is a {actual} model; this route needs a {task} model"
             )));
         }
-        let loaded = serving(name, entry.state())?;
+        let loaded = self.loaded_or_on_demand(&entry, self.limits.request_timeout).await?;
         loaded.touch();
         Ok(loaded)
+    }
+
+    /// The version `entry` serves; an on-demand model not in memory is loaded first, waiting at most `timeout`.
+    async fn loaded_or_on_demand(&self, entry: &Arc<ModelEntry>, timeout: Duration) -> Result<Arc<Loaded>, ApiError> {
+        if self.registry.is_on_demand(entry) {
+            return Ok(self.registry.on_demand(entry, timeout).await?);
+        }
+        serving(&entry.name, entry.state())
     }
 
     /// The model behind a task's short route.
@@ -38,27 +49,58 @@ impl AppState {
         })
     }
 
-    /// The loaded version of `name` (which must be `version`, if given). 404 for a model or version that does
-    /// not exist; 503 for one that is loading, failed, unloaded, or (a version on disk) not the one served.
-    pub fn served(&self, name: &str, version: Option<u64>) -> Result<Arc<Loaded>, ApiError> {
-        let current = self.model(name)?.current();
-        if let Some(version) = version.filter(|v| !current.spec.versions.contains(v)) {
-            return Err(ApiError::not_found(format!(
-                "model `{name}` has no version {version}; versions: {:?}",
-                current.spec.versions
-            )));
-        }
-        match (&current.state, version) {
-            (ModelState::Ready(loaded), Some(version)) if loaded.version != version => Err(ApiError::unavailable(
-                format!("model `{name}` serves version {}, not version {version}", loaded.version),
-            )),
-            _ => serving(name, current.state),
+    /// The loaded version of `name` (which must be `version`, if given), an on-demand model loaded first
+    /// within `timeout`. 404 for a model or version that does not exist; 503 for one that is loading, failed,
+    /// unloaded, or (a version on disk) not the one served.
+    pub async fn served(&self, name: &str, version: Option<u64>, timeout: Duration) -> Result<Arc<Loaded>, ApiError> {
+        let entry = self.model(name)?;
+        self.check_version(&entry, version)?;
+        let loaded = self.loaded_or_on_demand(&entry, timeout).await?;
+        check_serves(name, &loaded, version)?;
+        Ok(loaded)
+    }
+
+    /// The version `name` serves now (which must be `version`, if given), without loading anything: `served`'s
+    /// answers, except that an on-demand model not in memory answers `None` (it is available: a request loads it).
+    pub fn served_now(&self, name: &str, version: Option<u64>) -> Result<Option<Arc<Loaded>>, ApiError> {
+        let entry = self.model(name)?;
+        self.check_version(&entry, version)?;
+        let state = entry.state();
+        let loaded = match state {
+            ModelState::Ready(loaded) => loaded,
+            ModelState::Unloaded if self.registry.is_on_demand(&entry) => return Ok(None),
+            other => return serving(name, other).map(Some),
+        };
+        check_serves(name, &loaded, version)?;
+        Ok(Some(loaded))
+    }
+
+    /// A 404 when the model has no `version` on disk.
+    fn check_version(&self, entry: &ModelEntry, version: Option<u64>) -> Result<(), ApiError> {
+        let versions = &entry.spec().versions;
+        match version.filter(|v| !versions.contains(v)) {
+            Some(version) => Err(ApiError::not_found(format!(
+                "model `{}` has no version {version}; versions: {versions:?}",
+                entry.name
+            ))),
+            None => Ok(()),
         }
     }
 
     /// Reads an uploaded image's header and checks it against the image limits (no pixel is decoded yet).
     pub fn probe_image(&self, bytes: &[u8]) -> Result<Probe, ApiError> {
         Ok(image::probe(bytes, self.limits.image)?)
+    }
+}
+
+/// A 503 when the version asked for is on disk but not the one served.
+fn check_serves(name: &str, loaded: &Loaded, version: Option<u64>) -> Result<(), ApiError> {
+    match version {
+        Some(version) if loaded.version != version => Err(ApiError::unavailable(format!(
+            "model `{name}` serves version {}, not version {version}",
+            loaded.version
+        ))),
+        _ => Ok(()),
     }
 }
 

@@ -30,7 +30,8 @@ pub struct IndexEntry {
     pub name: String,
     /// The version served (or that would be); empty if none.
     pub version: String,
-    /// As Triton names it: READY, LOADING or UNAVAILABLE.
+    /// As Triton names it: READY, LOADING or UNAVAILABLE. An on-demand model not in memory is READY: a request
+    /// loads it (its reason says so).
     pub state: &'static str,
     /// Why it is unavailable.
     pub reason: String,
@@ -44,7 +45,11 @@ pub fn index(state: &AppState, ready_only: bool) -> Vec<IndexEntry> {
     for name in names {
         let Some(entry) = state.registry.get(&name) else { continue };
         let current = entry.current();
+        let on_demand = state.registry.is_on_demand(&entry);
         let (status, version, reason) = match &current.state {
+            ModelState::Unloaded if on_demand => {
+                ("READY", current.spec.served_version(), "on demand: loads on its first request".to_string())
+            }
             ModelState::Ready(loaded) => ("READY", Some(loaded.version), String::new()),
             ModelState::Loading => ("LOADING", current.spec.served_version(), String::new()),
             ModelState::Failed(message) => ("UNAVAILABLE", current.spec.served_version(), message.clone()),

@@ -87,8 +87,7 @@ fn metadata(state: &AppState, name: &str, version: Option<u64>) -> Result<Json<V
 }
 
 async fn model_ready(State(state): State<AppState>, ModelName(name): ModelName) -> Result<Json<Value>, ApiError> {
-    let loaded = state.served(&name, None)?;
-    Ok(Json(json!({"name": name, "version": loaded.version.to_string(), "ready": true})))
+    ready_answer(&state, &name, None)
 }
 
 async fn model_version_ready(
@@ -96,8 +95,18 @@ async fn model_version_ready(
     ModelName(name): ModelName,
     Path((_, version)): Path<(String, String)>,
 ) -> Result<Json<Value>, ApiError> {
-    let loaded = state.served(&name, Some(parse_version(&version)?))?;
-    Ok(Json(json!({"name": name, "version": loaded.version.to_string(), "ready": true})))
+    ready_answer(&state, &name, Some(parse_version(&version)?))
+}
+
+/// Ready: the model serves (the version), or is an on-demand model that a request loads (`loaded: false`).
+fn ready_answer(state: &AppState, name: &str, version: Option<u64>) -> Result<Json<Value>, ApiError> {
+    let loaded = state.served_now(name, version)?;
+    let version = match &loaded {
+        Some(loaded) => Some(loaded.version),
+        None => version.or(state.model(name)?.spec().served_version()),
+    };
+    let version = version.map(|v| v.to_string()).unwrap_or_default();
+    Ok(Json(json!({"name": name, "version": version, "ready": true, "loaded": loaded.is_some()})))
 }
 
 async fn infer(
@@ -118,7 +127,7 @@ async fn infer_version(
 }
 
 async fn run_infer(state: &AppState, name: &str, version: Option<u64>, request: Request) -> Result<Response, ApiError> {
-    let loaded = state.served(name, version)?;
+    let loaded = state.served(name, version, state.limits.request_timeout).await?;
     let (parts, body): (_, Body) = request.into_parts();
     let header_length = match parts.headers.get(codec::HEADER_LENGTH) {
         None => None,

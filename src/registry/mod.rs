@@ -5,13 +5,21 @@
 //! their queue and stop when its last request lets go. A version that fails to load is reported and the old one
 //! keeps serving.
 
+mod budget;
+mod demand;
+
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, RwLock, TryLockError, Weak};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Condvar, Mutex, PoisonError, RwLock, TryLockError, Weak};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use tch::Device;
+use tokio::sync::watch;
+
+use budget::MemoryBudget;
+pub use budget::{mib, JobHold};
+use demand::DemandSlot;
 
 use crate::engine::{device, format_usable, onnx, retired, EngineError, LoadGate, StandIn, WorkerSpec};
 use crate::formats::ModelFormat;
@@ -35,13 +43,29 @@ pub struct Loaded {
     pub resident_bytes: u64,
     /// When a request last took this version, in Unix milliseconds; 0 until one does.
     last_used: AtomicU64,
+    /// When this version was installed, in Unix milliseconds.
+    loaded_at: u64,
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
 }
 
 impl Loaded {
     /// Records that a request is using this version now.
     pub fn touch(&self) {
-        let now = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
-        self.last_used.store(now, Ordering::Relaxed);
+        self.last_used.store(now_ms(), Ordering::Relaxed);
+    }
+
+    /// When this version was last used or, if no request has used it yet, installed (Unix milliseconds): what
+    /// least-recently-used eviction orders by, so that a version just loaded for a request is not the first out.
+    pub fn recency_ms(&self) -> u64 {
+        self.last_used.load(Ordering::Relaxed).max(self.loaded_at)
+    }
+
+    /// Seconds since `recency_ms`.
+    pub fn idle_seconds(&self) -> u64 {
+        now_ms().saturating_sub(self.recency_ms()) / 1000
     }
 
     /// When a request last used this version, in Unix milliseconds, if one has.
@@ -59,6 +83,8 @@ pub enum LoadReason {
     Swap,
     /// An operator asked: the admin API's load or reload, the Open Inference Protocol's repository load.
     Admin,
+    /// The first request of an on-demand model that was not in memory (`--model-memory-budget`).
+    Demand,
 }
 
 impl LoadReason {
@@ -67,6 +93,7 @@ impl LoadReason {
             LoadReason::Start => "start",
             LoadReason::Swap => "swap",
             LoadReason::Admin => "admin",
+            LoadReason::Demand => "demand",
         }
     }
 }
@@ -76,7 +103,8 @@ pub enum ModelState {
     Loading,
     Ready(Arc<Loaded>),
     Failed(String),
-    /// Taken out of service by `POST /admin/models/{name}/unload`.
+    /// Not in memory: taken out of service by `POST /admin/models/{name}/unload`, or an on-demand model not
+    /// loaded yet or evicted (its next request loads it).
     Unloaded,
 }
 
@@ -112,6 +140,15 @@ pub struct ModelEntry {
     /// Set while the start-up load of a model found at start-up has not finished: readiness waits for these
     /// only. A model that fails later, or a folder added later, never takes a serving replica out.
     starting: AtomicBool,
+    /// An on-demand model's load in progress and back-off (`demand`).
+    demand: Mutex<DemandSlot>,
+    /// Requests waiting for an on-demand load, held to `batching.queue_capacity`.
+    waiting: AtomicUsize,
+    /// What the model's last load measured (`Loaded::resident_bytes`), kept after it is unloaded: the estimate
+    /// its next load reserves under the budget; 0 until it has loaded once.
+    cost: AtomicU64,
+    /// Fine-tuning jobs training this model now: it is not evicted meanwhile.
+    job_holds: AtomicUsize,
 }
 
 impl ModelEntry {
@@ -128,6 +165,10 @@ impl ModelEntry {
             current: RwLock::new(current),
             changing: Mutex::new(()),
             starting: AtomicBool::new(starting),
+            demand: Mutex::default(),
+            waiting: AtomicUsize::new(0),
+            cost: AtomicU64::new(0),
+            job_holds: AtomicUsize::new(0),
         }
     }
 
@@ -174,6 +215,13 @@ pub struct Registry {
     stand_ins: Option<Box<StandInMaker>>,
     /// Bounds the loads running at once and measures what each costs (`--max-concurrent-loads`).
     loads: LoadGate,
+    /// `--model-memory-budget`: with one, on-demand models load on first use and are evicted to make room.
+    budget: Option<Arc<MemoryBudget>>,
+    /// Start-up loads not finished yet; on-demand loads wait for them (`wait_for_start_up`).
+    start_up_left: Mutex<usize>,
+    start_up_done: Condvar,
+    /// Set when the server cannot go on serving as configured (the models loaded at start exceed the budget).
+    fatal: watch::Sender<Option<String>>,
 }
 
 /// Makes the stand-in module of a model (`Registry::with_stand_ins`).
@@ -196,6 +244,51 @@ impl Registry {
             stopping: AtomicBool::new(false),
             stand_ins: None,
             loads: LoadGate::new(usize::MAX),
+            budget: None,
+            start_up_left: Mutex::new(0),
+            start_up_done: Condvar::new(),
+            fatal: watch::channel(None).0,
+        }
+    }
+
+    /// The loaded models may take at most `bytes` together (`--model-memory-budget`): models whose model.toml
+    /// says `[serving] load = "on-demand"` are not loaded at start but on their first request, and are evicted
+    /// when idle to make room. Call before `load_all`.
+    pub fn with_memory_budget(mut self, bytes: u64) -> Registry {
+        self.budget = Some(Arc::new(MemoryBudget::new(bytes)));
+        self.metrics.model_memory_budget_bytes.set(i64::try_from(bytes).unwrap_or(i64::MAX));
+        for entry in self.entries() {
+            if self.is_on_demand(&entry) {
+                entry.starting.store(false, Ordering::SeqCst);
+                entry.update(|current| current.state = ModelState::Unloaded);
+            }
+        }
+        self
+    }
+
+    /// Receives the reason the server must stop, if it must (the models loaded at start exceed the budget).
+    pub fn fatal_errors(&self) -> watch::Receiver<Option<String>> {
+        self.fatal.subscribe()
+    }
+
+    /// Blocks until every start-up load has finished.
+    fn wait_for_start_up(&self) {
+        let mut left = self.start_up_left.lock().unwrap_or_else(PoisonError::into_inner);
+        while *left > 0 {
+            left = self.start_up_done.wait(left).unwrap_or_else(PoisonError::into_inner);
+        }
+    }
+
+    /// One start-up load finished; after the last, the models loaded at start are held to the budget.
+    fn start_up_load_finished(&self) {
+        let mut left = self.start_up_left.lock().unwrap_or_else(PoisonError::into_inner);
+        *left = left.saturating_sub(1);
+        if *left == 0 {
+            if let Some(error) = self.start_over_budget() {
+                tracing::error!("{error}");
+                self.fatal.send_replace(Some(error));
+            }
+            self.start_up_done.notify_all();
         }
     }
 
@@ -228,9 +321,14 @@ impl Registry {
         }
     }
 
-    /// Loads every model on its own thread; returns at once. Readiness follows the states.
+    /// Loads every model loaded at start on its own thread; returns at once. Readiness follows the states.
     pub fn load_all(self: &Arc<Self>) {
-        for entry in self.entries() {
+        let at_start: Vec<_> = self.entries().into_iter().filter(|e| e.starting.load(Ordering::SeqCst)).collect();
+        *self.start_up_left.lock().unwrap_or_else(PoisonError::into_inner) = at_start.len();
+        for entry in at_start {
+            if self.budget.is_none() && entry.spec().config.serving.load == crate::model_toml::LoadPolicy::OnDemand {
+                tracing::warn!(model = %entry.name, "`[serving] load = \"on-demand\"` takes effect only with --model-memory-budget; loading the model at start");
+            }
             let registry = Arc::clone(self);
             let name = format!("ember-load-{}", entry.name);
             let thread_entry = Arc::clone(&entry);
@@ -238,6 +336,8 @@ impl Registry {
                 if registry.reload_entry(&thread_entry, true, LoadReason::Start).is_err() {
                     registry.fall_back(&thread_entry);
                 }
+                // Before the model stops holding readiness back: a start-up over the budget never turns ready.
+                registry.start_up_load_finished();
                 thread_entry.starting.store(false, Ordering::SeqCst);
                 // Loading until every version was tried; a model none of whose versions loads is failed now.
                 thread_entry.update(|current| {
@@ -249,6 +349,7 @@ impl Registry {
             });
             if let Err(e) = spawned {
                 tracing::error!(error = %e, model = %entry.name, "cannot start a model-loading thread");
+                self.start_up_load_finished();
                 entry.starting.store(false, Ordering::SeqCst);
             }
         }
@@ -316,13 +417,33 @@ impl Registry {
             ModelState::Ready(loaded) => Some(loaded.version),
             _ => None,
         };
-        if !force && (serving == Some(version) || before.failed_version == Some(version)) {
+        let unchanged = serving == Some(version) || before.failed_version == Some(version);
+        // An on-demand load finds the model loaded when another path (an admin load) got there first.
+        if (!force && unchanged) || (reason == LoadReason::Demand && serving.is_some()) {
             return Ok(Reloaded::Unchanged { version: serving.unwrap_or(version) });
+        }
+        let serving_now = match &before.state {
+            ModelState::Ready(loaded) => Some(Arc::clone(loaded)),
+            _ => None,
+        };
+        let room = match self.room_for(entry, &spec, version, serving_now.as_deref()) {
+            Ok(room) => room,
+            Err(e) => {
+                entry.update(|current| current.last_error = Some(e.to_string()));
+                return Err(e);
+            }
+        };
+        drop(serving_now);
+        if reason == LoadReason::Demand {
+            entry.update(|current| current.state = ModelState::Loading);
         }
         let started = Instant::now();
         match self.start_backend(&spec, version) {
             Ok(loaded) => {
+                entry.cost.store(loaded.resident_bytes, Ordering::SeqCst);
                 self.install(entry, &before, spec, loaded, started, reason);
+                drop(room);
+                self.settle(entry);
                 Ok(Reloaded::Swapped { version, previous: serving })
             }
             Err(e) => Err(self.keep_serving(entry, &before, Some(version), e)),
@@ -431,7 +552,16 @@ impl Registry {
         let resident_bytes = place.resident_growth();
         drop(place);
         let signature = backend.signature(&spec);
-        Ok(Loaded { version, device, format, backend, signature, resident_bytes, last_used: AtomicU64::new(0) })
+        Ok(Loaded {
+            version,
+            device,
+            format,
+            backend,
+            signature,
+            resident_bytes,
+            last_used: AtomicU64::new(0),
+            loaded_at: now_ms(),
+        })
     }
 
     /// A model folder that appeared after startup (or was named to the admin API) joins the registry.
@@ -473,7 +603,9 @@ impl Registry {
     /// model.toml) swaps to it, and a new model folder is loaded. Models busy loading are skipped this time.
     pub fn poll_repository(&self) {
         for entry in self.entries() {
-            if matches!(entry.state(), ModelState::Unloaded) || entry.changing.try_lock().is_err() {
+            // An on-demand model not in memory loads on its next request, which reads its folder afresh.
+            let out_of_memory = !matches!(entry.state(), ModelState::Ready(_)) && self.is_on_demand(&entry);
+            if matches!(entry.state(), ModelState::Unloaded) || out_of_memory || entry.changing.try_lock().is_err() {
                 continue;
             }
             let _ = self.reload_entry(&entry, false, LoadReason::Swap);
@@ -482,8 +614,18 @@ impl Registry {
         for dir in dirs.filter_map(|d| d.ok().map(|d| d.path())) {
             let name = dir.file_name().and_then(|n| n.to_str()).unwrap_or_default().to_string();
             if !name.starts_with('.') && dir.join("model.toml").is_file() && self.get(&name).is_none() {
-                tracing::info!(model = %name, "new model folder found");
-                let _ = self.reload(&name, true, LoadReason::Swap);
+                match self.add_from_disk(&name) {
+                    Ok(entry) if self.is_on_demand(&entry) => {
+                        entry.update(|current| current.state = ModelState::Unloaded);
+                        tracing::info!(model = %name, "new model folder found; on demand, it loads on its first request");
+                    }
+                    Ok(entry) => {
+                        tracing::info!(model = %name, "new model folder found");
+                        let _ = self.reload_entry(&entry, true, LoadReason::Swap);
+                    }
+                    // Tried again at every poll: its model.toml may be half written.
+                    Err(_) => {}
+                }
             }
         }
     }

@@ -1,0 +1,300 @@
+//! `--model-memory-budget`: what the loaded models may take together, and making room under it by unloading the
+//! least recently used idle on-demand models.
+//!
+//! What a model takes is what its load measured (`Loaded::resident_bytes`). A load reserves an estimate of its
+//! cost before it starts (the version it replaces, else what the model measured the last time it loaded, else a
+//! guess from its files' size) and the measurement replaces the estimate once it is installed. A version being
+//! swapped in and a model a fine-tuning job trains count too, so the budget holds while they run.
+//!
+//! Eviction is a hot swap to nothing: only a version no request holds (nothing queued, running or streaming: no
+//! `Arc<Loaded>` besides the registry's) is taken out, under the entry's lock, so no request can take it after
+//! the check; its workers are joined and its memory given back before the load that needed the room starts.
+
+use std::path::Path;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex, PoisonError};
+
+use super::{model_info_labels, Loaded, ModelEntry, ModelState, Registry};
+use crate::engine::EngineError;
+use crate::formats::ModelFormat;
+use crate::repository::ModelSpec;
+
+/// A model never loaded is reserved twice its files' size (the weights and their prepacked copy) and this much
+/// for its warm-up's buffers; its load then measures the real cost. MobileNetV2 (a 14 MB file) measures about
+/// 90 MiB, the sentiment model (90 MB) about 150 MiB.
+const WARM_UP_ESTIMATE: u64 = 64 << 20;
+
+/// How long a client refused for lack of room waits before it retries: about one load or one slow request.
+const NO_ROOM_RETRY_SECS: u64 = 1;
+
+/// The budget and the bytes reserved under it by loads in progress and fine-tuning jobs.
+pub struct MemoryBudget {
+    pub limit: u64,
+    /// Held while a load's room is found (evicting as needed) and reserved, so that two loads never count the
+    /// same free bytes.
+    reserved: Mutex<u64>,
+}
+
+/// Bytes held under the budget until dropped.
+pub struct Reservation {
+    budget: Arc<MemoryBudget>,
+    bytes: u64,
+}
+
+impl Drop for Reservation {
+    fn drop(&mut self) {
+        *self.budget.reserved.lock().unwrap_or_else(PoisonError::into_inner) -= self.bytes;
+    }
+}
+
+impl MemoryBudget {
+    pub fn new(limit: u64) -> MemoryBudget {
+        MemoryBudget { limit, reserved: Mutex::new(0) }
+    }
+}
+
+/// A model a fine-tuning job trains: it is not evicted, and its cost is held under the budget, until dropped.
+pub struct JobHold {
+    entry: Arc<ModelEntry>,
+    _reservation: Option<Reservation>,
+}
+
+impl Drop for JobHold {
+    fn drop(&mut self) {
+        self.entry.job_holds.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// Bytes as an operator reads them in a message.
+pub fn mib(bytes: u64) -> String {
+    format!("{:.0} MiB", bytes as f64 / f64::from(1 << 20))
+}
+
+impl Registry {
+    /// Whether `entry` loads on its first request and may be evicted: only under a budget.
+    pub fn is_on_demand(&self, entry: &ModelEntry) -> bool {
+        self.budget.is_some() && entry.spec().config.serving.load == crate::model_toml::LoadPolicy::OnDemand
+    }
+
+    /// What the loaded versions take, by their measurements.
+    fn resident_total(&self) -> u64 {
+        self.entries().iter().filter_map(|entry| entry.loaded()).map(|loaded| loaded.resident_bytes).sum()
+    }
+
+    /// Room for a load of `version` of `entry` (in place of `serving`, if any), evicting idle on-demand models
+    /// as needed; `None` without a budget. A swap counts the new version beside the old one until it replaces it.
+    pub(super) fn room_for(
+        &self,
+        entry: &ModelEntry,
+        spec: &ModelSpec,
+        version: u64,
+        serving: Option<&Loaded>,
+    ) -> Result<Option<Reservation>, EngineError> {
+        let Some(budget) = &self.budget else { return Ok(None) };
+        let needed = match serving {
+            Some(loaded) => loaded.resident_bytes,
+            None => match entry.cost.load(Ordering::SeqCst) {
+                0 => 2 * model_file_bytes(spec, version) + WARM_UP_ESTIMATE,
+                measured => measured,
+            },
+        };
+        let mut reserved = budget.reserved.lock().unwrap_or_else(PoisonError::into_inner);
+        loop {
+            let used = self.resident_total() + *reserved;
+            if used + needed <= budget.limit {
+                *reserved += needed;
+                return Ok(Some(Reservation { budget: Arc::clone(budget), bytes: needed }));
+            }
+            let why = format!(
+                "to make room for `{}` (about {}) under --model-memory-budget {}: {} in use",
+                entry.name,
+                mib(needed),
+                mib(budget.limit),
+                mib(used)
+            );
+            if !self.evict_one(&entry.name, &why) {
+                return Err(self.no_room(entry, needed, used, budget.limit));
+            }
+        }
+    }
+
+    /// After a load is installed and measured: while the loaded models take more than the budget (the estimate
+    /// was low), idle on-demand models are evicted; if none is, the log says by how much the budget is over.
+    pub(super) fn settle(&self, entry: &ModelEntry) {
+        let Some(budget) = &self.budget else { return };
+        let reserved = budget.reserved.lock().unwrap_or_else(PoisonError::into_inner);
+        loop {
+            let used = self.resident_total() + *reserved;
+            if used <= budget.limit {
+                return;
+            }
+            let why = format!(
+                "`{}` measured more than its estimate: {} in use, over --model-memory-budget {}",
+                entry.name,
+                mib(used),
+                mib(budget.limit)
+            );
+            if !self.evict_one(&entry.name, &why) {
+                tracing::warn!(model = %entry.name, used, budget = budget.limit,
+                    "the loaded models take {}, more than --model-memory-budget {}, and none is idle to unload",
+                    mib(used), mib(budget.limit));
+                return;
+            }
+        }
+    }
+
+    /// Unloads the least recently used on-demand model (other than `keep`) that nothing holds; false if none.
+    fn evict_one(&self, keep: &str, why: &str) -> bool {
+        let mut candidates: Vec<(u64, Arc<ModelEntry>)> = self
+            .entries()
+            .into_iter()
+            .filter(|entry| entry.name != keep && entry.job_holds.load(Ordering::SeqCst) == 0)
+            .filter(|entry| self.is_on_demand(entry))
+            .filter_map(|entry| entry.loaded().map(|loaded| (loaded.recency_ms(), entry)))
+            .collect();
+        candidates.sort_by_key(|(recency, _)| *recency);
+        for (_, entry) in candidates {
+            // A model loading, swapping or unloading is busy: not a candidate now.
+            let Ok(_changing) = entry.changing.try_lock() else { continue };
+            if let Some(loaded) = entry.take_if_idle() {
+                self.retire_evicted(&entry, loaded, why);
+                return true;
+            }
+        }
+        false
+    }
+
+    /// Stops an evicted version's workers (its queue is empty) and gives its memory back before the next load.
+    fn retire_evicted(&self, entry: &ModelEntry, loaded: Arc<Loaded>, why: &str) {
+        let _ = self.metrics.model_info.remove_label_values(&model_info_labels(&entry.name, &loaded));
+        let _ = self.metrics.model_resident_bytes.remove_label_values(&[&entry.name]);
+        self.metrics.model_evictions.with_label_values(&[&entry.name]).inc();
+        let idle_seconds = loaded.idle_seconds();
+        tracing::info!(model = %entry.name, version = loaded.version, resident_bytes = loaded.resident_bytes,
+            idle_seconds, "model evicted {why}; it was the least recently used idle on-demand model, and loads again on its next request");
+        loaded.backend.shutdown();
+        drop(loaded);
+        give_back_freed_memory();
+    }
+
+    fn no_room(&self, entry: &ModelEntry, needed: u64, used: u64, limit: u64) -> EngineError {
+        let busy: Vec<String> = self
+            .entries()
+            .iter()
+            .filter(|other| other.name != entry.name && other.loaded().is_some())
+            .map(|other| {
+                let why = if !self.is_on_demand(other) {
+                    "loaded at start"
+                } else if other.job_holds.load(Ordering::SeqCst) > 0 {
+                    "being fine-tuned"
+                } else {
+                    "busy"
+                };
+                format!("{} {why}", other.name)
+            })
+            .collect();
+        let message = format!(
+            "no room for model `{}` under --model-memory-budget {}: it needs about {} and {} are in use ({}); \
+             retry shortly, or raise the budget",
+            entry.name,
+            mib(limit),
+            mib(needed),
+            mib(used),
+            if busy.is_empty() { "by loads in progress".to_string() } else { busy.join(", ") }
+        );
+        tracing::warn!(model = %entry.name, needed, used, budget = limit, "{message}");
+        EngineError::NoRoom { model: entry.name.clone(), message, retry_after_secs: NO_ROOM_RETRY_SECS }
+    }
+
+    /// Keeps `model` loaded and its cost under the budget while a fine-tuning job trains it (the job loads its
+    /// own copy of the weights). Over the budget, the job still runs and the log says so: a job is not refused
+    /// for serving's sake, and on-demand loads wait for room until it ends.
+    pub fn hold_for_job(&self, model: &str) -> Option<JobHold> {
+        let entry = self.get(model)?;
+        entry.job_holds.fetch_add(1, Ordering::SeqCst);
+        let reservation = self.budget.as_ref().map(|budget| {
+            let bytes = entry.loaded().map_or(entry.cost.load(Ordering::SeqCst), |loaded| loaded.resident_bytes);
+            let mut reserved = budget.reserved.lock().unwrap_or_else(PoisonError::into_inner);
+            while self.resident_total() + *reserved + bytes > budget.limit {
+                let why = format!("for a fine-tuning job of `{model}` (about {})", mib(bytes));
+                if !self.evict_one(model, &why) {
+                    tracing::warn!(
+                        model,
+                        bytes,
+                        "a fine-tuning job takes the budget over --model-memory-budget {}",
+                        mib(budget.limit)
+                    );
+                    break;
+                }
+            }
+            *reserved += bytes;
+            Reservation { budget: Arc::clone(budget), bytes }
+        });
+        Some(JobHold { entry, _reservation: reservation })
+    }
+
+    /// At the end of start-up: the error naming the budget and what the models loaded at start need, if they
+    /// need more.
+    pub(super) fn start_over_budget(&self) -> Option<String> {
+        let budget = self.budget.as_ref()?;
+        let costs: Vec<(String, u64)> = self
+            .entries()
+            .iter()
+            .filter_map(|entry| entry.loaded().map(|loaded| (entry.name.clone(), loaded.resident_bytes)))
+            .collect();
+        let total: u64 = costs.iter().map(|(_, bytes)| bytes).sum();
+        (total > budget.limit).then(|| {
+            let each: Vec<String> = costs.iter().map(|(name, bytes)| format!("{name} {}", mib(*bytes))).collect();
+            format!(
+                "the models loaded at start need {} ({}), more than --model-memory-budget {}: raise the budget, or \
+                 set `[serving] load = \"on-demand\"` in the model.toml of those that may wait for their first request",
+                mib(total),
+                each.join(", "),
+                mib(budget.limit)
+            )
+        })
+    }
+}
+
+impl ModelEntry {
+    /// The version serving, if any.
+    pub fn loaded(&self) -> Option<Arc<Loaded>> {
+        match self.state() {
+            ModelState::Ready(loaded) => Some(loaded),
+            _ => None,
+        }
+    }
+
+    /// Takes the serving version out (the model becomes `unloaded`) if no request holds it; under the state's
+    /// write lock, so that none can take it after the check.
+    fn take_if_idle(&self) -> Option<Arc<Loaded>> {
+        let mut taken = None;
+        self.update(|current| match std::mem::replace(&mut current.state, ModelState::Unloaded) {
+            ModelState::Ready(loaded) if Arc::strong_count(&loaded) == 1 => taken = Some(loaded),
+            other => current.state = other,
+        });
+        taken
+    }
+}
+
+/// The size of the file `version` would serve from (its largest, when `format = "auto"` may pick any), and of
+/// its tokenizer.
+fn model_file_bytes(spec: &ModelSpec, version: u64) -> u64 {
+    let size = |format: ModelFormat| file_size(&spec.model_file(version, format));
+    let largest = spec.servable_formats(version).into_iter().map(size).max().unwrap_or(0);
+    largest + file_size(&spec.dir.join("tokenizer.json"))
+}
+
+fn file_size(path: &Path) -> u64 {
+    std::fs::metadata(path).map_or(0, |m| m.len())
+}
+
+/// Returns the heap pages an evicted model freed to the system: glibc keeps them in its arenas otherwise, and the
+/// process's resident memory, which the budget bounds, would not fall.
+fn give_back_freed_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim takes no pointer; it only releases free memory at the top of glibc's heaps.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
