@@ -224,3 +224,33 @@ fn sigterm_while_models_load_exits_cleanly() {
         assert!(status.success(), "attempt {attempt}: ember exited with {status}");
     }
 }
+
+/// Models loaded at start that need more than --model-memory-budget stop the server, naming the budget and what
+/// each model measured; it never turns ready.
+#[test]
+fn start_models_over_the_memory_budget_stop_the_server_naming_both() {
+    let repo = common::TempRepo::mobilenet(&[]);
+    repo.add("iris", &[]);
+    let mut serving = ember()
+        .args(["serve", "--port", "0", "--grpc-port", "0", "--model-memory-budget", "8MiB", "--model-repo"])
+        .arg(repo.path())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let started = std::time::Instant::now();
+    let status = loop {
+        if let Some(status) = serving.try_wait().unwrap() {
+            break status;
+        }
+        if started.elapsed() > Duration::from_secs(120) {
+            let _ = serving.kill();
+            panic!("the server went on past a start-up over its budget");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut serving.stderr.take().unwrap(), &mut stderr).unwrap();
+    assert!(!status.success(), "{stderr}");
+    assert!(stderr.contains("more than --model-memory-budget 8 MiB"), "{stderr}");
+    assert!(stderr.contains("mobilenet_v2 "), "{stderr}");
+}

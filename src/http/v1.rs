@@ -108,10 +108,7 @@ impl From<&ModelToml> for BatchingInfo {
 fn model_info(state: &AppState, entry: &ModelEntry) -> ModelInfo {
     let current = entry.current();
     let spec = &current.spec;
-    let loaded = match &current.state {
-        ModelState::Ready(loaded) => Some(loaded),
-        _ => None,
-    };
+    let loaded = current.state.loaded();
     let served_version = loaded.map(|loaded| loaded.version);
     let device = loaded.map(|loaded| device::name(loaded.device));
     let format = loaded.map(|loaded| loaded.format.name());

@@ -12,9 +12,9 @@
 
 use std::path::Path;
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
-use super::{model_info_labels, Loaded, ModelEntry, ModelState, Registry};
+use super::{LoadReason, Loaded, ModelEntry, ModelState, Registry};
 use crate::engine::EngineError;
 use crate::formats::ModelFormat;
 use crate::repository::ModelSpec;
@@ -43,13 +43,23 @@ pub struct Reservation {
 
 impl Drop for Reservation {
     fn drop(&mut self) {
-        *self.budget.reserved.lock().unwrap_or_else(PoisonError::into_inner) -= self.bytes;
+        *self.budget.lock() -= self.bytes;
     }
 }
 
 impl MemoryBudget {
     pub fn new(limit: u64) -> MemoryBudget {
         MemoryBudget { limit, reserved: Mutex::new(0) }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, u64> {
+        self.reserved.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Holds `bytes` more, under the lock `reserved` is.
+    fn reserve(self: &Arc<Self>, reserved: &mut u64, bytes: u64) -> Reservation {
+        *reserved += bytes;
+        Reservation { budget: Arc::clone(self), bytes }
     }
 }
 
@@ -73,7 +83,7 @@ pub fn mib(bytes: u64) -> String {
 impl Registry {
     /// Whether `entry` loads on its first request and may be evicted: only under a budget.
     pub fn is_on_demand(&self, entry: &ModelEntry) -> bool {
-        self.budget.is_some() && entry.spec().config.serving.load == crate::model_toml::LoadPolicy::OnDemand
+        self.budget.is_some() && entry.asks_on_demand()
     }
 
     /// What the loaded versions take, by their measurements.
@@ -83,14 +93,17 @@ impl Registry {
 
     /// Room for a load of `version` of `entry` (in place of `serving`, if any), evicting idle on-demand models
     /// as needed; `None` without a budget. A swap counts the new version beside the old one until it replaces it.
+    /// Start-up loads reserve nothing: they run before any on-demand load, and what they measured together is
+    /// held to the budget when the last one ends (`start_over_budget`), not an estimate of it.
     pub(super) fn room_for(
         &self,
         entry: &ModelEntry,
         spec: &ModelSpec,
         version: u64,
         serving: Option<&Loaded>,
+        reason: LoadReason,
     ) -> Result<Option<Reservation>, EngineError> {
-        let Some(budget) = &self.budget else { return Ok(None) };
+        let Some(budget) = self.budget.as_ref().filter(|_| reason != LoadReason::Start) else { return Ok(None) };
         let needed = match serving {
             Some(loaded) => loaded.resident_bytes,
             None => match entry.cost.load(Ordering::SeqCst) {
@@ -98,23 +111,17 @@ impl Registry {
                 measured => measured,
             },
         };
-        let mut reserved = budget.reserved.lock().unwrap_or_else(PoisonError::into_inner);
-        loop {
-            let used = self.resident_total() + *reserved;
-            if used + needed <= budget.limit {
-                *reserved += needed;
-                return Ok(Some(Reservation { budget: Arc::clone(budget), bytes: needed }));
-            }
-            let why = format!(
-                "to make room for `{}` (about {}) under --model-memory-budget {}: {} in use",
-                entry.name,
-                mib(needed),
-                mib(budget.limit),
-                mib(used)
-            );
-            if !self.evict_one(&entry.name, &why) {
-                return Err(self.no_room(entry, needed, used, budget.limit));
-            }
+        let mut reserved = budget.lock();
+        let why = |used| {
+            let (needed, limit, used) = (mib(needed), mib(budget.limit), mib(used));
+            format!(
+                "to make room for `{}` (about {needed}) under --model-memory-budget {limit}: {used} in use",
+                entry.name
+            )
+        };
+        match self.evict_until_fits(budget.limit, *reserved, &entry.name, needed, &why) {
+            Ok(()) => Ok(Some(budget.reserve(&mut reserved, needed))),
+            Err(used) => Err(self.no_room(entry, needed, used, budget.limit)),
         }
     }
 
@@ -122,23 +129,39 @@ impl Registry {
     /// was low), idle on-demand models are evicted; if none is, the log says by how much the budget is over.
     pub(super) fn settle(&self, entry: &ModelEntry) {
         let Some(budget) = &self.budget else { return };
-        let reserved = budget.reserved.lock().unwrap_or_else(PoisonError::into_inner);
+        let reserved = budget.lock();
+        let why = |used| {
+            let (used, limit) = (mib(used), mib(budget.limit));
+            format!(
+                "`{}` measured more than its estimate: {used} in use, over --model-memory-budget {limit}",
+                entry.name
+            )
+        };
+        if let Err(used) = self.evict_until_fits(budget.limit, *reserved, &entry.name, 0, &why) {
+            let (in_use, limit) = (mib(used), mib(budget.limit));
+            tracing::warn!(model = %entry.name, used, budget = budget.limit,
+                "the loaded models take {in_use}, more than --model-memory-budget {limit}, and none is idle to unload");
+        }
+    }
+
+    /// Evicts idle on-demand models other than `keep`, least recently used first, until `needed` more bytes fit
+    /// beside the loaded versions and `reserved`; if they still do not when none is left to evict, the bytes in
+    /// use then. `why` says, from the bytes in use, why each eviction happens (its log line).
+    fn evict_until_fits(
+        &self,
+        limit: u64,
+        reserved: u64,
+        keep: &str,
+        needed: u64,
+        why: &dyn Fn(u64) -> String,
+    ) -> Result<(), u64> {
         loop {
-            let used = self.resident_total() + *reserved;
-            if used <= budget.limit {
-                return;
+            let used = self.resident_total() + reserved;
+            if used + needed <= limit {
+                return Ok(());
             }
-            let why = format!(
-                "`{}` measured more than its estimate: {} in use, over --model-memory-budget {}",
-                entry.name,
-                mib(used),
-                mib(budget.limit)
-            );
-            if !self.evict_one(&entry.name, &why) {
-                tracing::warn!(model = %entry.name, used, budget = budget.limit,
-                    "the loaded models take {}, more than --model-memory-budget {}, and none is idle to unload",
-                    mib(used), mib(budget.limit));
-                return;
+            if !self.evict_one(keep, &why(used)) {
+                return Err(used);
             }
         }
     }
@@ -166,8 +189,7 @@ impl Registry {
 
     /// Stops an evicted version's workers (its queue is empty) and gives its memory back before the next load.
     fn retire_evicted(&self, entry: &ModelEntry, loaded: Arc<Loaded>, why: &str) {
-        let _ = self.metrics.model_info.remove_label_values(&model_info_labels(&entry.name, &loaded));
-        let _ = self.metrics.model_resident_bytes.remove_label_values(&[&entry.name]);
+        self.forget_serving_metrics(&entry.name, &loaded);
         self.metrics.model_evictions.with_label_values(&[&entry.name]).inc();
         let idle_seconds = loaded.idle_seconds();
         tracing::info!(model = %entry.name, version = loaded.version, resident_bytes = loaded.resident_bytes,
@@ -214,21 +236,13 @@ impl Registry {
         entry.job_holds.fetch_add(1, Ordering::SeqCst);
         let reservation = self.budget.as_ref().map(|budget| {
             let bytes = entry.loaded().map_or(entry.cost.load(Ordering::SeqCst), |loaded| loaded.resident_bytes);
-            let mut reserved = budget.reserved.lock().unwrap_or_else(PoisonError::into_inner);
-            while self.resident_total() + *reserved + bytes > budget.limit {
-                let why = format!("for a fine-tuning job of `{model}` (about {})", mib(bytes));
-                if !self.evict_one(model, &why) {
-                    tracing::warn!(
-                        model,
-                        bytes,
-                        "a fine-tuning job takes the budget over --model-memory-budget {}",
-                        mib(budget.limit)
-                    );
-                    break;
-                }
+            let mut reserved = budget.lock();
+            let why = |_| format!("for a fine-tuning job of `{model}` (about {})", mib(bytes));
+            if self.evict_until_fits(budget.limit, *reserved, model, bytes, &why).is_err() {
+                let limit = mib(budget.limit);
+                tracing::warn!(model, bytes, "a fine-tuning job takes the budget over --model-memory-budget {limit}");
             }
-            *reserved += bytes;
-            Reservation { budget: Arc::clone(budget), bytes }
+            budget.reserve(&mut reserved, bytes)
         });
         Some(JobHold { entry, _reservation: reservation })
     }
@@ -259,10 +273,12 @@ impl Registry {
 impl ModelEntry {
     /// The version serving, if any.
     pub fn loaded(&self) -> Option<Arc<Loaded>> {
-        match self.state() {
-            ModelState::Ready(loaded) => Some(loaded),
-            _ => None,
-        }
+        self.state().loaded().cloned()
+    }
+
+    /// Whether model.toml says `[serving] load = "on-demand"` (which takes effect under a budget only).
+    pub fn asks_on_demand(&self) -> bool {
+        self.spec().config.serving.load == crate::model_toml::LoadPolicy::OnDemand
     }
 
     /// Takes the serving version out (the model becomes `unloaded`) if no request holds it; under the state's

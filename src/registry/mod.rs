@@ -117,6 +117,14 @@ impl ModelState {
             ModelState::Unloaded => "unloaded",
         }
     }
+
+    /// The version serving, if any.
+    pub fn loaded(&self) -> Option<&Arc<Loaded>> {
+        match self {
+            ModelState::Ready(loaded) => Some(loaded),
+            _ => None,
+        }
+    }
 }
 
 /// What the server holds of one model, replaced whole on every change.
@@ -326,7 +334,8 @@ impl Registry {
         let at_start: Vec<_> = self.entries().into_iter().filter(|e| e.starting.load(Ordering::SeqCst)).collect();
         *self.start_up_left.lock().unwrap_or_else(PoisonError::into_inner) = at_start.len();
         for entry in at_start {
-            if self.budget.is_none() && entry.spec().config.serving.load == crate::model_toml::LoadPolicy::OnDemand {
+            // Under a budget an on-demand model is not among these: here it asks for what needs a budget.
+            if entry.asks_on_demand() {
                 tracing::warn!(model = %entry.name, "`[serving] load = \"on-demand\"` takes effect only with --model-memory-budget; loading the model at start");
             }
             let registry = Arc::clone(self);
@@ -413,34 +422,25 @@ impl Registry {
             );
             return Err(self.keep_serving(entry, &before, None, load_error(message)));
         };
-        let serving = match &before.state {
-            ModelState::Ready(loaded) => Some(loaded.version),
-            _ => None,
-        };
+        let serving = before.state.loaded().map(|loaded| loaded.version);
         let unchanged = serving == Some(version) || before.failed_version == Some(version);
         // An on-demand load finds the model loaded when another path (an admin load) got there first.
         if (!force && unchanged) || (reason == LoadReason::Demand && serving.is_some()) {
             return Ok(Reloaded::Unchanged { version: serving.unwrap_or(version) });
         }
-        let serving_now = match &before.state {
-            ModelState::Ready(loaded) => Some(Arc::clone(loaded)),
-            _ => None,
-        };
-        let room = match self.room_for(entry, &spec, version, serving_now.as_deref()) {
+        let room = match self.room_for(entry, &spec, version, before.state.loaded().map(Arc::as_ref), reason) {
             Ok(room) => room,
             Err(e) => {
                 entry.update(|current| current.last_error = Some(e.to_string()));
                 return Err(e);
             }
         };
-        drop(serving_now);
         if reason == LoadReason::Demand {
             entry.update(|current| current.state = ModelState::Loading);
         }
         let started = Instant::now();
         match self.start_backend(&spec, version) {
             Ok(loaded) => {
-                entry.cost.store(loaded.resident_bytes, Ordering::SeqCst);
                 self.install(entry, &before, spec, loaded, started, reason);
                 drop(room);
                 self.settle(entry);
@@ -462,6 +462,7 @@ impl Registry {
     ) {
         let (version, device, format) = (loaded.version, device::name(loaded.device), loaded.format);
         let resident_bytes = loaded.resident_bytes;
+        entry.cost.store(resident_bytes, Ordering::SeqCst);
         let previous = match &before.state {
             ModelState::Ready(old) => {
                 self.forget_model_info(&entry.name, old);
@@ -586,8 +587,7 @@ impl Registry {
         })?;
         let _changing = entry.changing.lock().unwrap_or_else(|e| e.into_inner());
         if let ModelState::Ready(old) = entry.state() {
-            self.forget_model_info(name, &old);
-            let _ = self.metrics.model_resident_bytes.remove_label_values(&[name]);
+            self.forget_serving_metrics(name, &old);
         }
         entry.update(|current| current.state = ModelState::Unloaded);
         tracing::info!(model = %name, "model unloaded");
@@ -599,13 +599,20 @@ impl Registry {
         let _ = self.metrics.model_info.remove_label_values(&model_info_labels(name, old));
     }
 
+    /// Drops the series of a model that no longer serves any version (unloaded or evicted).
+    fn forget_serving_metrics(&self, name: &str, old: &Loaded) {
+        self.forget_model_info(name, old);
+        let _ = self.metrics.model_resident_bytes.remove_label_values(&[name]);
+    }
+
     /// Looks at the repository once: a model whose folder now names another version (a new one, or a pin in
     /// model.toml) swaps to it, and a new model folder is loaded. Models busy loading are skipped this time.
     pub fn poll_repository(&self) {
         for entry in self.entries() {
             // An on-demand model not in memory loads on its next request, which reads its folder afresh.
-            let out_of_memory = !matches!(entry.state(), ModelState::Ready(_)) && self.is_on_demand(&entry);
-            if matches!(entry.state(), ModelState::Unloaded) || out_of_memory || entry.changing.try_lock().is_err() {
+            let state = entry.state();
+            let out_of_memory = state.loaded().is_none() && self.is_on_demand(&entry);
+            if matches!(state, ModelState::Unloaded) || out_of_memory || entry.changing.try_lock().is_err() {
                 continue;
             }
             let _ = self.reload_entry(&entry, false, LoadReason::Swap);

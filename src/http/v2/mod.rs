@@ -98,7 +98,8 @@ async fn model_version_ready(
     ready_answer(&state, &name, Some(parse_version(&version)?))
 }
 
-/// Ready: the model serves (the version), or is an on-demand model that a request loads (`loaded: false`).
+/// Ready: the model serves (the version), or is an on-demand model that a request loads (whether it is in
+/// memory now is GET /v1/models/{name}'s `state`: KServe's answer has no field for it).
 fn ready_answer(state: &AppState, name: &str, version: Option<u64>) -> Result<Json<Value>, ApiError> {
     let loaded = state.served_now(name, version)?;
     let version = match &loaded {
@@ -106,7 +107,7 @@ fn ready_answer(state: &AppState, name: &str, version: Option<u64>) -> Result<Js
         None => version.or(state.model(name)?.spec().served_version()),
     };
     let version = version.map(|v| v.to_string()).unwrap_or_default();
-    Ok(Json(json!({"name": name, "version": version, "ready": true, "loaded": loaded.is_some()})))
+    Ok(Json(json!({"name": name, "version": version, "ready": true})))
 }
 
 async fn infer(
