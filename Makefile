@@ -32,7 +32,7 @@ DIST := dist/ember-$(VERSION)-linux-x86_64
 # DIST_TARBALL=no packs only the folder (the Dockerfile copies the folder; gzip of the CUDA one takes minutes).
 DIST_TARBALL ?= yes
 
-.PHONY: run setup system-tools dist-tools deploy-tools deploy-check models build test test-fast docs lint bench bench-text bench-style bench-footprint bench-grpc bench-formats bench-int8 soak \
+.PHONY: run setup system-tools dist-tools deploy-tools deploy-check models build test test-fast docs lint bench bench-text bench-style bench-footprint bench-grpc bench-formats bench-int8 bench-many-models soak \
 	dist dist-cuda dist-clean browser-tools
 
 ## run: install what is missing, build the models and ember, serve on localhost:8080
@@ -190,6 +190,11 @@ soak: build models
 ## bench-footprint: start-up time and memory (idle and at concurrency 32) of bench/RESULTS.md
 bench-footprint: build models
 	bench/footprint.sh
+
+## bench-many-models: 24 on-demand classifiers under a memory budget that holds a quarter of them (cold loads,
+## a loaded model beside loads, 5 minutes of Zipf traffic) of bench/RESULTS.md
+bench-many-models: build models
+	bench/many_models.sh
 
 ## bench-style: the stylize and optimisation benchmark of bench/RESULTS.md
 bench-style: build models

@@ -42,6 +42,9 @@ impl LoadGate {
         // The place exists before `prepare` runs, so that a panic in it still gives the place back.
         let mut place = LoadPlace { gate: self, resident_before: 0 };
         prepare();
+        // Memory freed earlier (an evicted or replaced version) and still held by the allocator would be reused
+        // by this load without the process growing: given back first, the growth is what this load made resident.
+        give_back_freed_memory();
         place.resident_before = resident_bytes();
         place
     }
@@ -58,6 +61,16 @@ impl Drop for LoadPlace<'_> {
     fn drop(&mut self) {
         *self.gate.running.lock().unwrap_or_else(PoisonError::into_inner) -= 1;
         self.gate.freed.notify_one();
+    }
+}
+
+/// Returns the heap pages freed so far to the system: glibc keeps them in its arenas otherwise, and the process's
+/// resident memory, which the budget bounds and a load's cost is read from, would not fall.
+pub fn give_back_freed_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim takes no pointer; it only releases free memory in glibc's heaps.
+    unsafe {
+        libc::malloc_trim(0);
     }
 }
 

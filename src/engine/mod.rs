@@ -24,7 +24,7 @@ use onnx::OnnxModel;
 
 pub use fault::{catch_panic, panic_message, torch_error_summary};
 pub use forward::forward_batched;
-pub use load_gate::{resident_bytes, LoadGate};
+pub use load_gate::{give_back_freed_memory, resident_bytes, LoadGate};
 pub use module::{InferenceModule, StandIn, StandInForward};
 pub use pool::{BatchTask, WorkerPool, WorkerSpec};
 

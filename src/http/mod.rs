@@ -21,7 +21,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use axum::extract::{MatchedPath, Request, State};
-use axum::http::{header, HeaderName, Method, Uri};
+use axum::http::{header, HeaderName, HeaderValue, Method, Uri};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::Router;
@@ -35,7 +35,7 @@ use tracing::Level;
 
 use crate::metrics::Metrics;
 use crate::model_toml::TaskKind;
-use crate::service::{ApiError, AppState};
+use crate::service::{load_wait, ApiError, AppState};
 use crate::tasks::image::OutputFormat;
 use extract::MetricsLabel;
 
@@ -70,6 +70,7 @@ pub fn router(state: AppState) -> Router {
         .merge(docs::routes())
         .fallback(no_route)
         .method_not_allowed_fallback(method_not_allowed)
+        .layer(middleware::from_fn(time_load_wait))
         .layer(middleware::from_fn_with_state(metrics, record_request))
         .layer(
             ServiceBuilder::new()
@@ -101,6 +102,19 @@ async fn no_route(method: Method, uri: Uri) -> ApiError {
 
 async fn method_not_allowed(method: Method, uri: Uri) -> ApiError {
     ApiError::method_not_allowed(format!("{method} is not allowed on {}; see GET /openapi.yaml", uri.path()))
+}
+
+/// Names the wait for an on-demand model's load in the answer (`Server-Timing: load;dur=<ms>`), when the
+/// request waited for one.
+async fn time_load_wait(request: Request, next: Next) -> Response {
+    let (mut response, wait) = load_wait::recording(next.run(request)).await;
+    if let Some(wait) = wait {
+        let timing = format!("load;dur={:.1};desc=\"on-demand model load\"", wait.as_secs_f64() * 1000.0);
+        if let Ok(value) = HeaderValue::from_str(&timing) {
+            response.headers_mut().insert(HeaderName::from_static("server-timing"), value);
+        }
+    }
+    response
 }
 
 /// Counts every request by model, route template and status, and times it.

@@ -196,7 +196,7 @@ impl Registry {
             idle_seconds, "model evicted {why}; it was the least recently used idle on-demand model, and loads again on its next request");
         loaded.backend.shutdown();
         drop(loaded);
-        give_back_freed_memory();
+        crate::engine::give_back_freed_memory();
     }
 
     fn no_room(&self, entry: &ModelEntry, needed: u64, used: u64, limit: u64) -> EngineError {
@@ -303,14 +303,4 @@ fn model_file_bytes(spec: &ModelSpec, version: u64) -> u64 {
 
 fn file_size(path: &Path) -> u64 {
     std::fs::metadata(path).map_or(0, |m| m.len())
-}
-
-/// Returns the heap pages an evicted model freed to the system: glibc keeps them in its arenas otherwise, and the
-/// process's resident memory, which the budget bounds, would not fall.
-fn give_back_freed_memory() {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    // SAFETY: malloc_trim takes no pointer; it only releases free memory at the top of glibc's heaps.
-    unsafe {
-        libc::malloc_trim(0);
-    }
 }

@@ -11,6 +11,7 @@ pub mod admin;
 pub mod decode_memory;
 pub mod error;
 pub mod inference;
+pub mod load_wait;
 pub mod models;
 pub mod offload;
 pub mod repository;

@@ -3,7 +3,7 @@
 //! are, a 503 that says what to do.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use super::error::ApiError;
 use super::AppState;
@@ -37,7 +37,12 @@ impl AppState {
     /// The version `entry` serves; an on-demand model not in memory is loaded first, waiting at most `timeout`.
     async fn loaded_or_on_demand(&self, entry: &Arc<ModelEntry>, timeout: Duration) -> Result<Arc<Loaded>, ApiError> {
         if self.registry.is_on_demand(entry) {
-            return Ok(self.registry.on_demand(entry, timeout).await?);
+            let started = entry.loaded().is_none().then(Instant::now);
+            let loaded = self.registry.on_demand(entry, timeout).await?;
+            if let Some(started) = started {
+                super::load_wait::record(started.elapsed());
+            }
+            return Ok(loaded);
         }
         serving(&entry.name, entry.state())
     }

@@ -98,6 +98,14 @@ impl TempRepo {
         self
     }
 
+    /// Marks model `name` `[serving] load = "on-demand"`: under --model-memory-budget, loaded on first use.
+    pub fn on_demand(&self, name: &str) -> &TempRepo {
+        let toml = self.path().join(name).join("model.toml");
+        let text = std::fs::read_to_string(&toml).unwrap() + "\n[serving]\nload = \"on-demand\"\n";
+        std::fs::write(toml, text).unwrap();
+        self
+    }
+
     pub fn path(&self) -> &Path {
         self.dir.path()
     }
@@ -356,6 +364,13 @@ impl EmberProcess {
 
     pub async fn wait_ready(&self) {
         wait_ready(&self.base).await
+    }
+
+    /// A memory figure of the process from /proc/PID/status, in bytes: `VmRSS` (now) or `VmHWM` (its peak).
+    pub fn memory(&self, field: &str) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap();
+        let line = status.lines().find_map(|l| l.strip_prefix(field)?.strip_prefix(':')).expect("a VmRSS line");
+        line.trim().trim_end_matches(" kB").parse::<u64>().unwrap() * 1024
     }
 }
 
