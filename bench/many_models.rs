@@ -58,7 +58,10 @@ impl Bench {
                 let _ = answer.bytes().await;
                 (status, loaded)
             }
-            Err(_) => (0, false),
+            Err(e) => {
+                eprintln!("no answer from {name}: {e:#}");
+                (0, false)
+            }
         };
         Sample { model: index, seconds: started.elapsed().as_secs_f64(), status, loaded }
     }
@@ -165,7 +168,11 @@ async fn main() -> anyhow::Result<()> {
         base: args[0].clone(),
         pid: args[1].parse()?,
         models: args[5..].to_vec(),
-        client: reqwest::Client::builder().pool_max_idle_per_host(64).build()?,
+        client: reqwest::Client::builder()
+            .pool_max_idle_per_host(64)
+            // ember closes a keep-alive connection idle for 10 s: drop it first, never send on a closing one.
+            .pool_idle_timeout(Duration::from_secs(5))
+            .build()?,
         photo: std::fs::read(PHOTO)?,
     });
     let idle_rss = bench.memory_mib("VmRSS:");

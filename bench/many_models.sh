@@ -17,8 +17,8 @@ clients=${CLIENTS:-16}
 repo="$workdir/many"
 on_demand='s/^default = true/default = false/; s/^format = .*/format = "torchscript"/; $a [serving]\nload = "on-demand"'
 names=()
-for i in $(seq -w 1 16); do add_model "$repo" "mobilenet_v2_$i" mobilenet_v2 "$on_demand"; names+=("mobilenet_v2_$i"); done
-for i in $(seq -w 1 8); do add_model "$repo" "sentiment_$i" sentiment "$on_demand"; names+=("sentiment_$i"); done
+for i in $(seq -f %02g 1 16); do add_model "$repo" "mobilenet_v2_$i" mobilenet_v2 "$on_demand"; names+=("mobilenet_v2_$i"); done
+for i in $(seq -f %02g 1 8); do add_model "$repo" "sentiment_$i" sentiment "$on_demand"; names+=("sentiment_$i"); done
 if [ "${FINE_TUNED:-1}" = 1 ]; then
   # One fine-tuned variant of each kind in place of its last copy (version 2, published by `ember train`): onto
   # two labels from crops of two test photos (as tests/fine_tune.rs makes them), and onto a few reviews.

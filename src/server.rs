@@ -63,7 +63,9 @@ impl Server {
         let mut registry = Registry::new(repository, config.device, Arc::clone(&metrics))
             .with_load_limit(config.max_concurrent_loads as usize);
         if let Some(budget) = config.model_memory_budget {
-            registry = registry.with_memory_budget(budget.0);
+            // A load waits for busy models to drain at most half a request's deadline, so that the requests
+            // waiting for it still get the 503 (and its Retry-After) rather than a 504.
+            registry = registry.with_memory_budget(budget.0, config.request_timeout() / 2);
             tracing::info!(
                 bytes = budget.0,
                 "model memory budget {}: on-demand models load on their first request",

@@ -350,6 +350,25 @@ async fn every_documented_operation_is_routed_and_refuses_in_json() {
     }
 }
 
+/// An answer given before its request's body was read closes the connection and says so: hyper does not reuse
+/// it, and a client that took it for reusable would fail its next request on it, half-sent.
+#[tokio::test]
+async fn an_answer_before_the_body_is_read_says_connection_close() {
+    let api = Contract::start(&[]).await;
+    let post = |path: &str| {
+        let request = Request::post(path).header(header::CONTENT_TYPE, "image/png").body(Body::from(png()));
+        api.app.clone().oneshot(request.unwrap())
+    };
+    let refused = post("/v1/models/no_such_model/classify").await.unwrap();
+    assert_eq!(refused.status(), StatusCode::NOT_FOUND);
+    assert_eq!(refused.headers().get(header::CONNECTION).map(|v| v.as_bytes()), Some(&b"close"[..]));
+    let served = post("/v1/models/mobilenet_v2/classify").await.unwrap();
+    assert_eq!(served.status(), StatusCode::OK);
+    assert!(served.headers().get(header::CONNECTION).is_none(), "a request read whole keeps its connection");
+    let listed = api.app.clone().oneshot(Request::get("/v1/models").body(Body::empty()).unwrap()).await.unwrap();
+    assert!(listed.headers().get(header::CONNECTION).is_none(), "a request without a body keeps its connection");
+}
+
 /// The `model` label of the request metrics comes from the extractors: a model that exists, named by the path or
 /// picked as the short route's default. Names a client invents never become labels (a client could otherwise
 /// grow the metrics without bound by asking for a thousand models).

@@ -333,6 +333,7 @@ async fn a_storm_over_on_demand_models_holds_the_budget() {
     for name in names {
         repo.add_as("mobilenet_v2", name, &[("format", "\"torchscript\""), ("queue_capacity", "8")]).on_demand(name);
     }
+    repo.add("sentiment", &[]).on_demand("sentiment");
     let budget = BUDGET.to_string();
     let flags = ["--model-memory-budget", &budget, "--admin-token", TOKEN, "--watch-interval-ms", "0"];
     let server = EmberProcess::serve(repo.path(), &flags);
@@ -383,10 +384,25 @@ async fn a_storm_over_on_demand_models_holds_the_budget() {
         assert!(resident_total(&client, &server.base).await <= BUDGET, "after the admin load of {name}");
     }
     assert_eq!(classify("mob_a").await, 200, "an on-demand model unloaded by the admin loads on its next request");
+
+    // sentiment's first load reserves more than the whole budget (twice its files, about 90 MiB, and 64 MiB):
+    // refused at once, not after waiting for room that cannot come.
+    let asked = Instant::now();
+    let text = serde_json::json!({"text": "A wonderful, moving film."});
+    let refused = client.post(format!("{}/v1/models/sentiment/sentiment", server.base)).json(&text).send().await;
+    let refused = refused.unwrap();
+    assert_eq!(refused.status(), 503);
+    assert!(refused.headers().contains_key("retry-after"));
+    let message = refused.json::<Value>().await.unwrap()["error"].as_str().unwrap().to_string();
+    assert!(
+        message.contains("--model-memory-budget 200 MiB") && message.contains("more than the whole budget"),
+        "{message}"
+    );
+    assert!(asked.elapsed() < Duration::from_secs(5), "refused after {:?}", asked.elapsed());
 }
 
-/// A stream holds its model: a load that needs its room is refused (503, Retry-After) while it generates, every
-/// token arrives, and the model is evicted once the stream has ended.
+/// A stream holds its model: a load that needs its room waits while it generates, every token arrives, and the
+/// model is evicted for that load once the stream has ended.
 #[tokio::test(flavor = "multi_thread")]
 async fn an_on_demand_model_is_not_evicted_while_a_stream_generates() {
     let repo = TempRepo::of("shakespeare", &[("max_tokens_limit", "20000")]);
@@ -408,33 +424,28 @@ async fn an_on_demand_model_is_not_evicted_while_a_stream_generates() {
     let mut stream = client.post(url).json(&body).send().await.unwrap();
     assert_eq!(stream.status(), 200);
     let mut text = String::from_utf8(stream.chunk().await.unwrap().expect("a first event").to_vec()).unwrap();
-    let sentiment = || {
+    let sent = Instant::now();
+    let waiting = tokio::spawn(
         client
             .post(format!("{}/v1/models/sentiment/sentiment", server.base))
             .json(&serde_json::json!({"text": "A wonderful, moving film."}))
-            .send()
-    };
-    let refused = sentiment().await.unwrap();
-    assert_eq!(refused.status(), 503);
-    assert!(refused.headers().contains_key("retry-after"));
-    let message = refused.json::<Value>().await.unwrap()["error"].as_str().unwrap().to_string();
-    assert!(message.contains("--model-memory-budget") && message.contains("shakespeare busy"), "{message}");
+            .send(),
+    );
     while let Some(chunk) = stream.chunk().await.unwrap() {
         text.push_str(&String::from_utf8_lossy(&chunk));
     }
+    let streamed = sent.elapsed();
     let done = text.split("event: done").nth(1).unwrap_or_else(|| panic!("no done event: {}", text.len()));
     let done: Value = serde_json::from_str(done.trim().trim_start_matches("data:").trim()).unwrap();
     assert_eq!(done["tokens"], 20000, "the stream ran to its end: {done}");
+    // The stream went on long after the sentiment request was sent: that request waited for it.
+    assert!(streamed > Duration::from_secs(1), "the stream ended {streamed:?} after the request: too soon to tell");
 
-    // The stream has ended: its model is idle, and evicted to make room.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let answer = sentiment().await.unwrap();
-        match answer.status().as_u16() {
-            200 => break,
-            503 if Instant::now() < deadline => tokio::time::sleep(Duration::from_millis(100)).await,
-            other => panic!("{other}: {}", answer.text().await.unwrap()),
-        }
-    }
+    let answer = waiting.await.unwrap().unwrap();
+    let answered = sent.elapsed();
+    let timing = answer.headers().get("server-timing").map(|v| v.to_str().unwrap().to_string());
+    assert_eq!(answer.status(), 200, "{}", answer.text().await.unwrap());
+    assert!(answered > streamed, "answered after {answered:?}, before the stream ended ({streamed:?})");
+    assert!(timing.is_some_and(|t| t.starts_with("load;dur=")), "the answer says it waited for a load");
     assert_eq!(metric_at(&server.base, "ember_model_evictions_total{model=\"shakespeare\"}").await, Some(1.0));
 }

@@ -13,6 +13,7 @@ mod sentiment;
 mod style_transfer;
 mod stylize;
 pub(crate) mod trace;
+mod unread_body;
 pub use ops::OPENAPI_YAML;
 mod v1;
 pub mod v2;
@@ -71,6 +72,7 @@ pub fn router(state: AppState) -> Router {
         .fallback(no_route)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(middleware::from_fn(time_load_wait))
+        .layer(middleware::from_fn(unread_body::close_if_unread))
         .layer(middleware::from_fn_with_state(metrics, record_request))
         .layer(
             ServiceBuilder::new()

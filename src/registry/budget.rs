@@ -9,10 +9,13 @@
 //! Eviction is a hot swap to nothing: only a version no request holds (nothing queued, running or streaming: no
 //! `Arc<Loaded>` besides the registry's) is taken out, under the entry's lock, so no request can take it after
 //! the check; its workers are joined and its memory given back before the load that needed the room starts.
+//! When the idle ones do not free enough, the load waits (up to half the request deadline) for busy ones to
+//! drain; it is refused (503) at once only when what is never evicted leaves no room.
 
 use std::path::Path;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, Instant};
 
 use super::{LoadReason, Loaded, ModelEntry, ModelState, Registry};
 use crate::engine::EngineError;
@@ -27,9 +30,16 @@ const WARM_UP_ESTIMATE: u64 = 64 << 20;
 /// How long a client refused for lack of room waits before it retries: about one load or one slow request.
 const NO_ROOM_RETRY_SECS: u64 = 1;
 
+/// How often a load waiting for room looks again whether a busy model has become idle: a request takes tens of
+/// milliseconds, a load hundreds.
+const ROOM_POLL: Duration = Duration::from_millis(10);
+
 /// The budget and the bytes reserved under it by loads in progress and fine-tuning jobs.
 pub struct MemoryBudget {
     pub limit: u64,
+    /// How long a load waits for busy models to drain when evicting the idle ones leaves too little room (less
+    /// than the request deadline, so that its requests get the refusal before they time out).
+    room_wait: Duration,
     /// Held while a load's room is found (evicting as needed) and reserved, so that two loads never count the
     /// same free bytes.
     reserved: Mutex<u64>,
@@ -48,8 +58,8 @@ impl Drop for Reservation {
 }
 
 impl MemoryBudget {
-    pub fn new(limit: u64) -> MemoryBudget {
-        MemoryBudget { limit, reserved: Mutex::new(0) }
+    pub fn new(limit: u64, room_wait: Duration) -> MemoryBudget {
+        MemoryBudget { limit, room_wait, reserved: Mutex::new(0) }
     }
 
     fn lock(&self) -> MutexGuard<'_, u64> {
@@ -111,7 +121,6 @@ impl Registry {
                 measured => measured,
             },
         };
-        let mut reserved = budget.lock();
         let why = |used| {
             let (needed, limit, used) = (mib(needed), mib(budget.limit), mib(used));
             format!(
@@ -119,10 +128,31 @@ impl Registry {
                 entry.name
             )
         };
-        match self.evict_until_fits(budget.limit, *reserved, &entry.name, needed, &why) {
-            Ok(()) => Ok(Some(budget.reserve(&mut reserved, needed))),
-            Err(used) => Err(self.no_room(entry, needed, used, budget.limit)),
+        // Busy models (requests queued, running or streaming) drain within the wait; what can never be evicted
+        // (start models, models being fine-tuned) is not waited for.
+        let waited_enough = Instant::now() + budget.room_wait;
+        loop {
+            let mut reserved = budget.lock();
+            let used = match self.evict_until_fits(budget.limit, *reserved, &entry.name, needed, &why) {
+                Ok(()) => return Ok(Some(budget.reserve(&mut reserved, needed))),
+                Err(used) => used,
+            };
+            if self.never_evicted_total(&entry.name) + needed > budget.limit || Instant::now() >= waited_enough {
+                return Err(self.no_room(entry, needed, used, budget.limit));
+            }
+            drop(reserved);
+            std::thread::sleep(ROOM_POLL);
         }
+    }
+
+    /// What the loaded models that eviction never takes hold (start models, models being fine-tuned, and `keep`,
+    /// the model making room).
+    fn never_evicted_total(&self, keep: &str) -> u64 {
+        let held = |entry: &ModelEntry| {
+            entry.name == keep || !self.is_on_demand(entry) || entry.job_holds.load(Ordering::SeqCst) > 0
+        };
+        let loaded = self.entries().into_iter().filter(|entry| held(entry)).filter_map(|entry| entry.loaded());
+        loaded.map(|loaded| loaded.resident_bytes).sum()
     }
 
     /// After a load is installed and measured: while the loaded models take more than the budget (the estimate
@@ -215,15 +245,17 @@ impl Registry {
                 format!("{} {why}", other.name)
             })
             .collect();
-        let message = format!(
-            "no room for model `{}` under --model-memory-budget {}: it needs about {} and {} are in use ({}); \
-             retry shortly, or raise the budget",
-            entry.name,
-            mib(limit),
-            mib(needed),
-            mib(used),
-            if busy.is_empty() { "by loads in progress".to_string() } else { busy.join(", ") }
-        );
+        let (name, budget, needs) = (&entry.name, mib(limit), mib(needed));
+        let message = if needed > limit {
+            format!("no room for model `{name}` under --model-memory-budget {budget}: it needs about {needs}, more than the whole budget; raise the budget")
+        } else {
+            let holders = if busy.is_empty() { "by loads in progress".to_string() } else { busy.join(", ") };
+            format!(
+                "no room for model `{name}` under --model-memory-budget {budget}: it needs about {needs} and {} are \
+                 in use ({holders}); retry shortly, or raise the budget",
+                mib(used)
+            )
+        };
         tracing::warn!(model = %entry.name, needed, used, budget = limit, "{message}");
         EngineError::NoRoom { model: entry.name.clone(), message, retry_after_secs: NO_ROOM_RETRY_SECS }
     }

@@ -261,9 +261,9 @@ impl Registry {
 
     /// The loaded models may take at most `bytes` together (`--model-memory-budget`): models whose model.toml
     /// says `[serving] load = "on-demand"` are not loaded at start but on their first request, and are evicted
-    /// when idle to make room. Call before `load_all`.
-    pub fn with_memory_budget(mut self, bytes: u64) -> Registry {
-        self.budget = Some(Arc::new(MemoryBudget::new(bytes)));
+    /// when idle to make room; a load waits at most `room_wait` for busy ones to drain. Call before `load_all`.
+    pub fn with_memory_budget(mut self, bytes: u64, room_wait: Duration) -> Registry {
+        self.budget = Some(Arc::new(MemoryBudget::new(bytes, room_wait)));
         self.metrics.model_memory_budget_bytes.set(i64::try_from(bytes).unwrap_or(i64::MAX));
         for entry in self.entries() {
             if self.is_on_demand(&entry) {
