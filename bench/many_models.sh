@@ -49,8 +49,9 @@ PY
     > "$workdir/train-text.json"
   echo "Fine-tuned variants: mobilenet_v2_16 and sentiment_08 serve version 2 (ember train)"
 fi
-# A quarter of the 24 models' measured costs (about 90 MiB each mobilenet_v2, 150 MiB each sentiment).
-budget=${BUDGET:-$(( (16 * 90 + 8 * 150) / 4 ))MiB}
+# A quarter of the 24 models' measured costs (resident_bytes: about 55 MiB a mobilenet_v2 copy, 110 MiB a
+# sentiment one, bench/RESULTS.md); a sentiment copy's first load reserves 236 MiB (twice its files + 64 MiB).
+budget=${BUDGET:-$(( (16 * 55 + 8 * 110) / 4 ))MiB}
 start_server "$repo" --model-memory-budget "$budget" --watch-interval-ms 0
 budget_bytes=$(curl -sf "http://127.0.0.1:$port/metrics" | awk '/^ember_model_memory_budget_bytes / {print $2}')
 echo "## Run of $(date -u +%Y-%m-%dT%H:%MZ) on $(nproc) cores ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)), budget $budget"

@@ -14,6 +14,7 @@ pub mod load_gate;
 pub mod module;
 pub mod onnx;
 pub mod pool;
+pub mod priority;
 pub mod retired;
 pub mod signature_check;
 

@@ -15,6 +15,7 @@ use tokio::sync::oneshot;
 use super::batcher::{BatchPolicy, Batcher, Next};
 use super::fault::{catch_panic, torch_error_summary};
 use super::module::{InferenceModule, StandIn};
+use super::priority;
 use super::EngineError;
 use crate::cpus::Sizing;
 use crate::formats::ModelFormat;
@@ -219,9 +220,9 @@ impl<T: BatchTask> WorkerPool<T> {
         let pool = WorkerPool { shared: Arc::clone(&shared), threads: Mutex::new(Vec::with_capacity(workers)) };
         for index in 0..workers {
             let (worker_shared, module) = (Arc::clone(&shared), Arc::clone(&modules[index % copies]));
-            let spawned = std::thread::Builder::new()
-                .name(format!("ember-{}-{index}", shared.spec.model))
-                .spawn(move || worker_main(&worker_shared, index, &module));
+            // At serving priority, also when this load runs at a load's (`priority`).
+            let name = format!("ember-{}-{index}", shared.spec.model);
+            let spawned = priority::spawn_serving(name, move || worker_main(&worker_shared, index, &module));
             match spawned {
                 Ok(handle) => pool.threads.lock().unwrap_or_else(PoisonError::into_inner).push(handle),
                 Err(e) => {

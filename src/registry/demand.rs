@@ -106,6 +106,8 @@ impl Registry {
         let (done, load) = watch::channel(None);
         slot.load = Some(load.clone());
         drop(slot);
+        // The load's thread runs at a lower priority; the threads it starts to serve must not inherit it.
+        crate::engine::priority::start_serving_spawner();
         let (registry, thread_entry) = (Arc::clone(self), Arc::clone(entry));
         let spawned = std::thread::Builder::new()
             .name(format!("ember-demand-{}", entry.name))
@@ -124,6 +126,8 @@ impl Registry {
     /// costs are what an on-demand load must fit beside.
     fn load_on_demand(&self, entry: &ModelEntry, done: watch::Sender<Outcome>) {
         self.wait_for_start_up();
+        // Other models are serving: this load takes what CPU they leave (engine::priority).
+        crate::engine::priority::lower_for_loading();
         let outcome = crate::engine::catch_panic(|| self.reload_entry(entry, true, LoadReason::Demand))
             .unwrap_or_else(|panic| Err(EngineError::Load { model: entry.name.clone(), message: panic }));
         let mut slot = entry.demand_slot();

@@ -137,9 +137,8 @@ impl GenerationEngine {
         });
         let (ready_tx, ready_rx) = std::sync::mpsc::channel();
         let thread_shared = Arc::clone(&shared);
-        let thread = std::thread::Builder::new()
-            .name(format!("ember-{}-gen", shared.spec.model))
-            .spawn(move || scheduler_main(&thread_shared, ready_tx))
+        let name = format!("ember-{}-gen", shared.spec.model);
+        let thread = crate::engine::priority::spawn_serving(name, move || scheduler_main(&thread_shared, ready_tx))
             .map_err(|e| {
                 shared.error(|model| EngineError::Load { model, message: format!("cannot start its thread: {e}") })
             })?;
