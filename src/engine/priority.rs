@@ -1,20 +1,22 @@
 //! Loading at a lower CPU priority than serving. A load that runs while other models serve (an on-demand model's
-//! first request, a swap, an admin load) reads its file, prepacks its weights and warms up at every batch size:
-//! a second of CPU on threads that would otherwise take cores from the models answering requests. Its thread runs
-//! at nice `LOAD_NICE`, which Linux's scheduler gives about a tenth of the time a nice-0 thread gets when both
-//! want the same core, and all of it when serving leaves the core idle.
+//! first request) reads its file, prepacks its weights and warms up at every batch size: a second of CPU on
+//! threads that would otherwise take cores from the models answering requests. Its thread runs at nice +19, which
+//! Linux's scheduler gives little of a core that serving threads want, and all of it when they leave it idle.
+//! Not `SCHED_IDLE`: a load holds locks that serving threads take too (the allocator's, the kernel's memory map),
+//! and under `SCHED_IDLE` a serving thread waited up to a second for a load to get the CPU and let go of one.
 //!
-//! A thread inherits its creator's nice value, and only a privileged process may lower a thread's nice value
-//! again, so the threads a load starts to serve (a pool's workers, a generation scheduler) are not spawned by
-//! the load's thread but by `serving_spawner`'s, which runs at the priority the process started with.
+//! A thread inherits its creator's policy and nice value, and only a privileged process may raise them again,
+//! so the threads a load starts to serve (a pool's workers, a generation scheduler) are not spawned by the
+//! load's thread but by the spawner's (`start_serving_spawner`), which runs at the process's own priority.
 
 use std::io;
 use std::sync::mpsc;
 use std::sync::{Mutex, OnceLock, PoisonError};
 use std::thread::JoinHandle;
 
-/// How much nicer than the process a load's thread runs (nice 0 to 10: a tenth of a core beside serving).
-const LOAD_NICE: libc::c_int = 10;
+/// How much nicer than the process a load's thread runs: at nice 19 Linux gives it 1.5% of a core that a nice-0
+/// thread wants too (weight 15 against 1024).
+const LOAD_NICE: libc::c_int = 19;
 
 type Spawn = Box<dyn FnOnce() -> io::Result<JoinHandle<()>> + Send>;
 type Spawned = mpsc::Sender<io::Result<JoinHandle<()>>>;
@@ -63,10 +65,13 @@ pub fn lower_for_loading() {
     }
 }
 
-/// The calling thread's nice value.
-pub fn current_nice() -> i32 {
+/// The calling thread's scheduling policy and nice value.
+pub fn current_priority() -> (i32, i32) {
     // SAFETY: as in `lower_for_loading`, on the calling thread only.
-    unsafe { libc::getpriority(libc::PRIO_PROCESS, libc::syscall(libc::SYS_gettid) as libc::id_t) }
+    unsafe {
+        let policy = libc::sched_getscheduler(0);
+        (policy, libc::getpriority(libc::PRIO_PROCESS, libc::syscall(libc::SYS_gettid) as libc::id_t))
+    }
 }
 
 #[cfg(test)]
@@ -76,17 +81,18 @@ mod tests {
     #[test]
     fn threads_spawned_for_serving_keep_the_priority_a_load_thread_gives_up() {
         start_serving_spawner();
-        let base = current_nice();
+        let base = current_priority();
         let load = std::thread::spawn(move || {
             lower_for_loading();
-            let lowered = current_nice();
-            let (sender, nice) = mpsc::channel();
-            spawn_serving("test-worker".into(), move || sender.send(current_nice()).unwrap()).unwrap().join().unwrap();
-            let inherited = std::thread::spawn(current_nice).join().unwrap();
-            (lowered, nice.recv().unwrap(), inherited)
+            let lowered = current_priority();
+            let (sender, worker) = mpsc::channel();
+            let serving = move || sender.send(current_priority()).unwrap();
+            spawn_serving("test-worker".into(), serving).unwrap().join().unwrap();
+            let inherited = std::thread::spawn(current_priority).join().unwrap();
+            (lowered, worker.recv().unwrap(), inherited)
         });
         let (lowered, worker, inherited) = load.join().unwrap();
-        assert_eq!(lowered, (base + LOAD_NICE).min(19), "the load's thread runs nicer");
+        assert_eq!(lowered.1, (base.1 + LOAD_NICE).min(19), "the load's thread runs nicer");
         assert_eq!(inherited, lowered, "a thread it spawns itself would inherit that");
         assert_eq!(worker, base, "a serving thread does not");
     }
