@@ -2,6 +2,7 @@
 //!
 //! The binary (`src/main.rs`) is a thin CLI over this library; integration tests drive the same `Server`.
 
+pub mod access;
 pub mod cpus;
 pub mod engine;
 pub mod fd_limit;
@@ -24,4 +25,6 @@ pub mod shutdown;
 pub mod signature;
 pub mod tasks;
 pub mod telemetry;
+pub mod tls;
 pub mod train;
+pub mod watched;

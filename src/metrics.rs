@@ -33,6 +33,31 @@ pub struct Metrics {
     pub decode_reserved_bytes: IntGauge,
     trace_spans_exported: IntCounter,
     trace_spans_dropped: IntCounterVec,
+    pub access: AccessMetrics,
+    pub tls: TlsMetrics,
+}
+
+/// The series of the door (the `access` module): API keys and rate limits.
+#[derive(Clone)]
+pub struct AccessMetrics {
+    /// `ember_rate_limited_total{client}`: a key's name, or `address` for clients without keys (one series, not
+    /// one per address: addresses are unbounded).
+    pub rate_limited: IntCounterVec,
+    /// `ember_api_key_refusals_total{reason}`: `missing`, `malformed` or `invalid`.
+    pub key_refusals: IntCounterVec,
+    /// `ember_rate_limit_clients`: clients whose buckets are kept.
+    pub tracked_clients: IntGauge,
+}
+
+/// The series of TLS (the `tls` module).
+#[derive(Clone)]
+pub struct TlsMetrics {
+    /// `ember_tls_certificate_expiry_timestamp_seconds`: when the certificate in force expires.
+    pub expires_at: IntGauge,
+    /// `ember_tls_reload_failures_total`: changed files that did not make a usable certificate.
+    pub reload_failures: IntCounter,
+    /// `ember_tls_handshake_failures_total{port,reason}`: `timeout`, `plain_http` or `error`.
+    pub handshake_failures: IntCounterVec,
 }
 
 /// The series of a text-generation model's scheduler.
@@ -178,6 +203,44 @@ impl Metrics {
                  export_failed (the collector did not take their batch).",
                 &["reason"],
             ),
+            access: AccessMetrics {
+                rate_limited: counter(
+                    "ember_rate_limited_total",
+                    "Requests refused 429 by --rate-limit, by client: the API key's name, or `address` for clients \
+                     counted by their address (without --api-keys-file).",
+                    &["client"],
+                ),
+                key_refusals: counter(
+                    "ember_api_key_refusals_total",
+                    "Requests refused 401 for their API key, by reason: missing (no Authorization header), malformed \
+                     (not `Bearer <key>`), invalid (not a key of --api-keys-file).",
+                    &["reason"],
+                ),
+                tracked_clients: single_gauge(
+                    "ember_rate_limit_clients",
+                    "Clients whose rate-limit buckets are held now (at most --rate-limit-clients).",
+                ),
+            },
+            tls: TlsMetrics {
+                expires_at: single_gauge(
+                    "ember_tls_certificate_expiry_timestamp_seconds",
+                    "When the TLS certificate in force expires, in seconds since the Unix epoch (with --tls-cert).",
+                ),
+                reload_failures: counter(
+                    "ember_tls_reload_failures_total",
+                    "Changes of the TLS files that did not make a usable certificate and key (the previous ones \
+                     stay in force).",
+                    &[],
+                )
+                .with_label_values(&[] as &[&str]),
+                handshake_failures: counter(
+                    "ember_tls_handshake_failures_total",
+                    "Connections closed before a TLS handshake finished, by port (http, grpc) and reason: timeout \
+                     (none within --header-read-timeout-ms), plain_http (a plain-HTTP request), error (not TLS, a \
+                     refused client certificate, a reset).",
+                    &["port", "reason"],
+                ),
+            },
             registry,
         };
         #[cfg(target_os = "linux")]

@@ -12,11 +12,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
+use axum::extract::ConnectInfo;
 use hyper_util::rt::{TokioIo, TokioTimer};
-use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::server::graceful::{GracefulShutdown, Watcher};
 use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
+use tower::ServiceExt;
 
 use crate::engine::{cuda, device};
 use crate::flags::ServeConfig;
@@ -26,6 +28,7 @@ use crate::model_toml::DeviceChoice;
 use crate::registry::Registry;
 use crate::repository::Repository;
 use crate::service::AppState;
+use crate::tls::{self, Port, Tls};
 
 /// How connections are accepted and timed.
 struct Connections {
@@ -42,6 +45,8 @@ pub struct Server {
     grpc_listener: Option<TcpListener>,
     state: AppState,
     connections: Connections,
+    /// With `--tls-cert`: both ports speak TLS.
+    tls: Option<Arc<Tls>>,
 }
 
 impl Server {
@@ -60,6 +65,11 @@ impl Server {
             device::resolve(config.device, config.device).map_err(anyhow::Error::msg).context("--device")?;
         }
         let metrics = Arc::new(Metrics::new());
+        // Before any model loads: a certificate that cannot serve is a start-up error that names its file.
+        let tls = match config.tls_files() {
+            Some(files) => Some(Arc::new(Tls::open(files, metrics.tls.clone())?)),
+            None => None,
+        };
         let mut registry = Registry::new(repository, config.device, Arc::clone(&metrics))
             .with_load_limit(config.max_concurrent_loads as usize);
         if let Some(budget) = config.model_memory_budget {
@@ -96,11 +106,11 @@ impl Server {
                 + config.body_read_timeout().max(config.upload_read_timeout())
                 + config.request_timeout(),
         };
-        let state = AppState::new(config, registry, metrics);
+        let state = AppState::new(config, registry, metrics)?;
         if state.admin.is_some() {
             tracing::info!("admin API on (/admin/...)");
         }
-        Ok(Server { listener, grpc_listener, state, connections })
+        Ok(Server { listener, grpc_listener, state, connections, tls })
     }
 
     pub fn local_addr(&self) -> SocketAddr {
@@ -117,7 +127,7 @@ impl Server {
     /// Stops with an error, after the same drain, when the server cannot serve as configured (the models loaded
     /// at start exceed `--model-memory-budget`).
     pub async fn serve(self, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
-        let Server { listener, grpc_listener, state, connections } = self;
+        let Server { listener, grpc_listener, state, connections, tls } = self;
         let registry = Arc::clone(&state.registry);
         let mut fatal = registry.fatal_errors();
         let shutdown = async move {
@@ -136,11 +146,13 @@ impl Server {
             let stopped = async move {
                 let _ = stopping.wait_for(|stop| *stop).await;
             };
-            tokio::spawn(crate::grpc::serve(listener, state.clone(), connections.max, stopped))
+            let tls = tls.as_ref().map(|tls| (Arc::clone(tls), connections.header_read_timeout));
+            tokio::spawn(crate::grpc::serve(listener, state.clone(), connections.max, tls, stopped))
         });
         let jobs = state.admin.as_ref().map(|admin| admin.jobs.clone());
         let metrics = Arc::clone(&state.metrics);
-        tracing::info!(address = %listener.local_addr()?, max_connections = connections.max, "listening on http://{}", listener.local_addr()?);
+        let scheme = if tls.is_some() { "https" } else { "http" };
+        tracing::info!(address = %listener.local_addr()?, max_connections = connections.max, "listening on {scheme}://{}", listener.local_addr()?);
         let app = router(state);
         let slots = Arc::new(Semaphore::new(connections.max));
         let graceful = GracefulShutdown::new();
@@ -167,13 +179,23 @@ impl Server {
                 error = &mut shutdown => { fatal_error = error; break },
             };
             let _ = stream.set_nodelay(true);
-            let connection =
-                graceful.watch(http.serve_connection(TokioIo::new(stream), TowerToHyperService::new(app.clone())));
             let open = metrics.open_connections.clone();
             open.inc();
+            let connection = Connection { http: http.clone(), app: app.clone(), graceful: graceful.watcher(), peer };
+            let (tls, handshake_failures) = (tls.clone(), metrics.tls.handshake_failures.clone());
+            let handshake_within = connections.header_read_timeout;
             tokio::spawn(async move {
-                if let Err(e) = connection.await {
-                    tracing::debug!(%peer, error = %e, "connection closed with an error");
+                match tls {
+                    None => connection.serve(stream).await,
+                    Some(tls) => {
+                        match tls::handshake(tls.acceptor(Port::Http), stream, Port::Http, handshake_within).await {
+                            Ok(stream) => connection.serve(stream).await,
+                            Err(failure) => {
+                                handshake_failures.with_label_values(&["http", failure.reason()]).inc();
+                                tracing::debug!(%peer, ?failure, "TLS handshake failed; connection closed");
+                            }
+                        }
+                    }
                 }
                 open.dec();
                 drop(slot);
@@ -208,6 +230,32 @@ impl Server {
         match fatal_error {
             Some(error) => Err(anyhow::anyhow!(error)),
             None => Ok(()),
+        }
+    }
+}
+
+/// One accepted HTTP connection: what serving it takes.
+struct Connection {
+    http: hyper::server::conn::http1::Builder,
+    app: axum::Router,
+    graceful: Watcher,
+    peer: SocketAddr,
+}
+
+impl Connection {
+    /// Serves HTTP/1.1 over `io` (a TCP stream, or TLS over one) until it closes; its requests carry the peer's
+    /// address (`ConnectInfo`: the rate limit of clients without keys).
+    async fn serve<IO>(self, io: IO)
+    where
+        IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    {
+        let Connection { http, app, graceful, peer } = self;
+        let app = app.map_request(move |mut request: axum::extract::Request<hyper::body::Incoming>| {
+            request.extensions_mut().insert(ConnectInfo(peer));
+            request
+        });
+        if let Err(e) = graceful.watch(http.serve_connection(TokioIo::new(io), TowerToHyperService::new(app))).await {
+            tracing::debug!(%peer, error = %e, "connection closed with an error");
         }
     }
 }

@@ -89,7 +89,7 @@ impl Contract {
         let registry =
             Arc::new(Registry::new(repository, config.device, Arc::clone(&metrics)).with_stand_ins(stand_in));
         registry.load_all();
-        let app = router(AppState::new(&config, registry, metrics));
+        let app = router(AppState::new(&config, registry, metrics).unwrap());
         let contract = Contract { app, _repo: repo };
         for _ in 0..200 {
             if contract.get("/health/ready").await.0 == StatusCode::OK {

@@ -11,11 +11,11 @@ use std::path::{Path, PathBuf};
 /// its own, never one of its own layer or above.
 const LAYERS: &[&[&str]] = &[
     // leaves: know nothing of ember
-    &["cpus", "fd_limit", "formats", "metrics", "reference", "rng", "shutdown", "signature"],
+    &["cpus", "fd_limit", "formats", "metrics", "reference", "rng", "shutdown", "signature", "watched"],
     // the model.toml schema
     &["model_toml", "malloc_arenas"],
-    // the repository of model folders; logging and tracing
-    &["repository", "telemetry"],
+    // the repository of model folders; logging and tracing; the door: TLS, API keys, rate limits
+    &["repository", "telemetry", "tls", "access"],
     // the server's flags
     &["flags"],
     // running models: workers, queues, batching, devices

@@ -6,12 +6,14 @@
 //! the admin token), so a gRPC client meets the same limits, batches, deadlines and messages; only the framing
 //! and the status codes differ (`status`). RPCs that are not in the proto (Triton's statistics, config, ...) answer UNIMPLEMENTED.
 
+mod access;
 mod connections;
 mod service;
 mod status;
 mod tensors;
 
 use std::future::Future;
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::net::TcpListener;
@@ -19,6 +21,7 @@ use tonic::codec::CompressionEncoding;
 use tonic::transport::Server;
 
 use crate::service::AppState;
+use crate::tls::Tls;
 
 /// The messages and the service trait generated from proto/kserve_v2.proto by build.rs.
 #[allow(clippy::all, clippy::pedantic)]
@@ -40,10 +43,12 @@ const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Serves the gRPC service on `listener` until `shutdown` completes, then finishes the calls in flight. At most
 /// `max_connections` connections are served at once (`--max-connections`, as on the HTTP port).
+/// With `tls` (the identity, and the time a handshake may take), the port speaks TLS (HTTP/2 by ALPN).
 pub async fn serve(
     listener: TcpListener,
     state: AppState,
     max_connections: usize,
+    tls: Option<(Arc<Tls>, Duration)>,
     shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
     // The longest a call may take from its headers to its answer: reading its message (`--body-read-timeout-ms`)
@@ -53,12 +58,14 @@ pub async fn serve(
     // --max-response-bytes before they are encoded (tensors::encode); the framing adds little to that.
     let max_request = state.limits.body.max_bytes;
     let max_answer = state.limits.max_response_bytes.saturating_mul(2).max(max_request);
+    let guard = access::GuardLayer::new(Arc::clone(&state.access));
+    let handshake_failures = state.metrics.tls.handshake_failures.clone();
     let service = GrpcInferenceServiceServer::new(service::Inference { state })
         .max_decoding_message_size(max_request)
         .max_encoding_message_size(max_answer)
         .accept_compressed(CompressionEncoding::Gzip)
         .send_compressed(CompressionEncoding::Gzip);
-    Server::builder()
+    let server = Server::builder()
         .timeout(call_timeout)
         .max_concurrent_streams(Some(STREAMS_PER_CONNECTION))
         .http2_keepalive_interval(Some(KEEPALIVE_INTERVAL))
@@ -67,8 +74,16 @@ pub async fn serve(
         // windows of a few requests the sender need not wait for window updates mid-message.
         .initial_stream_window_size(Some(STREAM_WINDOW))
         .initial_connection_window_size(Some(CONNECTION_WINDOW))
-        .add_service(service)
-        .serve_with_incoming_shutdown(connections::capped(listener, max_connections), shutdown)
-        .await?;
+        .layer(guard);
+    let mut server = server;
+    let router = server.add_service(service);
+    let incoming = connections::capped(listener, max_connections);
+    match tls {
+        None => router.serve_with_incoming_shutdown(incoming, shutdown).await?,
+        Some((tls, within)) => {
+            let secured = connections::secured(incoming, tls, within, handshake_failures);
+            router.serve_with_incoming_shutdown(secured, shutdown).await?
+        }
+    }
     Ok(())
 }

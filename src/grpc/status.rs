@@ -11,8 +11,8 @@ pub fn code_of(kind: ErrorKind) -> Code {
     match kind {
         // 422, 400, 415
         ErrorKind::Validation | ErrorKind::BadRequest | ErrorKind::UnsupportedMediaType => Code::InvalidArgument,
-        // 413 (a limit on what the request may ask for), 429 (a full queue; retry later)
-        ErrorKind::PayloadTooLarge | ErrorKind::Overloaded => Code::ResourceExhausted,
+        // 413 (a limit on what the request may ask for), 429 (a full queue, a client's rate limit; retry later)
+        ErrorKind::PayloadTooLarge | ErrorKind::Overloaded | ErrorKind::RateLimited => Code::ResourceExhausted,
         ErrorKind::NotFound => Code::NotFound,
         ErrorKind::MethodNotAllowed => Code::Unimplemented,
         ErrorKind::Unauthorized => Code::Unauthenticated,

@@ -28,6 +28,7 @@ pub fn status_and_type(kind: ErrorKind) -> (StatusCode, &'static str) {
         ErrorKind::MethodNotAllowed => "method_not_allowed",
         ErrorKind::Unauthorized => "unauthorized",
         ErrorKind::Overloaded => "overloaded",
+        ErrorKind::RateLimited => "rate_limited",
         ErrorKind::Unavailable => "unavailable",
         ErrorKind::RequestTimeout => "request_timeout",
         ErrorKind::Timeout => "timeout",
@@ -71,7 +72,7 @@ impl ErrorShape {
 fn openai_type(kind: ErrorKind) -> &'static str {
     match kind {
         ErrorKind::Unauthorized => "authentication_error",
-        ErrorKind::Overloaded => "rate_limit_error",
+        ErrorKind::Overloaded | ErrorKind::RateLimited => "rate_limit_error",
         ErrorKind::Unavailable | ErrorKind::Timeout | ErrorKind::Internal => "server_error",
         _ => "invalid_request_error",
     }

@@ -1,5 +1,6 @@
 //! The HTTP surface: `router(state)` joins the route families and the middleware every route shares.
 
+mod access;
 pub mod admin;
 pub mod body;
 mod classify;
@@ -72,6 +73,7 @@ pub fn router(state: AppState) -> Router {
         .fallback(no_route)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(middleware::from_fn(time_load_wait))
+        .layer(middleware::from_fn_with_state(state.clone(), access::guard))
         .layer(middleware::from_fn(unread_body::close_if_unread))
         .layer(middleware::from_fn_with_state(metrics, record_request))
         .layer(

@@ -5,6 +5,7 @@
 //! the same kinds and messages; how a client sees a kind is each front end's one table: `http/error.rs` (status
 //! and `error_type`), `grpc/status.rs` (code).
 
+use crate::access::Refusal;
 use crate::engine::EngineError;
 use crate::jobs::JobError;
 use crate::tasks::TaskError;
@@ -23,6 +24,8 @@ pub enum ErrorKind {
     Unauthorized,
     /// A queue is full; the client should retry after `ApiError::retry_after_secs`.
     Overloaded,
+    /// The client is over its rate limit (`--rate-limit`); it may retry after `ApiError::retry_after_secs`.
+    RateLimited,
     /// The model exists but cannot answer now (loading, failed to load, shutting down).
     Unavailable,
     /// The client took too long to send its request; the connection is closed after the answer.
@@ -46,7 +49,7 @@ impl ErrorKind {
             ErrorKind::NotFound => 404,
             ErrorKind::MethodNotAllowed => 405,
             ErrorKind::Unauthorized => 401,
-            ErrorKind::Overloaded => 429,
+            ErrorKind::Overloaded | ErrorKind::RateLimited => 429,
             ErrorKind::Unavailable => 503,
             ErrorKind::RequestTimeout => 408,
             ErrorKind::Timeout => 504,
@@ -97,6 +100,16 @@ impl ApiError {
     /// The same error with its message rewritten, e.g. prefixed with the field it concerns.
     pub fn map_message(self, rewrite: impl FnOnce(String) -> String) -> ApiError {
         ApiError { message: rewrite(self.message), ..self }
+    }
+}
+
+impl From<Refusal> for ApiError {
+    fn from(refusal: Refusal) -> ApiError {
+        let (kind, retry_after_secs) = match refusal.retry_after_secs() {
+            Some(seconds) => (ErrorKind::RateLimited, Some(seconds)),
+            None => (ErrorKind::Unauthorized, None),
+        };
+        ApiError { kind, message: refusal.message(), retry_after_secs }
     }
 }
 

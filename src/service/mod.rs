@@ -23,6 +23,7 @@ use std::time::Duration;
 
 pub use error::{ApiError, ErrorKind};
 
+use crate::access::Access;
 use crate::flags::ServeConfig;
 use crate::jobs::Jobs;
 use crate::metrics::Metrics;
@@ -81,12 +82,16 @@ pub struct AppState {
     pub decode_memory: Arc<DecodeMemory>,
     /// Present only when an admin token is set.
     pub admin: Option<Admin>,
+    /// API keys and rate limits (`--api-keys-file`, `--rate-limit`): open when neither is set.
+    pub access: Arc<Access>,
 }
 
 impl AppState {
-    /// The state from the server's flags: the limits, the decode-memory budget, and the admin API (its
-    /// fine-tuning runner starts here) when a token is set.
-    pub fn new(config: &ServeConfig, registry: Arc<Registry>, metrics: Arc<Metrics>) -> AppState {
+    /// The state from the server's flags: the limits, the decode-memory budget, the API keys (an unusable keys
+    /// file is an error here, naming it), and the admin API (its fine-tuning runner starts here) when a token
+    /// is set.
+    pub fn new(config: &ServeConfig, registry: Arc<Registry>, metrics: Arc<Metrics>) -> anyhow::Result<AppState> {
+        let access = Arc::new(Access::new(&config.access(), metrics.access.clone())?);
         let limits = Limits {
             body: BodyLimit {
                 max_bytes: config.max_body_bytes,
@@ -108,6 +113,6 @@ impl AppState {
             unpack: UnpackLimits { max_bytes: config.max_fine_tune_bytes, max_entries: 1_000_000 },
         });
         let decode_memory = Arc::new(DecodeMemory::new(config.max_decode_bytes));
-        AppState { registry, metrics, limits, decode_memory, admin }
+        Ok(AppState { registry, metrics, limits, decode_memory, admin, access })
     }
 }

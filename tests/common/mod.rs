@@ -4,6 +4,7 @@
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use ember::flags::ServeConfig;
@@ -322,6 +323,8 @@ pub async fn run_python_check(script: &str, args: Vec<String>, success: &str) {
 pub struct EmberProcess {
     pub child: std::process::Child,
     pub base: String,
+    /// Every line it has logged so far.
+    pub log: Arc<Mutex<Vec<String>>>,
 }
 
 impl Drop for EmberProcess {
@@ -351,19 +354,36 @@ impl EmberProcess {
             .unwrap();
         let stdout = child.stdout.take().unwrap();
         let (tx, rx) = std::sync::mpsc::channel();
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let lines = Arc::clone(&log);
         std::thread::spawn(move || {
             for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if let Some(address) = line.split("listening on http://").nth(1) {
-                    let _ = tx.send(address.split_whitespace().next().unwrap_or_default().to_string());
+                lines.lock().unwrap().push(line.clone());
+                // `listening on http://ADDRESS` (or https:// with TLS)
+                if let Some(url) = line.split("listening on ").nth(1).filter(|url| url.starts_with("http")) {
+                    let _ = tx.send(url.split_whitespace().next().unwrap_or_default().to_string());
                 }
             }
         });
-        let address = rx.recv_timeout(Duration::from_secs(60)).expect("ember logs its address");
-        EmberProcess { child, base: format!("http://{address}") }
+        let base = rx.recv_timeout(Duration::from_secs(60)).expect("ember logs its address");
+        EmberProcess { child, base, log }
     }
 
     pub async fn wait_ready(&self) {
         wait_ready(&self.base).await
+    }
+
+    /// Waits up to `within` for a logged line that contains every one of `words`.
+    pub async fn wait_for_log(&self, words: &[&str], within: Duration) -> String {
+        let deadline = std::time::Instant::now() + within;
+        loop {
+            let found = self.log.lock().unwrap().iter().find(|line| words.iter().all(|w| line.contains(w))).cloned();
+            match found {
+                Some(line) => return line,
+                None if std::time::Instant::now() < deadline => tokio::time::sleep(Duration::from_millis(50)).await,
+                None => panic!("no log line with {words:?} within {within:?}"),
+            }
+        }
     }
 
     /// A memory figure of the process from /proc/PID/status, in bytes: `VmRSS` (now) or `VmHWM` (its peak).
