@@ -95,15 +95,15 @@ pub struct ServeConfig {
     /// Fine-tuning jobs that may wait behind the running one (429 beyond).
     #[arg(long, env = "EMBER_FINE_TUNE_QUEUE", default_value_t = 4)]
     pub fine_tune_queue: usize,
-    /// TLS certificate chain (PEM, the server's certificate first) for the HTTP and gRPC ports, with --tls-key;
-    /// both files are read again when they change (new connections use the new certificate).
+    /// TLS certificate chain (PEM, the server's certificate first) for the HTTP and gRPC ports, its key in
+    /// --tls-key and both files read again when they change (new connections use the new certificate).
     #[arg(long, env = "EMBER_TLS_CERT", requires = "tls_key")]
     pub tls_cert: Option<PathBuf>,
     /// The TLS certificate's private key (PEM: PKCS#8, PKCS#1 or SEC1).
     #[arg(long, env = "EMBER_TLS_KEY", requires = "tls_cert")]
     pub tls_key: Option<PathBuf>,
     /// CA certificates (PEM) of the client certificates accepted: set, a client without a valid certificate is
-    /// refused at the handshake (mutual TLS). Needs --tls-cert.
+    /// refused at the handshake (mutual TLS). Needs --tls-cert and --tls-key
     #[arg(long, env = "EMBER_TLS_CLIENT_CA", requires = "tls_cert")]
     pub tls_client_ca: Option<PathBuf>,
     /// API keys, one a line (`key`, `name:key`, or `name:key:RPS[:BURST]` with the key's own rate limit): set,
@@ -111,13 +111,13 @@ pub struct ServeConfig {
     #[arg(long, env = "EMBER_API_KEYS_FILE")]
     pub api_keys_file: Option<PathBuf>,
     /// Requests per second each client may send, and the burst above it: `RPS[:BURST]` (`20:40`). A client is an
-    /// API key, or an address without --api-keys-file. Beyond it: 429 with Retry-After.
+    /// API key, or an address when no --api-keys-file is given. Beyond it: 429 with Retry-After.
     #[arg(long, env = "EMBER_RATE_LIMIT")]
     pub rate_limit: Option<RateLimit>,
     /// Most clients whose rate-limit buckets are kept; beyond it, refilled buckets are forgotten first.
     #[arg(long, env = "EMBER_RATE_LIMIT_CLIENTS", default_value_t = 4096, value_parser = clap::value_parser!(u32).range(1..))]
     pub rate_limit_clients: u32,
-    /// Health, metrics, /openapi.yaml and /docs need an API key too (with --api-keys-file).
+    /// Health, metrics, /openapi.yaml and /docs need an API key too (a key of --api-keys-file as for inference).
     #[arg(long, env = "EMBER_PROTECT_OPS")]
     pub protect_ops: bool,
     /// Log format: text for people, json for log collectors.
