@@ -8,6 +8,7 @@
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::str::FromStr;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -77,20 +78,28 @@ impl Bucket {
 pub struct RateLimiter {
     max_clients: usize,
     buckets: Mutex<HashMap<Client, Bucket>>,
+    /// The table's size after the last `take`, for the metric without taking the lock again.
+    tracked: AtomicUsize,
 }
 
 impl RateLimiter {
     pub fn new(max_clients: usize) -> RateLimiter {
-        RateLimiter { max_clients: max_clients.max(1), buckets: Mutex::new(HashMap::new()) }
+        RateLimiter {
+            max_clients: max_clients.max(1),
+            buckets: Mutex::new(HashMap::new()),
+            tracked: AtomicUsize::new(0),
+        }
     }
 
     /// Takes a token from `client`'s bucket (made at `limit`, full, when it has none), or says how long until
     /// one is there.
     pub fn take(&self, client: &Client, limit: RateLimit, now: Instant) -> Result<(), Duration> {
         let mut buckets = self.buckets.lock().unwrap_or_else(PoisonError::into_inner);
-        if !buckets.contains_key(client) && buckets.len() >= self.max_clients {
+        let new = !buckets.contains_key(client);
+        if new && buckets.len() >= self.max_clients {
             make_room(&mut buckets, now);
         }
+        self.tracked.store(buckets.len() + usize::from(new), Ordering::Relaxed);
         let bucket = buckets.entry(client.clone()).or_insert(Bucket { tokens: limit.burst, at: now, limit });
         // A changed limit (the keys file was edited) applies from now on.
         bucket.limit = limit;
@@ -104,7 +113,7 @@ impl RateLimiter {
 
     /// Clients tracked now (the metric's value).
     pub fn tracked(&self) -> usize {
-        self.buckets.lock().unwrap_or_else(PoisonError::into_inner).len()
+        self.tracked.load(Ordering::Relaxed)
     }
 }
 

@@ -15,7 +15,8 @@ use crate::service::{ApiError, AppState};
 
 /// Which door a path goes through.
 fn door(path: &str) -> Door {
-    let under = |prefix: &str| path == prefix || path.starts_with(&format!("{prefix}/"));
+    // On every request: a prefix and a segment boundary, without allocating.
+    let under = |prefix: &str| path.strip_prefix(prefix).is_some_and(|rest| rest.is_empty() || rest.starts_with('/'));
     if under("/admin") || under("/v2/repository") {
         Door::Admin
     } else if under("/health") || under("/v2/health") || under("/docs") || path == "/metrics" || path == "/openapi.yaml"
