@@ -64,10 +64,12 @@ USER 10001:10001
 WORKDIR /opt/ember
 # 8080: HTTP (REST, /v2, /docs, /metrics); 8081: the Open Inference Protocol over gRPC (EMBER_GRPC_PORT).
 EXPOSE 8080 8081
-# ember has no HTTP client of its own and the image installs none: bash's /dev/tcp sends the request. Generous
-# start period: loading and warming every model (on a cold GPU, too) takes a while.
+# `ember probe` asks /health/ready on 127.0.0.1:$EMBER_PORT, over TLS when EMBER_TLS_CERT is set (as serve's
+# --tls-cert), presenting EMBER_PROBE_CLIENT_CERT/_KEY to a server with mutual TLS and EMBER_PROBE_API_KEY to one
+# with --protect-ops. The image installs no curl, and bash's /dev/tcp speaks no TLS. Generous start period:
+# loading and warming every model (on a cold GPU, too) takes a while.
 HEALTHCHECK --interval=15s --timeout=5s --start-period=120s --retries=3 \
-    CMD ["bash", "-c", "exec 3<>/dev/tcp/127.0.0.1/${EMBER_PORT:-8080} && printf 'GET /health/ready HTTP/1.0\\r\\nHost: localhost\\r\\n\\r\\n' >&3 && head -n 1 <&3 | grep -q ' 200 '"]
+    CMD ["/opt/ember/bin/ember", "probe"]
 ENTRYPOINT ["/opt/ember/bin/ember"]
 CMD ["serve"]
 

@@ -56,7 +56,8 @@ pub struct TlsMetrics {
     pub expires_at: IntGauge,
     /// `ember_tls_reload_failures_total`: changed files that did not make a usable certificate.
     pub reload_failures: IntCounter,
-    /// `ember_tls_handshake_failures_total{port,reason}`: `timeout`, `plain_http` or `error`.
+    /// `ember_tls_handshake_failures_total{port,reason}`: `timeout`, `plain_http`, `client_certificate`, `protocol`
+    /// or `connection`.
     pub handshake_failures: IntCounterVec,
 }
 
@@ -236,8 +237,9 @@ impl Metrics {
                 handshake_failures: counter(
                     "ember_tls_handshake_failures_total",
                     "Connections closed before a TLS handshake finished, by port (http, grpc) and reason: timeout \
-                     (none within --header-read-timeout-ms), plain_http (a plain-HTTP request), error (not TLS, a \
-                     refused client certificate, a reset).",
+                     (none within --header-read-timeout-ms), plain_http (a plain-HTTP request), client_certificate \
+                     (none or a refused one, with --tls-client-ca), protocol (a TLS version or message the server \
+                     refuses), connection (reset or closed mid-handshake).",
                     &["port", "reason"],
                 ),
             },

@@ -174,23 +174,30 @@ async fn schemathesis_finds_no_server_error_and_no_answer_off_the_spec() {
     assert!(ok, "schemathesis found problems:\n{output}");
 }
 
+const BROWSER_KEY: &str = "browser-0123456789abcdef0123";
+
 /// tests/docs/browser_check.py in headless Chromium (Debian's, installed by `make test`): /docs lists every
 /// operation of the served spec, and requests made from the page with "Try it out" (sentiment, generate, and
-/// classify and stylize with an uploaded photo) are answered; the page reaches nothing beyond this server. The
-/// screenshot it takes is left in target/test-artifacts/docs.png.
+/// classify and stylize with an uploaded photo) are answered once an API key is entered under "Authorize" (401
+/// before); the page reaches nothing beyond this server. The screenshot it takes is left in
+/// target/test-artifacts/docs.png.
 #[tokio::test(flavor = "multi_thread")]
 async fn the_api_page_works_in_a_real_browser() {
     let repo = TempRepo::of("mobilenet_v2", &[]);
     for model in ["sentiment", "shakespeare", "style_features", "style_starry_night"] {
         repo.add(model, &[]);
     }
-    let server = TestServer::start_ready(repo.path(), &[]).await;
+    // With API keys: the page's requests need the key entered under "Authorize".
+    let keys_dir = tempfile::tempdir().unwrap();
+    let keys = keys_dir.path().join("api-keys");
+    std::fs::write(&keys, format!("browser:{BROWSER_KEY}\n")).unwrap();
+    let server = TestServer::start_ready(repo.path(), &["--api-keys-file", keys.to_str().unwrap()]).await;
     let artifacts = root().join("target/test-artifacts");
     std::fs::create_dir_all(&artifacts).unwrap();
     let screenshot = artifacts.join("docs.png").to_str().unwrap().to_string();
     run_python_check(
         "tests/docs/browser_check.py",
-        vec![server.base.clone(), screenshot],
+        vec![server.base.clone(), screenshot, "--api-key".into(), BROWSER_KEY.into()],
         "docs browser checks passed",
     )
     .await;

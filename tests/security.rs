@@ -1,6 +1,6 @@
 //! At the door: TLS on the HTTP port (a test CA made here, with rcgen), API keys and per-client rate limits,
 //! against a real `ember serve` on a real port serving the iris model, with real clients (reqwest over rustls,
-//! curl over OpenSSL).
+//! curl over OpenSSL, Python's requests, tritonclient[grpc] and openai) and `ember probe`, the image's HEALTHCHECK.
 
 mod common;
 
@@ -9,7 +9,7 @@ use std::net::{IpAddr, Ipv4Addr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use common::{metric_at, EmberProcess, TempRepo};
+use common::{free_port, metric_at, run_python_check, EmberProcess, TempRepo};
 use rcgen::{BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair};
 use serde_json::{json, Value};
 
@@ -117,6 +117,20 @@ fn read_until_closed(address: &str, send: &[u8], within: Duration) -> (Vec<u8>, 
     (answer, started.elapsed())
 }
 
+/// `ember probe` (the image's HEALTHCHECK) of the server at `base`, with `args` and the variables `env` (none of
+/// the test's own EMBER_*): whether it said healthy, and what it printed.
+fn probe(base: &str, args: &[&str], env: &[(&str, &str)]) -> (bool, String) {
+    let port = base.rsplit(':').next().unwrap();
+    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_ember"));
+    command.args(["probe", "--port", port]).args(args);
+    for (name, _) in std::env::vars().filter(|(name, _)| name.starts_with("EMBER_")) {
+        command.env_remove(name);
+    }
+    let output = command.envs(env.iter().copied()).output().unwrap();
+    let said = format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
+    (output.status.success(), said)
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn tls_serves_clients_that_trust_its_ca_and_refuses_plain_http_and_stalled_handshakes() {
     let dir = tempfile::tempdir().unwrap();
@@ -172,6 +186,17 @@ async fn tls_serves_clients_that_trust_its_ca_and_refuses_plain_http_and_stalled
     };
     assert_eq!(failures("plain_http").await, 1.0);
     assert_eq!(failures("timeout").await, 2.0);
+    assert_eq!(failures("protocol").await, 1.0, "curl's TLS 1.1");
+
+    // The probe speaks TLS when told to, or when the image's EMBER_TLS_CERT (serve's) is set; a plain one is told
+    // why it was refused.
+    let (healthy, said) = probe(&server.base, &["--tls-cert", "not-read.pem"], &[]);
+    assert!(healthy && said.starts_with("HTTP/1.1 200"), "{said}");
+    let cert = server_cert.cert.display().to_string();
+    let (healthy, said) = probe(&server.base, &[], &[("EMBER_TLS_CERT", &cert)]);
+    assert!(healthy, "{said}");
+    let (healthy, said) = probe(&server.base, &[], &[]);
+    assert!(!healthy && said.contains("answered HTTP/1.1 400") && said.contains("speaks HTTPS"), "{said}");
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -237,6 +262,17 @@ async fn mutual_tls_refuses_a_client_without_a_certificate_at_the_handshake() {
     wait_ready_over(&with_certificate, &base).await;
     let refused = https_client(&ca).get(format!("{base}/health/live")).send().await;
     assert!(refused.is_err(), "a client without a certificate was served: {refused:?}");
+
+    // The probe presents the certificate it is given (what kubelet's httpGet cannot), and is refused without.
+    let (cert, key) = (client_cert.cert.display().to_string(), client_cert.key.display().to_string());
+    let tls = ["--tls-cert", "not-read.pem"];
+    let (healthy, said) =
+        probe(&server.base, &tls, &[("EMBER_PROBE_CLIENT_CERT", &cert), ("EMBER_PROBE_CLIENT_KEY", &key)]);
+    assert!(healthy, "{said}");
+    let (healthy, said) = probe(&server.base, &tls, &[]);
+    assert!(!healthy && said.contains("no answer from https://"), "{said}");
+    let series = "ember_tls_handshake_failures_total{port=\"http\",reason=\"client_certificate\"}";
+    assert_eq!(metric_at_tls(&with_certificate, &base, series).await, Some(2.0), "reqwest's and the probe's");
 }
 
 #[test]
@@ -415,4 +451,52 @@ async fn a_flood_of_client_addresses_keeps_the_rate_limiter_bounded() {
     );
     assert!(took < Duration::from_secs(5), "refused after {took:?}");
     assert!(metric_at(&server.base, "ember_rate_limited_total{client=\"address\"}").await.unwrap() >= 1.0);
+}
+
+/// `--protect-ops` closes the operator's routes too; the probe sends a key from its environment.
+#[tokio::test(flavor = "multi_thread")]
+async fn protect_ops_puts_the_operator_routes_behind_the_keys_and_the_probe_sends_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let keys = dir.path().join("keys");
+    std::fs::write(&keys, format!("ops:{KEY_OPS}\n")).unwrap();
+    let repo = TempRepo::of("iris", &[]);
+    let server = serve(&repo, &["--api-keys-file".to_string(), keys.display().to_string(), "--protect-ops".into()]);
+    let mut headers = reqwest::header::HeaderMap::new();
+    headers.insert("authorization", format!("Bearer {KEY_OPS}").parse().unwrap());
+    let with_key = reqwest::Client::builder().default_headers(headers).build().unwrap();
+    wait_ready_over(&with_key, &server.base).await;
+    for path in ["/health/ready", "/health/live", "/metrics", "/docs", "/openapi.yaml", "/v2/health/ready"] {
+        let open = common::client().get(format!("{}{path}", server.base)).send().await.unwrap();
+        assert_eq!(open.status(), 401, "{path} without a key");
+        let keyed = with_key.get(format!("{}{path}", server.base)).send().await.unwrap();
+        assert_eq!(keyed.status(), 200, "{path} with the key");
+    }
+    let (healthy, said) = probe(&server.base, &[], &[]);
+    assert!(!healthy && said.contains("answered HTTP/1.1 401"), "{said}");
+    let (healthy, said) = probe(&server.base, &[], &[("EMBER_PROBE_API_KEY", KEY_OPS)]);
+    assert!(healthy, "{said}");
+    assert!(!said.contains(KEY_OPS));
+}
+
+/// Python's clients over TLS with a key (tests/security/clients_check.py): requests on v2 HTTP, tritonclient[grpc]
+/// with ssl=True on the gRPC port, the openai client on /v1, each verifying the server against the test CA.
+#[tokio::test(flavor = "multi_thread")]
+async fn python_clients_reach_both_ports_over_tls_with_a_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = TestCa::new("ember test CA");
+    let server_cert = ca.issue(dir.path(), "server", ExtendedKeyUsagePurpose::ServerAuth, false);
+    let ca_file = dir.path().join("ca.pem");
+    std::fs::write(&ca_file, ca.pem()).unwrap();
+    let keys = dir.path().join("keys");
+    std::fs::write(&keys, format!("python:{KEY_OPS}\n")).unwrap();
+    let repo = TempRepo::of("iris", &[]);
+    repo.add("shakespeare", &[]);
+    let grpc_port = free_port().to_string();
+    let mut flags = tls_flags(&server_cert);
+    flags.extend(["--grpc-port".into(), grpc_port.clone(), "--api-keys-file".into(), keys.display().to_string()]);
+    let server = serve(&repo, &flags);
+    let base = server.base.replace("127.0.0.1", "localhost");
+    wait_ready_over(&https_client(&ca), &base).await;
+    let args = vec![base, format!("localhost:{grpc_port}"), ca_file.display().to_string(), KEY_OPS.to_string()];
+    run_python_check("tests/security/clients_check.py", args, "python TLS client checks passed").await;
 }

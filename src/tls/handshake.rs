@@ -24,17 +24,28 @@ pub enum HandshakeFailure {
     TimedOut,
     /// A plain-HTTP request (answered 400 on the HTTP port).
     PlainHttp,
-    /// Not TLS, a refused client certificate, a protocol the server does not speak, a connection reset.
+    /// A refused client certificate, a protocol the server does not speak, a connection reset.
     Failed(std::io::Error),
 }
 
 impl HandshakeFailure {
-    /// The metric's label.
+    /// The metric's label: what an operator would act on differently.
     pub fn reason(&self) -> &'static str {
         match self {
             HandshakeFailure::TimedOut => "timeout",
             HandshakeFailure::PlainHttp => "plain_http",
-            HandshakeFailure::Failed(_) => "error",
+            // tokio-rustls hands rustls' own error inside the io::Error.
+            HandshakeFailure::Failed(e) => match e.get_ref().and_then(|inner| inner.downcast_ref::<rustls::Error>()) {
+                // Mutual TLS: the client sent no certificate, or one the client CA did not sign.
+                Some(rustls::Error::NoCertificatesPresented | rustls::Error::InvalidCertificate(_)) => {
+                    "client_certificate"
+                }
+                // An old client (TLS 1.1, no common cipher suite), a malformed message (a server name with a
+                // port), a client that refused the server's certificate.
+                Some(_) => "protocol",
+                // Reset or closed mid-handshake.
+                None => "connection",
+            },
         }
     }
 }
@@ -66,6 +77,17 @@ pub async fn handshake(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_failure_names_what_went_wrong() {
+        let rustls_error =
+            |e: rustls::Error| HandshakeFailure::Failed(std::io::Error::new(std::io::ErrorKind::InvalidData, e));
+        assert_eq!(rustls_error(rustls::Error::NoCertificatesPresented).reason(), "client_certificate");
+        let sni = rustls::PeerMisbehaved::ServerNameMustContainOneHostName;
+        assert_eq!(rustls_error(rustls::Error::PeerMisbehaved(sni)).reason(), "protocol");
+        let reset = std::io::Error::from(std::io::ErrorKind::ConnectionReset);
+        assert_eq!(HandshakeFailure::Failed(reset).reason(), "connection");
+    }
 
     #[test]
     fn the_plain_http_answer_says_its_own_length() {

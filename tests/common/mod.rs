@@ -341,11 +341,15 @@ pub async fn metric_at(base: &str, series: &str) -> Option<f64> {
 }
 
 impl EmberProcess {
-    /// Starts serving `repo` with `flags` (gRPC off) and reads the chosen port from its log.
+    /// Starts serving `repo` with `flags` (gRPC off unless they give `--grpc-port`) and reads the chosen port from
+    /// its log.
     pub fn serve(repo: &Path, flags: &[&str]) -> EmberProcess {
         use std::io::{BufRead, BufReader};
+        let grpc_off: &[&str] = if flags.contains(&"--grpc-port") { &[] } else { &["--grpc-port", "0"] };
         let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_ember"))
-            .args(["serve", "--port", "0", "--grpc-port", "0", "--model-repo"])
+            .args(["serve", "--port", "0"])
+            .args(grpc_off)
+            .arg("--model-repo")
             .arg(repo)
             .args(flags)
             .stdout(std::process::Stdio::piped())

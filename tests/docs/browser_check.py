@@ -1,19 +1,22 @@
 #!/usr/bin/env python3
 """The API page in a real browser: headless Chromium (Debian's chromium and chromium-driver) through Selenium.
 
-    browser_check.py BASE_URL SCREENSHOT_PATH [IMAGE_PATH]
+    browser_check.py BASE_URL SCREENSHOT_PATH [IMAGE_PATH] [--api-key KEY]
 
 Loads BASE_URL/docs and checks that Swagger UI lists every operation of the spec the server serves at
 /openapi.yaml (one block per operation and tag, with its operationId's id, method and path), then makes real
 requests from the page, as a person would, with "Try it out": POST /v1/sentiment and POST /v1/generate with JSON
 bodies, POST /v1/classify and POST /v1/stylize with IMAGE_PATH uploaded through the page's file input (default
 tests/data/images/china.jpg); each must be answered 200 with the fields of its response, the restyled image shown.
+With --api-key (a server with --api-keys-file), a request from the page is first answered 401, then the key is
+entered in the "Authorize" dialog, as a person would, and every request after it must be served.
 The browser may reach BASE_URL's origin only: every other host name resolves to nothing, and every request the
 page made (Chrome's network log and the page's resource timings) is checked for its origin; the console must have
 no error (a Content-Security-Policy violation is one). Saves a full-page screenshot to SCREENSHOT_PATH (of the
 failure, when a check fails), and prints `docs browser checks passed`.
 """
 
+import argparse
 import base64
 import json
 import os
@@ -145,7 +148,9 @@ def execute(driver, block_id):
     # A request that got no answer reads "Undocumented" with the browser's error ("Failed to fetch") instead.
     details = block.find_elements(By.CSS_SELECTOR, ".live-responses-table .response .response-col_description")
     body = (bodies or details)[0].get_attribute("textContent") if bodies or details else ""
+    # The cell reads the code, then "Undocumented" when the spec does not list it.
     status = cell.get_attribute("textContent").strip()
+    status = status[:3] if status[:3].isdigit() else status
     return status, body, seconds
 
 
@@ -160,6 +165,31 @@ def expect_json_response(block_id, status, body, fields):
     if missing:
         fail(f"{block_id}: the response lacks {missing}: {body[:500]}")
     return answer
+
+
+def clear_response(driver, block_id):
+    operation_block(driver, block_id).find_element(By.CSS_SELECTOR, "button.btn-clear").click()
+    wait(driver, 10, lambda d: not operation_block(d, block_id).find_elements(By.CSS_SELECTOR, ".live-responses-table"),
+         f"the response of {block_id} to clear")
+
+
+def authorize(driver, key):
+    """Enters `key` for the apiKey scheme in the Authorize dialog, applies it and closes the dialog."""
+    driver.find_element(By.CSS_SELECTOR, ".auth-wrapper button.authorize").click()
+
+    def api_key_scheme(d):
+        found = [c for c in d.find_elements(By.CSS_SELECTOR, ".modal-ux .auth-container") if "apiKey" in c.text]
+        return found[0] if found else None
+
+    scheme = wait(driver, 10, api_key_scheme, "the Authorize dialog with the apiKey scheme")
+    scheme.find_element(By.CSS_SELECTOR, "input[aria-label='auth-bearer-value']").send_keys(key)
+    scheme.find_element(By.CSS_SELECTOR, "button.authorize").click()
+    # Applied, the scheme shows its value masked in place of the input.
+    wait(driver, 10, lambda d: "******" in api_key_scheme(d).text, "the dialog to show the key applied")
+    api_key_scheme(driver).find_element(By.CSS_SELECTOR, "button.btn-done").click()
+    wait(driver, 10, lambda d: not d.find_elements(By.CSS_SELECTOR, ".modal-ux"), "the Authorize dialog to close")
+    wait(driver, 10, lambda d: d.find_elements(By.CSS_SELECTOR, ".auth-wrapper button.authorize.locked"),
+         "the Authorize button to show a lock")
 
 
 def requested_urls(driver):
@@ -192,7 +222,7 @@ def full_page_screenshot(driver, path):
     return width, height
 
 
-def check_page(driver, base, spec, image, screenshot, started):
+def check_page(driver, base, spec, image, screenshot, started, api_key):
     expected = expected_blocks(spec)
     driver.get(base + "/docs")
     wait(driver, RENDER_TIMEOUT,
@@ -219,8 +249,18 @@ def check_page(driver, base, spec, image, screenshot, started):
           f"{time.monotonic() - started:.1f} s")
 
     block = "operations-tasks-sentimentDefault"
+    review = {"text": "A wonderful, moving film: the best I have seen all year."}
+    if api_key:
+        open_operation(driver, block)
+        set_json_body(driver, block, review)
+        status, body, _ = execute(driver, block)
+        if status != "401" or json.loads(body).get("error_type") != "unauthorized":
+            fail(f"{block}: before Authorize, the page's request was answered {status}, not 401: {body[:500]}")
+        clear_response(driver, block)
+        authorize(driver, api_key)
+        print("before Authorize: POST /v1/sentiment from the page 401; the key entered in the Authorize dialog")
     open_operation(driver, block)
-    set_json_body(driver, block, {"text": "A wonderful, moving film: the best I have seen all year."})
+    set_json_body(driver, block, review)
     status, body, seconds = execute(driver, block)
     answer = expect_json_response(block, status, body, ["model", "results"])
     label = answer["results"][0]["label"]
@@ -276,21 +316,32 @@ def check_page(driver, base, spec, image, screenshot, started):
         fail(f"the page made requests beyond {base}: {elsewhere}")
     print(f"the page made {len(urls)} requests, all to {base}")
     errors = [e["message"] for e in driver.get_log("browser") if e["level"] == "SEVERE"]
+    if api_key:
+        # The one refusal asked for before Authorize, which Chromium logs as a failed load.
+        refused = f"{base}/v1/sentiment - Failed to load resource: the server responded with a status of 401"
+        logged = [e for e in errors if e.startswith(refused)]
+        if len(logged) != 1:
+            fail(f"the console should show the one 401 asked for before Authorize: {errors}")
+        errors.remove(logged[0])
     if errors:
         fail(f"the browser's console has errors: {errors}")
 
 
 def main():
-    if len(sys.argv) not in (3, 4):
-        sys.exit(__doc__)
-    base = sys.argv[1].rstrip("/")
-    screenshot = sys.argv[2]
-    image = Path(sys.argv[3] if len(sys.argv) == 4 else REPO / "tests/data/images/china.jpg").resolve()
+    arguments = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    arguments.add_argument("base")
+    arguments.add_argument("screenshot")
+    arguments.add_argument("image", nargs="?", default=REPO / "tests/data/images/china.jpg", type=Path)
+    arguments.add_argument("--api-key", help="the server's API key, entered under Authorize")
+    args = arguments.parse_args()
+    base = args.base.rstrip("/")
+    screenshot = args.screenshot
+    image = args.image.resolve()
     started = time.monotonic()
     spec = served_spec(base)
     driver = start_browser(base)
     try:
-        check_page(driver, base, spec, image, screenshot, started)
+        check_page(driver, base, spec, image, screenshot, started, args.api_key)
     except Exception:
         try:
             full_page_screenshot(driver, screenshot)
