@@ -32,7 +32,7 @@ DIST := dist/ember-$(VERSION)-linux-x86_64
 # DIST_TARBALL=no packs only the folder (the Dockerfile copies the folder; gzip of the CUDA one takes minutes).
 DIST_TARBALL ?= yes
 
-.PHONY: run setup system-tools dist-tools deploy-tools deploy-check models build test test-fast docs lint bench bench-text bench-style bench-footprint bench-grpc bench-formats bench-int8 bench-many-models soak \
+.PHONY: run setup system-tools dist-tools deploy-tools deploy-check models build test test-fast docs lint bench bench-text bench-style bench-footprint bench-grpc bench-formats bench-int8 bench-many-models bench-security soak \
 	dist dist-cuda dist-clean browser-tools
 
 ## run: install what is missing, build the models and ember, serve on localhost:8080
@@ -195,6 +195,12 @@ bench-footprint: build models
 ## a loaded model beside loads, 5 minutes of Zipf traffic) of bench/RESULTS.md
 bench-many-models: build models
 	bench/many_models.sh
+
+## bench-security: mobilenet_v2 over TLS and behind API keys and rate limits beside plain HTTP, a TLS handshake's
+## cost, and refused keys' timing (issue 27) of bench/RESULTS.md
+bench-security: build models
+	cargo build --release --example key_timing
+	bench/security.sh
 
 ## bench-style: the stylize and optimisation benchmark of bench/RESULTS.md
 bench-style: build models

@@ -42,12 +42,15 @@ run_heading() {
   echo "## Run of $(date -u +%Y-%m-%dT%H:%MZ) on $(nproc) cores ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)), ${seconds}s per HTTP case"
 }
 
-# start_server REPO [FLAG...]: serves REPO (with the flags) and waits until it is ready.
+# start_server REPO [FLAG...]: serves REPO (with the flags) and waits until it is ready (asked over TLS when
+# the flags give --tls-cert; the bench's own certificate is not verified).
 start_server() {
   "$ember" serve --port "$port" --grpc-port "${grpc_port:-0}" --model-repo "$1" "${@:2}" > "$workdir/server.log" 2>&1 &
   server_pid=$!
+  local scheme=http
+  [[ " ${*:2} " == *" --tls-cert "* ]] && scheme=https
   for _ in $(seq 1 600); do
-    curl -sf "http://127.0.0.1:$port/health/ready" >/dev/null && return 0
+    curl -sfk "$scheme://127.0.0.1:$port/health/ready" >/dev/null && return 0
     sleep 0.1
   done
   echo "server not ready:" >&2; cat "$workdir/server.log" >&2; exit 1
@@ -59,12 +62,12 @@ stop_server() {
 
 peak_rss_mib() { awk '/VmHWM/ {printf "%.0f", $2/1024}' "/proc/$server_pid/status"; }
 
-# One hey run of $seconds: hey_row CONCURRENCY URL CONTENT-TYPE BODY-FILE [HEADER] prints a table row:
-# concurrency, requests/s, p50 ms, p99 ms, non-200 answers. HEADER ("Name: value") is sent as well.
+# One hey run of $seconds: hey_row CONCURRENCY URL CONTENT-TYPE BODY-FILE [HEADER [HEY-FLAG...]] prints a table
+# row: concurrency, requests/s, p50 ms, p99 ms, non-200 answers. HEADER ("Name: value", or empty) is sent as well.
 hey_row() {
   local concurrency=$1 url=$2 content_type=$3 body=$4 out="$workdir/hey.txt"
-  local extra=()
-  [ -n "${5:-}" ] && extra=(-H "$5")
+  local extra=("${@:6}")
+  [ -n "${5:-}" ] && extra+=(-H "$5")
   hey -z "${seconds}s" -c "$concurrency" -m POST -T "$content_type" -D "$body" "${extra[@]}" "$url" > "$out"
   local rps p50 p99
   rps=$(awk '/Requests\/sec:/ {printf "%.1f", $2}' "$out")
