@@ -149,11 +149,12 @@ dist-tools:
 ## build: the release binary (cargo decides what is stale)
 build: $(VENV_STAMP) system-tools $(DOCS_UI)
 	cargo build --release --bin ember
+	cargo build --release -p ember-probe
 
 ## lint: formatting and clippy, as CI expects them
 lint: $(VENV_STAMP) system-tools $(DOCS_UI)
-	cargo fmt --check
-	cargo clippy --release --all-targets -- -D warnings
+	cargo fmt --all --check
+	cargo clippy --release --workspace --all-targets -- -D warnings
 
 ## bench: the load benchmark of bench/RESULTS.md (installs hey from Debian if missing)
 bench: build models

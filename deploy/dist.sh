@@ -38,9 +38,13 @@ rm -rf "$out" "$out.tar.gz"
 mkdir -p "$out/bin" "$out/lib" "$out/models"
 
 cp "$binary" "$out/bin/ember"
-chmod 755 "$out/bin/ember"
+# The health check (probe/): beside ember, linking only glibc and libgcc_s.
+probe=$(dirname "$binary")/ember-probe
+[ -x "$probe" ] || { echo "$probe is missing (make build builds it)" >&2; exit 1; }
+cp "$probe" "$out/bin/ember-probe"
+chmod 755 "$out/bin/ember" "$out/bin/ember-probe"
 # The release profile keeps DWARF (130 MB of the 150); the symbol table stays, so backtraces still name functions.
-strip --strip-debug "$out/bin/ember"
+strip --strip-debug "$out/bin/ember" "$out/bin/ember-probe"
 patchelf --set-rpath '$ORIGIN/../lib' "$out/bin/ember"
 
 needed() { readelf -d "$1" | sed -n 's/.*(NEEDED).*\[\(.*\)\]/\1/p'; }
@@ -108,6 +112,7 @@ cat >"$out/README.txt" <<EOF
 ember $version for Linux x86_64 ($variant)
 
   bin/ember     the server and the fine-tuning CLI (ember --help, ember serve --help)
+  bin/ember-probe  asks a running ember whether it is ready, over HTTP or TLS: a health check (--help)
   lib/          the libtorch libraries it needs (found through its rpath, \$ORIGIN/../lib: no LD_LIBRARY_PATH),
                 and ONNX Runtime (opened only when a model serves from model.onnx)
   models/       the default models (a model repository: one folder per model)

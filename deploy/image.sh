@@ -225,7 +225,7 @@ check() {
   echo "ready: /health/ready 200 after $t s"
   echo "process: $(awk '/^Uid:/ { u = $2 } /^Gid:/ { g = $2 } /^Groups:/ { $1 = ""; gs = $0 } /^VmRSS:/ { r = $2 / 1024 }
     END { printf "uid %s, gid %s, groups%s; resident %.0f MiB", u, g, gs, r }' "/proc/$pid/status")"
-  # The image's HEALTHCHECK command (CMD ember probe), run inside the image.
+  # The image's HEALTHCHECK command (CMD ember-probe), run inside the image.
   if in_image "${health[@]:1}"; then
     echo "HEALTHCHECK (${health[0]} ${health[*]:1:2} ...): healthy"
   else

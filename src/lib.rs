@@ -15,7 +15,6 @@ pub mod jobs;
 pub mod malloc_arenas;
 pub mod metrics;
 pub mod model_toml;
-pub mod probe;
 pub mod reference;
 pub mod registry;
 pub mod repository;

@@ -1,4 +1,4 @@
-//! The `ember` command line: serve | train | eval | info | probe | openapi.
+//! The `ember` command line: serve | train | eval | info | openapi.
 
 use clap::{CommandFactory, Parser, Subcommand};
 
@@ -23,9 +23,6 @@ enum Command {
     Eval(ember::train::cli::EvalArgs),
     /// Print the libtorch version, the devices, the thread settings and the models found.
     Info(RepoArgs),
-    /// Ask the ember serving on this machine whether it is ready (HTTP or TLS): exit 0 on a 200, else 1 with why.
-    /// The image's HEALTHCHECK, and an exec probe where kubelet's own cannot reach (mutual TLS).
-    Probe(ember::probe::ProbeArgs),
     /// Print the OpenAPI spec of the HTTP API.
     Openapi,
     /// Print the README's configuration reference (Markdown) from these very flags (`make docs`).
@@ -48,7 +45,6 @@ fn main() -> std::process::ExitCode {
             print!("{}", ember::info::report(&repo.model_repo));
             Ok(())
         }
-        Command::Probe(args) => ember::probe::probe(&args).map(|status| println!("{status}")),
         Command::Openapi => {
             print!("{}", ember::http::OPENAPI_YAML);
             Ok(())

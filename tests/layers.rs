@@ -30,8 +30,8 @@ const LAYERS: &[&[&str]] = &[
     &["service"],
     // the front ends, side by side: neither may use the other
     &["http", "grpc"],
-    // the process: start-up, the `info` report, the health probe
-    &["server", "info", "probe"],
+    // the process: start-up, the `info` report
+    &["server", "info"],
 ];
 
 fn layer_of(module: &str) -> Option<usize> {

@@ -1,6 +1,6 @@
 //! At the door: TLS on the HTTP port (a test CA made here, with rcgen), API keys and per-client rate limits,
 //! against a real `ember serve` on a real port serving the iris model, with real clients (reqwest over rustls,
-//! curl over OpenSSL, Python's requests, tritonclient[grpc] and openai) and `ember probe`, the image's HEALTHCHECK.
+//! curl over OpenSSL, Python's requests, tritonclient[grpc] and openai) and `ember-probe`, the image's HEALTHCHECK.
 
 mod common;
 
@@ -117,12 +117,15 @@ fn read_until_closed(address: &str, send: &[u8], within: Duration) -> (Vec<u8>, 
     (answer, started.elapsed())
 }
 
-/// `ember probe` (the image's HEALTHCHECK) of the server at `base`, with `args` and the variables `env` (none of
-/// the test's own EMBER_*): whether it said healthy, and what it printed.
+/// `ember-probe` (the image's HEALTHCHECK; probe/, built by `make build` beside ember) of the server at `base`,
+/// with `args` and the variables `env` (none of the test's own EMBER_*): whether it said healthy, and what it
+/// printed.
 fn probe(base: &str, args: &[&str], env: &[(&str, &str)]) -> (bool, String) {
     let port = base.rsplit(':').next().unwrap();
-    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_ember"));
-    command.args(["probe", "--port", port]).args(args);
+    let binary = Path::new(env!("CARGO_BIN_EXE_ember")).with_file_name("ember-probe");
+    assert!(binary.exists(), "{} is missing: `make build` (cargo build --release -p ember-probe)", binary.display());
+    let mut command = std::process::Command::new(binary);
+    command.args(["--port", port]).args(args);
     for (name, _) in std::env::vars().filter(|(name, _)| name.starts_with("EMBER_")) {
         command.env_remove(name);
     }

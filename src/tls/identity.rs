@@ -82,12 +82,12 @@ impl Identity {
     }
 }
 
-pub(super) fn read(path: &Path, what: &str) -> anyhow::Result<Vec<u8>> {
+fn read(path: &Path, what: &str) -> anyhow::Result<Vec<u8>> {
     std::fs::read(path).with_context(|| format!("cannot read the TLS {what} {}", path.display()))
 }
 
 /// Every certificate in a PEM file: at least one.
-pub(super) fn certificates(path: &Path, what: &str) -> anyhow::Result<Vec<CertificateDer<'static>>> {
+fn certificates(path: &Path, what: &str) -> anyhow::Result<Vec<CertificateDer<'static>>> {
     let bytes = read(path, what)?;
     let chain = CertificateDer::pem_slice_iter(&bytes)
         .collect::<Result<Vec<_>, _>>()

@@ -4,17 +4,14 @@
 //! `identity` reads and checks the files (each error names its file: unreadable, no PEM block, a key that is not
 //! the certificate's, a certificate outside its validity); `reload` re-reads them when they change, so that a
 //! rotated certificate (cert-manager writes it in place) serves new connections while the open ones go on;
-//! `handshake` bounds a connection's handshake in time and answers a plain-HTTP request on the TLS port;
-//! `client` is the other side, for `ember probe`.
+//! `handshake` bounds a connection's handshake in time and answers a plain-HTTP request on the TLS port.
 
-mod client;
 mod handshake;
 mod identity;
 mod reload;
 
 use std::path::PathBuf;
 
-pub use client::probe_config;
 pub use handshake::{handshake, HandshakeFailure};
 pub use identity::Identity;
 pub use reload::Tls;

@@ -1,7 +1,8 @@
-//! `ember probe`: asks an ember on this machine whether it is ready, over plain HTTP or TLS, and exits 0 only on
+//! `ember-probe`: asks an ember on this machine whether it is ready, over plain HTTP or TLS, and exits 0 only on
 //! a 200. It is the image's HEALTHCHECK and an `exec` probe for Kubernetes: the image has no curl, bash's
-//! /dev/tcp speaks no TLS, and kubelet's own `httpGet` probe cannot present a client certificate (mutual TLS) nor
-//! follow a key that changes.
+//! /dev/tcp speaks no TLS, and kubelet's own `httpGet` probe cannot present a client certificate (mutual TLS).
+
+mod tls;
 
 use std::io::{ErrorKind, Read, Write};
 use std::net::{TcpStream, ToSocketAddrs};
@@ -9,43 +10,59 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
+use clap::Parser;
 use rustls::pki_types::ServerName;
 
 /// The most of an answer read: its status line and the start of its body are all a probe reports.
 const ANSWER_LIMIT: usize = 16 * 1024;
 
-#[derive(clap::Args, Debug)]
-pub struct ProbeArgs {
+/// Ask the ember serving on this machine whether it is ready (HTTP or TLS): exit 0 on a 200, else 1 with why.
+#[derive(Parser, Debug)]
+#[command(name = "ember-probe", version)]
+struct ProbeArgs {
     /// The port ember serves HTTP on, as `serve --port`.
     #[arg(long, env = "EMBER_PORT", default_value_t = 8080)]
-    pub port: u16,
+    port: u16,
     /// The address to ask: a probe runs beside the server.
     #[arg(long, default_value = "127.0.0.1")]
-    pub host: String,
+    host: String,
     /// The route to ask; healthy when it answers 200.
     #[arg(long, default_value = "/health/ready")]
-    pub path: String,
+    path: String,
     /// Given (as `serve --tls-cert` is, so the same environment turns both on), the probe speaks TLS; the file
     /// is not read. The server's certificate is not verified: the probe asks its own process over the loopback,
     /// as kubelet's HTTPS probes do.
     #[arg(long, env = "EMBER_TLS_CERT", value_name = "FILE")]
-    pub tls_cert: Option<PathBuf>,
+    tls_cert: Option<PathBuf>,
     /// A client certificate (PEM) to present, for a server with `--tls-client-ca`; with `--client-key`.
     #[arg(long, env = "EMBER_PROBE_CLIENT_CERT", value_name = "FILE", requires = "client_key")]
-    pub client_cert: Option<PathBuf>,
+    client_cert: Option<PathBuf>,
     /// The client certificate's key (PEM).
     #[arg(long, env = "EMBER_PROBE_CLIENT_KEY", value_name = "FILE", requires = "client_cert")]
-    pub client_key: Option<PathBuf>,
+    client_key: Option<PathBuf>,
     /// An API key to send as `Authorization: Bearer`, for a server with `--protect-ops`.
     #[arg(long, env = "EMBER_PROBE_API_KEY", hide_env_values = true)]
-    pub api_key: Option<String>,
+    api_key: Option<String>,
     /// How long the whole exchange may take, in milliseconds.
     #[arg(long, default_value_t = 3000)]
-    pub timeout_ms: u64,
+    timeout_ms: u64,
+}
+
+fn main() -> std::process::ExitCode {
+    match probe(&ProbeArgs::parse()) {
+        Ok(status) => {
+            println!("{status}");
+            std::process::ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("ember-probe: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
 }
 
 /// Asks once; Ok with the status line on a 200, else an error that says what answered (or did not).
-pub fn probe(args: &ProbeArgs) -> anyhow::Result<String> {
+fn probe(args: &ProbeArgs) -> anyhow::Result<String> {
     if !args.path.starts_with('/') || args.path.contains(char::is_whitespace) {
         bail!("--path {:?} is not a route: it starts with / and has no spaces", args.path);
     }
@@ -65,7 +82,7 @@ pub fn probe(args: &ProbeArgs) -> anyhow::Result<String> {
     );
     let answer = if args.tls_cert.is_some() {
         let client = args.client_cert.as_deref().zip(args.client_key.as_deref());
-        let config = crate::tls::probe_config(client)?;
+        let config = tls::client_config(client)?;
         let name = ServerName::try_from(args.host.clone()).with_context(|| format!("--host {}", args.host))?;
         let connection = rustls::ClientConnection::new(config, name).context("a TLS client")?;
         exchange(rustls::StreamOwned::new(connection, stream), request.as_bytes(), deadline)

@@ -1,5 +1,5 @@
-//! The client side, for `ember probe`: TLS 1.2 and 1.3 to a server on this machine, optionally presenting a
-//! client certificate (mutual TLS), without verifying the server's certificate.
+//! The probe's TLS: 1.2 and 1.3 to a server on this machine, optionally presenting a client certificate (mutual
+//! TLS), without verifying the server's certificate.
 //!
 //! Why no verification: the probe asks its own container's process over the loopback, where there is no one in
 //! the middle to detect, and a server's certificate names its public host (ember.example.com), not 127.0.0.1, so
@@ -8,17 +8,15 @@
 use std::path::Path;
 use std::sync::Arc;
 
-use anyhow::Context;
+use anyhow::{bail, Context};
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::CryptoProvider;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
 use rustls::{ClientConfig, DigitallySignedStruct, SignatureScheme};
 
-use super::identity::{certificates, read};
-
 /// A client configuration for a probe; `client` is a certificate and its key, for a server that asks for one.
-pub fn probe_config(client: Option<(&Path, &Path)>) -> anyhow::Result<Arc<ClientConfig>> {
+pub fn client_config(client: Option<(&Path, &Path)>) -> anyhow::Result<Arc<ClientConfig>> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let builder = ClientConfig::builder_with_provider(Arc::clone(&provider))
         .with_protocol_versions(&[&rustls::version::TLS12, &rustls::version::TLS13])
@@ -28,9 +26,9 @@ pub fn probe_config(client: Option<(&Path, &Path)>) -> anyhow::Result<Arc<Client
     let mut config = match client {
         None => builder.with_no_client_auth(),
         Some((cert, key)) => {
-            let chain = certificates(cert, "client certificate")?;
-            let private = PrivateKeyDer::from_pem_slice(&read(key, "client key")?)
-                .map_err(|e| anyhow::anyhow!("the TLS client key {} holds no PEM private key: {e}", key.display()))?;
+            let chain = certificates(cert)?;
+            let private = PrivateKeyDer::from_pem_file(key)
+                .map_err(|e| anyhow::anyhow!("the TLS client key {}: {e}", key.display()))?;
             builder.with_client_auth_cert(chain, private).with_context(|| {
                 format!("the TLS client key {} does not fit the certificate {}", key.display(), cert.display())
             })?
@@ -38,6 +36,17 @@ pub fn probe_config(client: Option<(&Path, &Path)>) -> anyhow::Result<Arc<Client
     };
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
     Ok(Arc::new(config))
+}
+
+/// Every certificate of a PEM file: at least one.
+fn certificates(path: &Path) -> anyhow::Result<Vec<CertificateDer<'static>>> {
+    let chain = CertificateDer::pem_file_iter(path)
+        .and_then(|certificates| certificates.collect::<Result<Vec<_>, _>>())
+        .map_err(|e| anyhow::anyhow!("the TLS client certificate {}: {e}", path.display()))?;
+    if chain.is_empty() {
+        bail!("the TLS client certificate {} holds no PEM certificate", path.display());
+    }
+    Ok(chain)
 }
 
 /// Accepts any certificate, but still checks that the server holds its key (the handshake's signatures).
