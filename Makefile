@@ -240,11 +240,17 @@ dist-cuda: build models dist-tools
 image:
 	deploy/image.sh cpu
 
+## swarm-check: the image on Docker Swarm, 3 replicas sharing a repository behind HAProxy with Prometheus, under
+## traffic through a training job, a rolling update, a killed replica and scaling (deploy/swarm/check.sh; runs
+## make image when needed; not part of make test)
+swarm-check:
+	deploy/swarm/check.sh
+
 ## image-cuda: the same for the CUDA image (3.5 GB; about 16 GB of free disk while it builds)
 image-cuda:
 	deploy/image.sh cuda
 
-.PHONY: image image-cuda
+.PHONY: image image-cuda swarm-check
 
 ## dist-clean: remove everything the setup built (the venv, the models, target/)
 dist-clean:

@@ -18,7 +18,11 @@
 #      /health/ready, runs the image's HEALTHCHECK command inside the image, classifies a photo over REST and two
 #      iris flowers over gRPC (port 8081, with the venv's tritonclient[grpc]), runs
 #      `ember info`, then stops the server with SIGTERM, which must exit 0. /proc, /sys, /dev and a /tmp tmpfs are
-#      mounted over the image's empty folders, as a container runtime would; nothing is written into the image.
+#      mounted over the image's empty folders, as a container runtime would; nothing is written into the image;
+#   6. the image in a real container (deploy/docker.sh): Debian's dockerd (started if none runs, stopped after;
+#      host networking only), the image copied from podman's store, run read-only as UID 10001 with no
+#      capabilities, --cpus 1 --memory 1g: it must turn healthy by its own HEALTHCHECK, `ember info` inside must
+#      count one core (one worker per model), and `docker stop` must exit 0.
 #
 #   deploy/image.sh [cpu|cuda]
 # Environment: EMBER_DIST (a dist folder made already: skips make), EMBER_IMAGE (the tag, default
@@ -260,12 +264,26 @@ print(client.infer("iris", [flowers], client_timeout=30).as_numpy("species").tol
 
 out=$(mktemp -d "${TMPDIR:-/tmp}/ember-image-check.XXXXXX")
 mnt=$(podman image mount "$image")
-cleanup() { podman image unmount "$image" >/dev/null 2>&1 || true; rm -rf "$out"; }
+source "$root/deploy/docker.sh"
+cleanup() { podman image unmount "$image" >/dev/null 2>&1 || true; docker_stop; rm -rf "$out"; }
 trap cleanup EXIT
 status=0
 unshare --mount --net --propagation private bash -c "$(declare -f check); check \"\$@\"" check \
   "$mnt" "$out" "$photo" "$port" "$user" "$workdir" "$expect" \
   "${envs[@]}" -- "${entry[@]}" -- "${cmd[@]}" -- "${health[@]}" | tee "$out/check.txt" || status=$?
+
+# --- 6. the image in a real container ----------------------------------------------------------------------------
+# dockerd (started here if none runs, stopped after), the image copied from podman's store: read-only, UID 10001,
+# no capabilities, --cpus 1 --memory 1g; healthy by its own HEALTHCHECK, one core and one worker per model in
+# `ember info`, `docker stop` exits 0.
+if [ $status = 0 ]; then
+  log "the image in a container: dockerd"
+  # Not in the pipeline below: docker_start records the dockerd it starts, for the cleanup to stop.
+  docker_start "$out" || status=1
+  if [ $status = 0 ]; then
+    { docker_from_podman "$image" && docker_container_check "$image" 18199; } | tee -a "$out/check.txt" || status=1
+  fi
+fi
 
 mkdir -p "$(dirname "$report")"
 {

@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # Validates deploy/ and the Dockerfile offline (tests/deploy.rs runs it; make deploy-tools installs the tools):
-#   - the Kubernetes, prometheus-operator and KServe manifests, the compose file, the Grafana dashboard and the
-#     metric names of the rules and panels: deploy/tools/validate.mjs
-#   - the Prometheus configuration and rules, and the rules' unit tests: promtool
-#   - the Dockerfile: hadolint
+#   - the Kubernetes, prometheus-operator and KServe manifests, the compose file and the Swarm stack, the Grafana
+#     dashboard and the metric names of the rules and panels: deploy/tools/validate.mjs
+#   - the Prometheus configurations (compose's and the stack's) and rules, and the rules' unit tests: promtool
+#   - the Dockerfiles (the image's and the stack's helpers'): hadolint
 # Every check runs; the exit status is 1 if any failed.
 #
 #   deploy/validate.sh [DEPLOY_DIR]     (default: this folder; tests give a broken copy to see it caught)
@@ -40,5 +40,7 @@ step "$tools/promtool" check config "$deploy/compose/prometheus/prometheus.yml"
 step "$tools/promtool" check rules "$deploy/compose/prometheus/rules.yml"
 step "$tools/promtool" test rules "$deploy/compose/prometheus/rules.test.yml"
 step "$hadolint" --no-color "$dockerfile"
+step "$tools/promtool" check config "$deploy/swarm/prometheus.yml"
+step "$hadolint" --no-color "$deploy/swarm/Dockerfile"
 [ $status = 0 ] && echo "deploy/: every check passed" || echo "deploy/: some checks failed"
 exit $status

@@ -73,6 +73,9 @@ pub struct JobStatus {
     pub formats: Vec<crate::train::formats::FormatNote>,
     /// Whether the version is served (false when the job was asked only to save it).
     pub publish: bool,
+    /// Where the version is written, and how servers that share the repository come to serve it: an operator
+    /// with replicas reads here that the others follow through their repository watcher, not through this one.
+    pub repository: String,
     pub settings: TrainSettings,
     /// Unix seconds.
     pub created_at: f64,
@@ -219,6 +222,12 @@ impl Jobs {
             error: None,
             version: None,
             formats: Vec::new(),
+            repository: format!(
+                "{}: the new version is written into this model repository; this server serves it as soon as the \
+                 job succeeds, and every other server of the same repository (replicas on a shared volume) at \
+                 its next scan of it (--watch-interval-ms; never if it does not watch)",
+                self.shared.registry.root().display()
+            ),
             publish,
             settings,
             created_at: now(),

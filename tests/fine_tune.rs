@@ -426,7 +426,14 @@ async fn the_admin_api_fine_tunes_in_the_background_behind_its_token() {
     // A good job publishes version 2, which is then served with its own labels.
     let response = submit(&server, tar_gz(&data, &[]), SMALL_JOB).await;
     assert_eq!(response.status(), 202);
-    let id = response.json::<Value>().await.unwrap()["id"].as_u64().unwrap();
+    let queued = response.json::<Value>().await.unwrap();
+    let id = queued["id"].as_u64().unwrap();
+    // The answer tells an operator with replicas how the others come to serve it: their repository watcher.
+    let repository = queued["repository"].as_str().unwrap();
+    assert!(repository.starts_with(&repo.path().display().to_string()), "{queued}");
+    assert!(
+        repository.contains("every other server of the same repository") && repository.contains("--watch-interval-ms")
+    );
     let done = job_until(&server, id, |job| job["state"] != "queued" && job["state"] != "running").await;
     assert_eq!((done["state"].clone(), done["version"].clone()), ("succeeded".into(), 2.into()), "{done}");
     assert_eq!(done["progress"]["validation"].as_array().unwrap().len(), 3, "{done}");

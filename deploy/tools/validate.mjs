@@ -375,8 +375,8 @@ function checkLinks({ resources, kustomization }, dir) {
 }
 
 // ---------------------------------------------------------------------------------------------------------------
-function checkCompose(dir) {
-  const file = path.join(dir, "docker-compose.yaml");
+function checkCompose(dir, name) {
+  const file = path.join(dir, name);
   if (!fs.existsSync(file)) return fail(rel(file), "missing");
   const [compose] = readYamlDocs(file);
   if (!compose) return;
@@ -396,6 +396,8 @@ function checkCompose(dir) {
   ajv.addFormat("ports", /^(\d+(-\d+)?|[\d.:\[\]a-f]*:?\d+(-\d+)?(:\d+(-\d+)?)?(\/(tcp|udp|sctp))?)$/);
   ajv.addFormat("expose", /^\d+(-\d+)?(\/(tcp|udp|sctp))?$/);
   ajv.addFormat("subnet_ip_address", /^[\d.:a-f]+\/\d+$/);
+  // Durations are Go's ("2s", "1m30s"), not ISO 8601's, which ajv-formats' "duration" is.
+  ajv.addFormat("duration", /^(\d+(\.\d+)?(ns|us|µs|ms|s|m|h))+$/);
   const validate = ajv.compile(schema);
   if (!validate(compose)) {
     for (const e of validate.errors) fail(rel(file), `${e.instancePath || "(root)"}: ${e.message} ${JSON.stringify(e.params)}`);
@@ -417,6 +419,13 @@ function checkCompose(dir) {
     for (const volume of service.volumes ?? []) {
       const source = typeof volume === "string" ? volume.split(":")[0] : volume.source;
       if (/^\.{1,2}\//.test(source) && !fs.existsSync(path.resolve(dir, source))) fail(rel(file), `service ${name}: mounts ${source}, which does not exist`);
+    }
+    for (const [configName, config] of Object.entries(compose.configs ?? {})) {
+      if (config.file && !fs.existsSync(path.resolve(dir, config.file))) fail(rel(file), `config ${configName}: no file ${config.file}`);
+    }
+    for (const config of service.configs ?? []) {
+      const source = typeof config === "string" ? config : config.source;
+      if (!compose.configs?.[source]) fail(rel(file), `service ${name}: uses config ${source}, which is not defined`);
     }
     for (const dep of Object.keys(Array.isArray(service.depends_on) ? Object.fromEntries(service.depends_on.map((d) => [d, 1])) : service.depends_on ?? {})) {
       if (!compose.services[dep]) fail(rel(file), `service ${name} depends on ${dep}, which is not a service`);
@@ -484,7 +493,8 @@ const kserve = await checkManifests(path.join(deploy, "kserve"));
 checkLinks(kserve, path.join(deploy, "kserve"));
 if (kubernetes.resources.length === 0) fail("kubernetes/", "no manifest");
 if (kserve.resources.length === 0) fail("kserve/", "no manifest");
-checkCompose(path.join(deploy, "compose"));
+checkCompose(path.join(deploy, "compose"), "docker-compose.yaml");
+checkCompose(path.join(deploy, "swarm"), "stack.yaml");
 checkPrometheusRules(path.join(deploy, "compose"));
 checkGrafana(path.join(deploy, "compose"));
 if (!args.ember) console.log("note: no --ember binary given: the flags and EMBER_* variables were not checked");
