@@ -26,7 +26,7 @@
 #      admin      the admin API's fine-tune on replica 1 publishes version 3; how long until every replica
 #                 serves it (the repository watcher).
 #    Passes when no answer of any phase was other than 200 and none was missing.
-# 5. the summary (a table per phase, also written to deploy/swarm/last-check.md), then everything this run
+# 5. the summary (a table per phase, also written to dist/swarm-check.md), then everything this run
 #    started is removed: the clients, the stack, the job, the scratch folder, the swarm and dockerd if it made them.
 # Environment: EMBER_IMAGE; SWARM_KEEP=1 leaves the stack running for a look (remove with `docker stack rm ember`).
 set -euo pipefail
@@ -43,7 +43,7 @@ service=${stack}_ember
 admin_token=swarm-check-$(od -An -N8 -tx8 /dev/urandom | tr -d ' ')
 url=http://127.0.0.1:18180
 photo=$root/tests/data/images/china.jpg
-report=$here/last-check.md
+report=$root/dist/swarm-check.md
 work=$(mktemp -d /var/tmp/ember-swarm.XXXXXX)
 models=$work/models
 phases=$work/phases
@@ -294,6 +294,7 @@ redispatched=$(haproxy_counter haproxy_backend_redispatch_warnings_total)
 docker service logs --raw "${stack}_haproxy" >"$work/haproxy.log" 2>&1 || true
 
 # --- 5. the summary ----------------------------------------------------------------------------------------------
+mkdir -p "$(dirname "$report")"
 {
   echo "## swarm-check of $(date -u +%Y-%m-%dT%H:%MZ): $image, $(nproc) cores"
   echo
