@@ -362,9 +362,14 @@ async fn a_storm_over_on_demand_models_holds_the_budget() {
     let storm = names.iter().cycle().take(4 * 12).map(|name| classify(name));
     let statuses = futures_util::future::join_all(storm).await;
     assert!(statuses.contains(&200), "{statuses:?}");
+    // Requests that arrive together share one load; a model loads again only after it was evicted (four copies
+    // of about 50 MiB each may or may not fit the 200 MiB at once, by what each load measured).
     for name in names {
-        let series = format!("ember_model_loads_total{{model=\"{name}\",reason=\"demand\"}}");
-        assert!(metric_at(&server.base, &series).await.unwrap_or(0.0) <= 1.0, "{name}'s requests shared one load");
+        let loads = format!("ember_model_loads_total{{model=\"{name}\",reason=\"demand\"}}");
+        let evictions = format!("ember_model_evictions_total{{model=\"{name}\"}}");
+        let loads = metric_at(&server.base, &loads).await.unwrap_or(0.0);
+        let evictions = metric_at(&server.base, &evictions).await.unwrap_or(0.0);
+        assert!(loads <= 1.0 + evictions, "{name}: {loads} loads after {evictions} evictions");
     }
     assert!(resident_total(&client, &server.base).await <= BUDGET);
     let peak = server.memory("VmHWM");
