@@ -8,8 +8,8 @@
 #   docker_container_check IMAGE PORT
 #                             runs IMAGE as an operator would (read-only root, UID 10001, no capabilities, one CPU,
 #                             1 GiB) and fails unless it turns healthy by its own HEALTHCHECK within 180 s, `ember
-#                             info` inside counts 1 core and sizes one worker per model, and `docker stop` drains
-#                             it with exit status 0; prints what it saw as one line.
+#                             info` inside counts 1 core, sizes one worker per model and sees the 1 GiB limit,
+#                             and `docker stop` drains it with exit status 0; prints what it saw as one line.
 
 docker_started=""
 
@@ -42,7 +42,7 @@ docker_from_podman() {
 }
 
 docker_container_check() {
-  local image=$1 port=$2 name=ember-container-check start info cores workers rc
+  local image=$1 port=$2 name=ember-container-check start info cores workers memory rc
   docker rm -f "$name" >/dev/null 2>&1 || true
   start=$(date +%s.%N)
   docker run -d --name "$name" --network host --read-only --tmpfs /tmp --user 10001:10001 --cap-drop ALL \
@@ -67,15 +67,18 @@ docker_container_check() {
   info=$(docker exec "$name" /opt/ember/bin/ember info)
   cores=$(echo "$info" | sed -n 's/.*(cores: \([0-9]*\)).*/\1/p')
   workers=$(echo "$info" | grep -o 'workers [0-9]* x [0-9]* thread' | sort -u | paste -sd ',' -)
+  memory=$(echo "$info" | sed -n 's/^memory limit: \([0-9.]* GiB\).*/\1/p')
   docker stop "$name" >/dev/null
   rc=$(docker inspect --format '{{.State.ExitCode}}' "$name")
   docker rm "$name" >/dev/null
   echo "container (--read-only, UID 10001, --cap-drop ALL, --cpus 1, --memory 1g): healthy by the image's" \
-    "HEALTHCHECK after $healthy_s s; ember info inside: $cores core(s), $workers; docker stop: exit status $rc"
+    "HEALTHCHECK after $healthy_s s; ember info inside: $cores core(s), $workers, memory limit $memory;" \
+    "docker stop: exit status $rc"
   [ "$cores" = 1 ] || { echo "ember inside a --cpus 1 container counts $cores cores" >&2; return 1; }
   if echo "$workers" | grep -q 'workers [0-9]*[02-9] x\|workers 1[0-9]'; then
     echo "a model was sized more than one worker on one CPU: $workers" >&2
     return 1
   fi
+  [ "$memory" = "1.0 GiB" ] || { echo "ember inside a --memory 1g container sees a limit of '$memory'" >&2; return 1; }
   [ "$rc" = 0 ] || { echo "docker stop: ember exited with status $rc" >&2; return 1; }
 }

@@ -47,6 +47,7 @@ pub fn report(model_repo: &Path) -> String {
         tch::utils::has_mkldnn(),
     );
     let _ = writeln!(out, "{}", crate::malloc_arenas::describe());
+    let _ = writeln!(out, "memory limit: {}", crate::memory_limit::describe(crate::memory_limit::cgroup_limit()));
     let _ = match crate::fd_limit::raise() {
         Some(files) => writeln!(
             out,

@@ -13,6 +13,7 @@ pub mod http;
 pub mod info;
 pub mod jobs;
 pub mod malloc_arenas;
+pub mod memory_limit;
 pub mod metrics;
 pub mod model_toml;
 pub mod reference;

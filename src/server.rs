@@ -72,7 +72,12 @@ impl Server {
         };
         let mut registry = Registry::new(repository, config.device, Arc::clone(&metrics))
             .with_load_limit(config.max_concurrent_loads as usize);
+        let memory_limit = crate::memory_limit::cgroup_limit();
+        if let Some(limit) = memory_limit {
+            tracing::info!(bytes = limit, "memory limit {}", crate::memory_limit::describe(Some(limit)));
+        }
         if let Some(budget) = config.model_memory_budget {
+            crate::memory_limit::check_budget(budget.0, memory_limit).map_err(anyhow::Error::msg)?;
             // A load waits for busy models to drain at most half a request's deadline, so that the requests
             // waiting for it still get the 503 (and its Retry-After) rather than a 504.
             registry = registry.with_memory_budget(budget.0, config.request_timeout() / 2);

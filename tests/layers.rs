@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 /// its own, never one of its own layer or above.
 const LAYERS: &[&[&str]] = &[
     // leaves: know nothing of ember
-    &["cpus", "fd_limit", "formats", "metrics", "reference", "rng", "shutdown", "signature", "watched"],
+    &["cpus", "fd_limit", "formats", "memory_limit", "metrics", "reference", "rng", "shutdown", "signature", "watched"],
     // the model.toml schema
     &["model_toml", "malloc_arenas"],
     // the repository of model folders; logging and tracing; the door: TLS, API keys, rate limits

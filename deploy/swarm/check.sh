@@ -227,8 +227,8 @@ docker service rm ember-train >/dev/null
 end
 
 begin rolling
-docker service update --quiet --detach=false --image "$rolled" "$service" >/dev/null 2>&1 ||
-  fail "the rolling update did not converge"
+timeout 300 docker service update --quiet --detach=false --image "$rolled" "$service" >/dev/null 2>&1 ||
+  fail "the rolling update did not converge within 300 s"
 wait_ready 3 120
 images=$(docker service ps "$service" --filter desired-state=running --format '{{.Image}}' | sort -u | paste -sd ' ')
 [ "$images" = "$rolled" ] || fail "after the update the replicas run: $images"
@@ -260,13 +260,15 @@ wait_ready 3 60
 end
 
 begin scale
-docker service scale --detach=false "$service=5" >/dev/null 2>&1 || fail "scale to 5 did not converge"
+timeout 180 docker service scale --detach=false "$service=5" >/dev/null 2>&1 ||
+  fail "scale to 5 did not converge within 180 s"
 wait_ready 5 180
 sleep 3
 for r in replica4 replica5; do
   [ "$(answered_by "$r" "$phase_start")" -gt 0 ] || fail "$r answered nothing after scaling to 5"
 done
-docker service scale --detach=false "$service=2" >/dev/null 2>&1 || fail "scale to 2 did not converge"
+timeout 180 docker service scale --detach=false "$service=2" >/dev/null 2>&1 ||
+  fail "scale to 2 did not converge within 180 s"
 wait_ready 2 120
 end
 
