@@ -38,7 +38,8 @@ pub fn report(model_repo: &Path) -> String {
     };
     let _ = writeln!(
         out,
-        "threads: intra-op={} inter-op={} (cores: {}); openmp={} mkl={} mkldnn={}",
+        "threads: intra-op={} inter-op={} (cores: {}); openmp={} mkl={} mkldnn={} (libtorch's defaults: each \
+         model's workers set their own, below)",
         tch::get_num_threads(),
         tch::get_num_interop_threads(),
         std::thread::available_parallelism().map_or(0, |n| n.get()),
