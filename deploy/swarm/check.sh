@@ -114,14 +114,13 @@ mkdir -p "$models" "$work/data"
 cp -r models/mobilenet_v2 models/sentiment "$models/"
 find "$models" -name '__pycache__' -prune -exec rm -rf {} +
 chown -R 10001:10001 "$models"
+# The tweets as the sentiment export reads them (models/export/sentiment.py's hutto_sets: the sign of the mean
+# rating, zeros dropped), 120 to train the job on and 120 for the admin API.
 .venv/bin/python - "$work/data" <<'PY'
-import csv, io, random, sys, tarfile
-with tarfile.open(".venv/sources/vaderSentiment-3.3.2.tar.gz") as sdist:
-    inner = sdist.extractfile("vaderSentiment-3.3.2/additional_resources/hutto_ICWSM_2014.tar.gz").read()
-with tarfile.open(fileobj=io.BytesIO(inner)) as hutto:
-    text = hutto.extractfile("hutto_ICWSM_2014/tweets_GroundTruth.txt").read().decode("utf-8", errors="replace")
-rows = [line.split("\t") for line in text.splitlines() if line.strip()]
-tweets = [(r[2].strip(), "positive" if float(r[1]) > 0 else "negative") for r in rows if len(r) >= 3 and float(r[1]) != 0]
+import csv, random, sys
+sys.path.insert(0, "models/export")
+from sentiment import hutto_sets
+tweets = [(text, "positive" if label else "negative") for text, label in hutto_sets()["tweets"]]
 random.Random(28).shuffle(tweets)
 for name, part in (("tweets.csv", tweets[:120]), ("more_tweets.csv", tweets[120:240])):
     with open(f"{sys.argv[1]}/{name}", "w", newline="") as f:
